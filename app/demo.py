@@ -1,0 +1,89 @@
+"""``jit demo``: a narrated walk-through of every core flow on a fresh sandbox.
+
+Each step prints the command a person would type, then runs it through the real CLI.
+"""
+from __future__ import annotations
+
+import io
+import os
+import shlex
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import TextIO
+
+from app.cli import main
+
+
+def run_demo(out: TextIO, directory: Path | None = None) -> int:
+    directory = directory or Path(tempfile.mkdtemp(prefix="jit-demo-"))
+    config = directory / "jit.toml"
+    env = {**os.environ, "JIT_CONFIG": str(config)}
+    env.pop("JIT_USER", None)
+    failures = 0
+
+    def say(text: str) -> None:
+        out.write(f"\n# {text}\n")
+
+    def run(user: str | None, line: str, expect: int = 0) -> str:
+        nonlocal failures
+        out.write(f"$ {'JIT_USER=' + user + ' ' if user else ''}jit {line}\n")
+        buf, ebuf = io.StringIO(), io.StringIO()
+        code = main(shlex.split(line), {**env, **({"JIT_USER": user} if user else {})}, buf, ebuf)
+        text = buf.getvalue() + ebuf.getvalue()
+        out.write("".join(f"  {l}\n" for l in text.rstrip().splitlines()))
+        if code != expect:
+            failures += 1
+            out.write(f"  !! expected exit {expect}, got {code}\n")
+        return text
+
+    def sudoers() -> list[Path]:
+        return sorted((directory / "sudoers.d").glob("jit_g*"))
+
+    say("A fresh sandbox: config, policy, SQLite, a sudoers.d directory and five people.")
+    run(None, f"init --sandbox {directory} --force")
+    say("alice (engineer) asks what production access would need, without submitting anything.")
+    run("alice", "policy explain web-prod-01 service-admin --duration 2h --ticket CHG0000001 "
+                 "--reason 'restart nginx after the TLS renewal'")
+    say("alice requests it: production is high risk, so it needs a manager AND a system owner.")
+    run("alice", "request web-prod-01 service-admin --duration 2h --ticket CHG0000001 "
+                 "--reason 'restart nginx after the TLS renewal'")
+    say("bob (manager) approves: one of two approvals, still pending.")
+    run("bob", "approve 1 --comment 'ok for the renewal'")
+    say("alice tries to approve her own request: refused.")
+    run("alice", "approve 1", expect=1)
+    say("carol (system owner) approves: dual approval complete, the grant is applied at once.")
+    run("carol", "approve 1 --comment 'go ahead'")
+    for f in sudoers():
+        out.write(f"\n# The sudoers drop-in {f.name}, time-boxed by sudo itself (NOTAFTER in UTC):\n")
+        out.write("".join(f"    {l}\n" for l in f.read_text().splitlines()))
+        check = subprocess.run(["visudo", "-cf", str(f)], capture_output=True, text=True)
+        out.write(f"  visudo -cf: {(check.stdout + check.stderr).strip()}\n")
+    say("alice is done early and releases: the file is removed.")
+    run("alice", "release 1")
+    out.write(f"  sudoers.d now holds {len(sudoers())} jit file(s)\n")
+    say("alice asks for 10 minutes on the dev server: low risk, approved at once.")
+    run("alice", "request web-dev-01 service-admin --duration 10m --reason 'check the nginx config on dev'")
+    say("03:00, production is down. dave (on-call) uses the emergency bypass: active at once.")
+    run("dave", "bypass web-prod-01 service-admin --duration 1h --incident INC0000042 "
+                "--reason 'nginx down, customers affected'")
+    say("A second bypass is refused until the first one is reviewed.")
+    run("dave", "bypass web-prod-01 service-admin --duration 1h --incident INC0000043 "
+                "--reason 'nginx down again after restart'", expect=1)
+    say("dave cannot review his own bypass.")
+    run("dave", "review 3 --outcome justified --comment 'it was needed'", expect=1)
+    say("erin (security operator) reviews it.")
+    run("erin", "review 3 --outcome justified --comment 'outage INC0000042 confirmed'")
+    say("Now dave may bypass again.")
+    run("dave", "bypass web-prod-01 service-admin --duration 30m --incident INC0000043 "
+                "--reason 'nginx down again after restart'")
+    say("Everything so far, and the engine's pass (expiry, escalation, lapse, crash recovery).")
+    run("erin", "list")
+    run(None, "engine --once")
+    say("The audit log is a hash chain: any edit, deletion or reordering is detected.")
+    run(None, "audit verify")
+    out.write(f"\nSandbox left at {directory}; try:\n  export JIT_CONFIG={config} JIT_USER=alice\n"
+              "  .venv/bin/jit list\n")
+    out.write("\ndemo finished: all steps behaved as expected\n" if not failures
+              else f"\ndemo finished with {failures} unexpected result(s)\n")
+    return 1 if failures else 0

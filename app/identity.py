@@ -1,0 +1,47 @@
+"""Who is acting, and which groups they are in."""
+from __future__ import annotations
+
+import getpass
+import re
+from typing import Mapping
+
+from app.config import PERSON, Config
+
+
+class IdentityError(Exception):
+    pass
+
+
+def acting_user(config: Config, environ: Mapping[str, str]) -> str:
+    """The OS account running ``jit``; ``JIT_USER`` only where the config allows impersonation."""
+    override = environ.get("JIT_USER")
+    if override:
+        if not config.settings.identity.allow_impersonation:
+            raise IdentityError("JIT_USER is set but [identity] allow_impersonation is false in "
+                                f"{config.source}; refusing to act as another person")
+        person = override
+    else:
+        person = getpass.getuser()
+    if not re.fullmatch(PERSON, person):
+        raise IdentityError(f"user name {person!r} is not a valid account name")
+    return person
+
+
+class StaticDirectory:
+    """People and groups written in the config (the sandbox's directory)."""
+
+    def __init__(self, people: Mapping[str, frozenset[str]]) -> None:
+        self._people = {p: frozenset(g) for p, g in people.items()}
+
+    @classmethod
+    def from_config(cls, config: Config) -> "StaticDirectory":
+        return cls({name: frozenset(p.groups) for name, p in config.settings.directory.people.items()})
+
+    def groups_of(self, person: str) -> frozenset[str]:
+        return self._people.get(person, frozenset())
+
+    def members_of(self, group: str) -> list[str]:
+        return sorted(p for p, groups in self._people.items() if group in groups)
+
+    def people(self) -> list[str]:
+        return sorted(self._people)

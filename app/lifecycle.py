@@ -1,0 +1,832 @@
+"""The use-cases: submit, approve, deny, cancel, activate, extend, release, revoke, expire,
+escalate, lapse, bypass, review; the state machine; the audit of every decision.
+
+Request: pending -> approved -> active -> expired | released | revoked;
+         pending -> denied | cancelled | lapsed;  approved -> cancelled | lapsed;
+         approved -> failed (the backend refused after retries).
+Grant:   applying -> active -> revoking -> revoked;  applying -> failed.
+
+Every transition is one transaction with an optimistic version check: the UPDATE names the
+version it read, so of two concurrent transitions exactly one changes the row. The grant's
+intent is committed before the backend is called and its outcome after, so a crash in
+between is finished by ``recover()`` on the next pass.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import re
+import socket
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Iterable, Mapping
+
+import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session, select
+
+from app import audit, failpoints
+from app.clock import Clock
+from app.config import PERSON, EngineSettings
+from app.identity import StaticDirectory
+from app.store import ApprovalRow, GrantRow, RequestRow, ReviewRow, Store
+from integrations.base import Backend, BackendError, GrantSpec, InvalidGrant
+from policies.approvals import Approver, judge
+from policies.decision import AccessRequest, Context, Decision, Holding
+from policies.durations import format_duration
+from policies.evaluate import evaluate, evaluate_bypass
+from policies.model import PolicySet
+
+log = logging.getLogger("jit.lifecycle")
+
+OPEN_STATES = ("pending", "approved", "active")
+HOLDING_STATES = ("approved", "active")
+FINAL_STATES = ("expired", "released", "revoked", "denied", "cancelled", "lapsed", "failed")
+TARGET_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.-]{0,252}$")
+ROLE_RE = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
+MAX_TEXT = 2000
+
+
+class Refused(Exception):
+    """A rule refused the action. ``rule`` names the check or rule, ``message`` says why."""
+
+    exit_code = 1
+
+    def __init__(self, rule: str, message: str) -> None:
+        super().__init__(f"{rule}: {message}")
+        self.rule = rule
+        self.message = message
+
+
+class NotFound(Refused):
+    exit_code = 3
+
+
+class Conflict(Refused):
+    """Someone else changed the request first; nothing was done."""
+
+    exit_code = 4
+
+
+@dataclass(frozen=True)
+class ApprovalView:
+    approver: str
+    groups: tuple[str, ...]
+    comment: str
+    at: datetime
+
+
+@dataclass(frozen=True)
+class GrantView:
+    id: int
+    status: str
+    backend: str
+    ref: str | None
+    starts_at: datetime
+    expires_at: datetime
+    applied_at: datetime | None
+    revoked_at: datetime | None
+    last_error: str | None
+
+
+@dataclass(frozen=True)
+class RequestView:
+    """A snapshot of one request, for the CLI, the console and the tests."""
+
+    id: int
+    kind: str
+    state: str
+    requester: str
+    target: str
+    role: str
+    environment: str | None
+    tier: str | None
+    reason: str
+    ticket: str | None
+    approval_model: str
+    approver_groups: tuple[str, ...]
+    starts_at: datetime
+    expires_at: datetime
+    created_at: datetime
+    escalated_at: datetime | None
+    closed_by: str | None
+    closed_reason: str | None
+    checks: tuple[dict, ...]
+    approvals: tuple[ApprovalView, ...] = ()
+    grant: GrantView | None = None
+    review: dict | None = None
+    version: int = 1
+
+    @property
+    def label(self) -> str:
+        return f"REQ-{self.id}"
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        return _jsonable(data)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat().replace("+00:00", "Z")
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+@dataclass
+class Outcome:
+    """What an action did, for the caller to print."""
+
+    request: RequestView
+    message: str
+    notes: list[str] = field(default_factory=list)
+
+
+def _check_text(field_name: str, value: str | None, *, required: bool, limit: int = MAX_TEXT) -> str | None:
+    if value is None or not value.strip():
+        if required:
+            raise Refused(field_name, "is required")
+        return None
+    if len(value) > limit:
+        raise Refused(field_name, f"is longer than {limit} characters")
+    if any(ord(c) < 32 and c not in "\t" for c in value):
+        raise Refused(field_name, "must not contain control characters or newlines")
+    return value.strip()
+
+
+def _check_names(target: str, role: str) -> None:
+    if not TARGET_RE.fullmatch(target or ""):
+        raise Refused("target", f"{target!r} is not a valid target name (letters, digits, '.' and '-')")
+    if not ROLE_RE.fullmatch(role or ""):
+        raise Refused("role", f"{role!r} is not a valid role name (lower-case letters, digits and '-')")
+
+
+class Lifecycle:
+    def __init__(self, store: Store, policy: PolicySet, directory: StaticDirectory,
+                 backends: Mapping[str, Backend], clock: Clock, settings: EngineSettings | None = None) -> None:
+        self.store = store
+        self.policy = policy
+        self.directory = directory
+        self.backends = dict(backends)
+        self.clock = clock
+        self.settings = settings or EngineSettings()
+        self.owner = f"{socket.gethostname()}:{os.getpid()}"
+
+    # ----------------------------------------------------------------- queries
+    def get(self, request_id: int) -> RequestView:
+        with self.store.transaction() as s:
+            row = s.get(RequestRow, request_id)
+            if row is None:
+                raise NotFound("request", f"REQ-{request_id} does not exist")
+            return self._view(s, row)
+
+    def list(self, *, state: str | None = None, requester: str | None = None,
+             limit: int = 500) -> list[RequestView]:
+        with self.store.transaction() as s:
+            q = select(RequestRow).order_by(RequestRow.id.desc()).limit(limit)
+            if state:
+                q = q.where(RequestRow.state == state)
+            if requester:
+                q = q.where(RequestRow.requester == requester)
+            return [self._view(s, r) for r in s.exec(q).all()]
+
+    def _view(self, s: Session, row: RequestRow) -> RequestView:
+        approvals = s.exec(select(ApprovalRow).where(ApprovalRow.request_id == row.id)
+                           .order_by(ApprovalRow.id)).all()
+        grant = s.exec(select(GrantRow).where(GrantRow.request_id == row.id)).first()
+        review = s.exec(select(ReviewRow).where(ReviewRow.request_id == row.id)).first()
+        return RequestView(
+            id=row.id, kind=row.kind, state=row.state, requester=row.requester, target=row.target,
+            role=row.role, environment=row.environment, tier=row.tier, reason=row.reason, ticket=row.ticket,
+            approval_model=row.approval_model, approver_groups=tuple(row.approver_groups),
+            starts_at=row.starts_at, expires_at=row.expires_at, created_at=row.created_at,
+            escalated_at=row.escalated_at, closed_by=row.closed_by, closed_reason=row.closed_reason,
+            checks=tuple(row.checks), version=row.version,
+            approvals=tuple(ApprovalView(a.approver, tuple(a.groups), a.comment, a.at) for a in approvals),
+            grant=GrantView(grant.id, grant.status, grant.backend, grant.ref, grant.starts_at, grant.expires_at,
+                            grant.applied_at, grant.revoked_at, grant.last_error) if grant else None,
+            review=({"state": review.state, "reviewer": review.reviewer, "comment": review.comment,
+                     "reviewed_at": review.reviewed_at} if review else None),
+        )
+
+    # ------------------------------------------------------------ evaluation
+    def _context(self, s: Session, person: str, exclude: int | None = None) -> Context:
+        rows = s.exec(select(RequestRow).where(RequestRow.requester == person,
+                                               RequestRow.state.in_(HOLDING_STATES))).all()
+        holdings = tuple(Holding(r.target, r.role, r.starts_at, r.expires_at) for r in rows if r.id != exclude)
+        open_reviews = s.exec(select(sa.func.count()).select_from(ReviewRow)
+                              .where(ReviewRow.bypasser == person, ReviewRow.state == "open")).one()
+        return Context(groups=self.directory.groups_of(person), holdings=holdings,
+                       unreviewed_bypasses=int(open_reviews))
+
+    def _resolve_start(self, start: datetime | None) -> tuple[datetime, bool]:
+        now = self.clock()
+        if start is None:
+            return now, False
+        if start.tzinfo is None:
+            raise Refused("start", "needs a UTC offset, e.g. 2026-11-24T09:00:00Z")
+        start = start.astimezone(now.tzinfo)
+        if start < now - timedelta(minutes=1):
+            raise Refused("start", f"{start:%Y-%m-%d %H:%M} UTC is in the past")
+        return max(start, now), True
+
+    def _access_request(self, person: str, target: str, role: str, duration: timedelta, reason: str,
+                        ticket: str | None, start: datetime | None) -> tuple[AccessRequest, bool]:
+        if not re.fullmatch(PERSON, person or ""):
+            raise Refused("requester", f"{person!r} is not a valid account name")
+        _check_names(target, role)
+        reason = _check_text("reason", reason, required=True) or ""
+        ticket = _check_text("ticket", ticket, required=False, limit=64)
+        if duration <= timedelta(0):
+            raise Refused("duration", "must be longer than zero")
+        starts_at, scheduled = self._resolve_start(start)
+        return AccessRequest(person, target, role, starts_at, duration, reason, ticket), scheduled
+
+    def preview(self, person: str, target: str, role: str, duration: timedelta, reason: str = "(preview only)",
+                ticket: str | None = None, start: datetime | None = None) -> Decision:
+        """The whole decision, without submitting anything."""
+        req, _ = self._access_request(person, target, role, duration, reason, ticket, start)
+        with self.store.transaction() as s:
+            return evaluate(self.policy, req, self._context(s, person))
+
+    # ------------------------------------------------------------- use-cases
+    def submit(self, person: str, target: str, role: str, duration: timedelta, reason: str,
+               ticket: str | None = None, start: datetime | None = None) -> Outcome:
+        req, scheduled = self._access_request(person, target, role, duration, reason, ticket, start)
+        now = self.clock()
+        with self.store.transaction() as s:
+            decision = evaluate(self.policy, req, self._context(s, person))
+            checks = [asdict(c) for c in decision.checks]
+            if not decision.allowed:
+                audit.append(s, at=now, actor=person, action="request.refused", target=target, role=role,
+                             duration=format_duration(duration), checks=checks)
+                refused = Refused("policy", decision.refusal())
+            else:
+                refused = None
+                row = RequestRow(
+                    requester=person, target=target, role=role, environment=decision.environment,
+                    tier=decision.tier, backend=decision.backend, params=decision.params, reason=req.reason,
+                    ticket=req.ticket, state="approved" if decision.auto_approved else "pending",
+                    approval_model=decision.approval, approver_groups=list(decision.approver_groups),
+                    checks=checks, scheduled=scheduled, duration_s=int(duration.total_seconds()),
+                    starts_at=req.starts_at, expires_at=req.expires_at, created_at=now, updated_at=now)
+                s.add(row)
+                s.flush()
+                audit.append(s, at=now, actor=person, action="request.submitted", request_id=row.id,
+                             target=target, role=role, duration=format_duration(duration), ticket=req.ticket,
+                             approval=decision.approval, checks=checks)
+                if decision.auto_approved:
+                    audit.append(s, at=now, actor="policy", action="request.approved", request_id=row.id,
+                                 model=decision.approval, reason="self-service within the auto-approval threshold")
+                request_id = row.id
+        if refused:  # raised after the commit: the refusal itself stays audited
+            raise refused
+        notes = []
+        if decision.auto_approved:
+            notes.append(self._activate_if_due(request_id))
+            message = f"REQ-{request_id} approved at once ({decision.approval})"
+        else:
+            message = (f"REQ-{request_id} submitted; needs {decision.approval} approval from "
+                       f"{' and '.join(decision.approver_groups)}")
+        return Outcome(self.get(request_id), message, [n for n in notes if n])
+
+    def approve(self, actor: str, request_id: int, comment: str = "") -> Outcome:
+        comment = _check_text("comment", comment, required=False) or ""
+        now = self.clock()
+        with self.store.transaction() as s:
+            row = self._load(s, request_id)
+            self._expect(row, "pending", "approve")
+            prior = [Approver(a.approver, frozenset(a.groups)) for a in
+                     s.exec(select(ApprovalRow).where(ApprovalRow.request_id == row.id)).all()]
+            me = Approver(actor, self.directory.groups_of(actor))
+            verdict = judge(row.approval_model, tuple(row.approver_groups), row.requester, prior, me)
+            if not verdict.allowed:
+                audit.append(s, at=now, actor=actor, action="approval.refused", request_id=row.id,
+                             reason=verdict.message)
+                refusal = Refused("approval", verdict.message)
+            else:
+                refusal = None
+                groups = sorted(me.groups & set(row.approver_groups))
+                self._bump(s, row, "approved" if verdict.complete else "pending", now)
+                s.add(ApprovalRow(request_id=row.id, approver=actor, groups=groups, comment=comment, at=now))
+                audit.append(s, at=now, actor=actor, action="approval.given", request_id=row.id,
+                             groups=groups, comment=comment, complete=verdict.complete)
+                if verdict.complete:
+                    audit.append(s, at=now, actor=actor, action="request.approved", request_id=row.id,
+                                 model=row.approval_model)
+        if refusal:
+            raise refusal
+        notes = [self._activate_if_due(request_id)] if verdict.complete else []
+        return Outcome(self.get(request_id), f"REQ-{request_id}: {verdict.message}", [n for n in notes if n])
+
+    def deny(self, actor: str, request_id: int, reason: str) -> Outcome:
+        reason = _check_text("reason", reason, required=True) or ""
+
+        def allowed(row: RequestRow) -> None:
+            if actor == row.requester:
+                raise Refused("deny", "a requester cancels their own request ('jit cancel'), not denies it")
+            if not (self.directory.groups_of(actor) & (set(row.approver_groups) | {self._operators()})):
+                raise Refused("deny", f"{actor} is neither an approver ({', '.join(row.approver_groups)}) "
+                                      f"nor a security operator")
+        return self._close(actor, request_id, ("pending",), "denied", "deny", reason, allowed)
+
+    def cancel(self, actor: str, request_id: int, reason: str = "cancelled by requester") -> Outcome:
+        def allowed(row: RequestRow) -> None:
+            if actor != row.requester:
+                raise Refused("cancel", f"only the requester ({row.requester}) can cancel REQ-{row.id}")
+        return self._close(actor, request_id, ("pending", "approved"), "cancelled", "cancel", reason, allowed)
+
+    def release(self, actor: str, request_id: int) -> Outcome:
+        """Task done: de-elevate now."""
+        def allowed(row: RequestRow) -> None:
+            if actor != row.requester:
+                raise Refused("release", f"only {row.requester} can release REQ-{row.id}; operators revoke")
+        return self._end(actor, request_id, "released", "release", "task completed", allowed)
+
+    def revoke(self, actor: str, request_id: int, reason: str) -> Outcome:
+        reason = _check_text("reason", reason, required=True) or ""
+
+        def allowed(row: RequestRow) -> None:
+            if not (self.directory.groups_of(actor) & {self._operators(), *row.approver_groups}):
+                raise Refused("revoke", f"{actor} is not a security operator or an approver of this tier")
+        return self._end(actor, request_id, "revoked", "revoke", reason, allowed)
+
+    def extend(self, actor: str, request_id: int, by: timedelta, reason: str) -> Outcome:
+        """Extend an active or approved request, through every policy check again."""
+        reason = _check_text("reason", reason, required=True) or ""
+        if by <= timedelta(0):
+            raise Refused("by", "must be longer than zero")
+        now = self.clock()
+        with self.store.transaction() as s:
+            row = self._load(s, request_id)
+            self._expect(row, ("approved", "active"), "extend")
+            if row.kind == "bypass":
+                raise Refused("extend", "an emergency bypass cannot be extended; request access normally")
+            new_expiry = row.expires_at + by
+            req = AccessRequest(row.requester, row.target, row.role, row.starts_at, new_expiry - row.starts_at,
+                                reason, row.ticket)
+            decision = evaluate(self.policy, req, self._context(s, row.requester, exclude=row.id))
+            if not decision.allowed:
+                audit.append(s, at=now, actor=actor, action="extension.refused", request_id=row.id,
+                             by=format_duration(by), checks=[asdict(c) for c in decision.checks])
+                refusal = Refused("policy", decision.refusal())
+            elif actor == row.requester and not decision.auto_approved:
+                refusal = Refused("approval", f"extending to {format_duration(req.duration)} needs "
+                                  f"{decision.approval} approval: an approver from "
+                                  f"{' or '.join(decision.approver_groups)} must extend it")
+            elif actor != row.requester and not (self.directory.groups_of(actor) & set(decision.approver_groups)):
+                refusal = Refused("approval", f"{actor} is not an approver for this request "
+                                  f"({', '.join(decision.approver_groups)})")
+            else:
+                refusal = None
+                self._bump(s, row, row.state, now, expires_at=new_expiry, duration_s=row.duration_s + int(by.total_seconds()))
+                grant = s.exec(select(GrantRow).where(GrantRow.request_id == row.id)).first()
+                if grant is not None and grant.status == "active":
+                    grant.expires_at, grant.version, grant.updated_at = new_expiry, grant.version + 1, now
+                    s.add(grant)
+                audit.append(s, at=now, actor=actor, action="request.extended", request_id=row.id,
+                             by=format_duration(by), expires_at=new_expiry.isoformat(), reason=reason,
+                             checks=[asdict(c) for c in decision.checks])
+                grant_id = grant.id if grant is not None and grant.status == "active" else None
+        if refusal:
+            raise refusal
+        notes = []
+        if grant_id is not None:
+            notes.append(self._reapply(grant_id))
+        return Outcome(self.get(request_id), f"REQ-{request_id} extended by {format_duration(by)} "
+                                             f"until {new_expiry:%Y-%m-%d %H:%M:%S} UTC", [n for n in notes if n])
+
+    def bypass(self, person: str, target: str, role: str, duration: timedelta, incident: str,
+               reason: str) -> Outcome:
+        """Emergency: active at once for the on-call group, reviewed afterwards."""
+        req, _ = self._access_request(person, target, role, duration, reason, incident, None)
+        now = self.clock()
+        with self.store.transaction() as s:
+            decision = evaluate_bypass(self.policy, req, self._context(s, person))
+            checks = [asdict(c) for c in decision.checks]
+            if not decision.allowed:
+                audit.append(s, at=now, actor=person, action="bypass.refused", target=target, role=role,
+                             checks=checks)
+                refusal = Refused("policy", decision.refusal())
+            else:
+                refusal = None
+                row = RequestRow(
+                    kind="bypass", requester=person, target=target, role=role, environment=decision.environment,
+                    tier=decision.tier, backend=decision.backend, params=decision.params, reason=req.reason,
+                    ticket=req.ticket, state="approved", approval_model="emergency", checks=checks,
+                    duration_s=int(duration.total_seconds()), starts_at=now, expires_at=now + duration,
+                    created_at=now, updated_at=now)
+                s.add(row)
+                s.flush()
+                s.add(ReviewRow(request_id=row.id, bypasser=person, opened_at=now))
+                audit.append(s, at=now, actor=person, action="bypass.used", request_id=row.id, target=target,
+                             role=role, incident=req.ticket, reason=req.reason, checks=checks,
+                             duration=format_duration(duration))
+                request_id = row.id
+        if refusal:
+            raise refusal
+        note = self._activate_if_due(request_id)
+        return Outcome(self.get(request_id), f"REQ-{request_id}: emergency bypass; post-hoc review opened",
+                       [note] if note else [])
+
+    def review(self, actor: str, request_id: int, outcome: str, comment: str) -> Outcome:
+        comment = _check_text("comment", comment, required=True) or ""
+        if outcome not in ("justified", "violation"):
+            raise Refused("outcome", "must be 'justified' or 'violation'")
+        now = self.clock()
+        reviewers = self.policy.emergency.reviewer_group if self.policy.emergency else self._operators()
+        with self.store.transaction() as s:
+            row = self._load(s, request_id)
+            rev = s.exec(select(ReviewRow).where(ReviewRow.request_id == row.id)).first()
+            if rev is None:
+                raise Refused("review", f"REQ-{request_id} is not an emergency bypass")
+            if rev.state != "open":
+                raise Refused("review", f"REQ-{request_id} was already reviewed ({rev.state} by {rev.reviewer})")
+            if actor == rev.bypasser:
+                raise Refused("review", "the person who bypassed can never review their own bypass")
+            if reviewers not in self.directory.groups_of(actor):
+                raise Refused("review", f"{actor} is not in the reviewer group {reviewers!r}")
+            done = s.execute(sa.update(ReviewRow).where(ReviewRow.id == rev.id, ReviewRow.version == rev.version)
+                             .values(state=outcome, reviewer=actor, comment=comment, reviewed_at=now,
+                                     version=rev.version + 1))
+            if done.rowcount != 1:
+                raise Conflict("review", f"REQ-{request_id} was reviewed by someone else just now")
+            audit.append(s, at=now, actor=actor, action="bypass.reviewed", request_id=row.id, outcome=outcome,
+                         comment=comment, bypasser=rev.bypasser)
+        return Outcome(self.get(request_id), f"REQ-{request_id} reviewed: {outcome}")
+
+    def open_reviews(self) -> list[RequestView]:
+        with self.store.transaction() as s:
+            ids = s.exec(select(ReviewRow.request_id).where(ReviewRow.state == "open")).all()
+            return [self._view(s, s.get(RequestRow, i)) for i in ids]
+
+    # ------------------------------------------------------------ internals
+    def _operators(self) -> str:
+        return self.policy.emergency.reviewer_group if self.policy.emergency else "security"
+
+    def _load(self, s: Session, request_id: int) -> RequestRow:
+        row = s.get(RequestRow, request_id)
+        if row is None:
+            raise NotFound("request", f"REQ-{request_id} does not exist")
+        return row
+
+    @staticmethod
+    def _expect(row: RequestRow, states: str | Iterable[str], action: str) -> None:
+        states = (states,) if isinstance(states, str) else tuple(states)
+        if row.state not in states:
+            raise Refused("state", f"cannot {action} REQ-{row.id}: it is {row.state}, not {' or '.join(states)}")
+
+    @staticmethod
+    def _bump(s: Session, row: RequestRow, state: str, now: datetime, **values: Any) -> None:
+        """The optimistic transition: changes the row only if nobody changed it since it was read."""
+        done = s.execute(sa.update(RequestRow)
+                         .where(RequestRow.id == row.id, RequestRow.version == row.version,
+                                RequestRow.state == row.state)
+                         .values(state=state, version=row.version + 1, updated_at=now, **values))
+        if done.rowcount != 1:
+            raise Conflict("conflict", f"REQ-{row.id} was changed by someone else; nothing was done, reload it")
+        row.state, row.version = state, row.version + 1
+        for k, v in values.items():
+            setattr(row, k, v)
+
+    @staticmethod
+    def _no_activation_running(s: Session, row: RequestRow) -> None:
+        if s.exec(select(GrantRow.id).where(GrantRow.request_id == row.id)).first() is not None:
+            raise Conflict("state", f"REQ-{row.id} is being activated right now; try again in a moment")
+
+    def _close(self, actor: str, request_id: int, states: tuple[str, ...], new_state: str, verb: str,
+               reason: str, allowed: Any) -> Outcome:
+        now = self.clock()
+        with self.store.transaction() as s:
+            row = self._load(s, request_id)
+            self._expect(row, states, verb)
+            allowed(row)
+            self._no_activation_running(s, row)
+            self._bump(s, row, new_state, now, closed_by=actor, closed_reason=reason)
+            audit.append(s, at=now, actor=actor, action=f"request.{new_state}", request_id=row.id, reason=reason)
+        return Outcome(self.get(request_id), f"REQ-{request_id} {new_state}")
+
+    # --------------------------------------------------------- grant steps
+    def _spec(self, g: GrantRow) -> GrantSpec:
+        return GrantSpec(grant_id=g.id, request_id=g.request_id, person=g.person, target=g.target, role=g.role,
+                         starts_at=g.starts_at, expires_at=g.expires_at, params=dict(g.params))
+
+    def _backend(self, name: str) -> Backend:
+        backend = self.backends.get(name)
+        if backend is None:
+            raise BackendError(f"no backend {name!r} is configured", transient=False)
+        return backend
+
+    def _activate_if_due(self, request_id: int) -> str | None:
+        """Apply the grant now if the request is approved and its start has come."""
+        now = self.clock()
+        with self.store.transaction() as s:
+            row = self._load(s, request_id)
+            if row.state != "approved" or row.starts_at > now:
+                return f"REQ-{request_id} starts at {row.starts_at:%Y-%m-%d %H:%M} UTC" if row.state == "approved" else None
+            if row.expires_at <= now and row.scheduled:
+                return None  # its window has passed; the engine lapses it
+            starts = row.starts_at if row.scheduled else now
+            expires = row.expires_at if row.scheduled else now + timedelta(seconds=row.duration_s)
+            grant = GrantRow(request_id=row.id, backend=row.backend or "", person=row.requester, target=row.target,
+                             role=row.role, params=row.params, starts_at=starts, expires_at=expires,
+                             status="applying", owner=self.owner, lease_until=now + self.settings.lease,
+                             updated_at=now)
+            try:
+                with s.begin_nested():
+                    s.add(grant)
+                    s.flush()
+            except IntegrityError:
+                return None  # another process is activating it
+            self._bump(s, row, "approved", now, starts_at=starts, expires_at=expires)
+            audit.append(s, at=now, actor="engine", action="grant.applying", request_id=row.id, grant_id=grant.id,
+                         backend=grant.backend, expires_at=expires.isoformat())
+            grant_id = grant.id
+        return self._apply(grant_id)
+
+    def _apply(self, grant_id: int) -> str:
+        """Call the backend for a grant in 'applying' and record the outcome."""
+        with self.store.transaction() as s:
+            grant = s.get(GrantRow, grant_id)
+            spec, backend = self._spec(grant), grant.backend
+        failpoints.hit("apply.before_backend")
+        result = self._with_retries(lambda: self._backend(backend).apply(spec))
+        failpoints.hit("apply.after_backend")
+        now = self.clock()
+        with self.store.transaction() as s:
+            grant = s.get(GrantRow, grant_id)
+            row = s.get(RequestRow, grant.request_id)
+            if not isinstance(result, BackendError):
+                ref = result
+                grant.status, grant.ref, grant.applied_at, grant.updated_at = "active", ref, now, now
+                grant.owner, grant.lease_until, grant.last_error = None, None, None
+                grant.version += 1
+                s.add(grant)
+                if row.state == "approved":
+                    self._bump(s, row, "active", now)
+                audit.append(s, at=now, actor="engine", action="grant.active", request_id=row.id, grant_id=grant.id,
+                             ref=ref, expires_at=grant.expires_at.isoformat())
+                return f"active: {grant.backend} grant until {grant.expires_at:%Y-%m-%d %H:%M:%S} UTC ({ref})"
+            grant.status, grant.last_error, grant.updated_at = "failed", str(result), now
+            grant.owner, grant.lease_until, grant.version = None, None, grant.version + 1
+            s.add(grant)
+            if row.state == "approved":
+                self._bump(s, row, "failed", now, closed_by="engine", closed_reason=str(result))
+            audit.append(s, at=now, actor="engine", action="grant.failed", request_id=row.id, grant_id=grant.id,
+                         error=str(result))
+            return f"failed: {result}"
+
+    def _with_retries(self, call: Any) -> Any:
+        """Run a backend call; return its result, or the BackendError once retries are spent."""
+        delay = self.settings.retry_backoff.total_seconds()
+        for attempt in range(1, self.settings.apply_attempts + 1):
+            try:
+                return call()
+            except InvalidGrant as exc:
+                return exc
+            except BackendError as exc:
+                if not exc.transient or attempt == self.settings.apply_attempts:
+                    return exc
+                log.warning("backend call failed (attempt %d): %s", attempt, exc)
+                time.sleep(delay)
+                delay *= 2
+        raise AssertionError("unreachable")
+
+    def _reapply(self, grant_id: int) -> str | None:
+        with self.store.transaction() as s:
+            spec = self._spec(s.get(GrantRow, grant_id))
+            backend = s.get(GrantRow, grant_id).backend
+        result = self._with_retries(lambda: self._backend(backend).apply(spec))
+        if isinstance(result, BackendError):
+            with self.store.transaction() as s:
+                audit.append(s, at=self.clock(), actor="engine", action="grant.refresh_failed",
+                             request_id=spec.request_id, grant_id=grant_id, error=str(result))
+            return f"warning: the new expiry was not written to {backend}: {result}"
+        return None
+
+    def _end(self, actor: str, request_id: int, end_state: str, verb: str, reason: str, allowed: Any) -> Outcome:
+        """Release or revoke: write the intent, remove the artifact, record the outcome."""
+        now = self.clock()
+        with self.store.transaction() as s:
+            row = self._load(s, request_id)
+            allowed(row)
+            if row.state == "approved":  # approved but not started: nothing applied yet
+                self._no_activation_running(s, row)
+                self._bump(s, row, "cancelled" if end_state == "released" else "revoked", now,
+                           closed_by=actor, closed_reason=reason)
+                audit.append(s, at=now, actor=actor, action=f"request.{row.state}", request_id=row.id, reason=reason)
+                grant_id = None
+            else:
+                self._expect(row, "active", verb)
+                grant = s.exec(select(GrantRow).where(GrantRow.request_id == row.id)).first()
+                if grant is None or grant.status != "active":
+                    raise Conflict("state", f"REQ-{request_id}'s grant is {grant.status if grant else 'missing'}; "
+                                            "it is already being revoked")
+                self._intend_revoke(s, grant, end_state, actor, reason, now)
+                self._bump(s, row, "active", now)  # bumps the version: a concurrent action loses
+                grant_id = grant.id
+        note = self._revoke(grant_id) if grant_id else None
+        view = self.get(request_id)
+        return Outcome(view, f"REQ-{request_id} {view.state}" if view.state != "active"
+                       else f"REQ-{request_id}: revocation pending ({note})", [note] if note else [])
+
+    def _intend_revoke(self, s: Session, grant: GrantRow, end_state: str, actor: str, reason: str,
+                       now: datetime) -> None:
+        done = s.execute(sa.update(GrantRow)
+                         .where(GrantRow.id == grant.id, GrantRow.version == grant.version,
+                                GrantRow.status == "active")
+                         .values(status="revoking", end_state=end_state, end_actor=actor, end_reason=reason,
+                                 owner=self.owner, lease_until=now + self.settings.lease, updated_at=now,
+                                 version=grant.version + 1))
+        if done.rowcount != 1:
+            raise Conflict("conflict", f"grant {grant.id} was changed by someone else; nothing was done")
+        audit.append(s, at=now, actor=actor, action="grant.revoking", request_id=grant.request_id,
+                     grant_id=grant.id, end_state=end_state, reason=reason)
+
+    def _revoke(self, grant_id: int) -> str | None:
+        """Remove the artifact of a grant in 'revoking'; mark it revoked only once it is gone."""
+        with self.store.transaction() as s:
+            grant = s.get(GrantRow, grant_id)
+            spec, backend = self._spec(grant), grant.backend
+        failpoints.hit("revoke.before_backend")
+        error = self._with_retries(lambda: self._backend(backend).revoke(spec))
+        failpoints.hit("revoke.after_backend")
+        now = self.clock()
+        with self.store.transaction() as s:
+            grant = s.get(GrantRow, grant_id)
+            if grant.status != "revoking":
+                return None
+            if isinstance(error, BackendError):
+                grant.attempts += 1
+                grant.last_error = str(error)
+                grant.next_attempt_at = now + self.settings.retry_backoff * min(2 ** grant.attempts, 64)
+                grant.owner, grant.lease_until, grant.version = None, None, grant.version + 1
+                s.add(grant)
+                audit.append(s, at=now, actor="engine", action="grant.revoke_failed", request_id=grant.request_id,
+                             grant_id=grant.id, error=str(error), attempts=grant.attempts)
+                return f"the backend still holds it, will retry: {error}"
+            row = s.get(RequestRow, grant.request_id)
+            grant.status, grant.revoked_at, grant.updated_at = "revoked", now, now
+            grant.owner, grant.lease_until, grant.last_error, grant.version = None, None, None, grant.version + 1
+            s.add(grant)
+            if row.state == "active":
+                self._bump(s, row, grant.end_state or "revoked", now, closed_by=grant.end_actor,
+                           closed_reason=grant.end_reason)
+            audit.append(s, at=now, actor=grant.end_actor or "engine", action=f"request.{grant.end_state}",
+                         request_id=row.id, grant_id=grant.id, reason=grant.end_reason,
+                         lag_ms=round((now - grant.expires_at).total_seconds() * 1000)
+                         if grant.end_state == "expired" else None)
+        return None
+
+    # ------------------------------------------------------------- engine
+    def expire_due(self, now: datetime | None = None, limit: int = 1000) -> int:
+        """Revoke every active grant whose expiry has come. Returns how many were ended."""
+        now = now or self.clock()
+        ended = 0
+        while True:
+            with self.store.transaction() as s:
+                grants = s.exec(select(GrantRow).where(GrantRow.status == "active", GrantRow.expires_at <= now)
+                                .order_by(GrantRow.expires_at).limit(limit)).all()
+                if not grants:
+                    return ended
+            for g in grants:
+                try:
+                    with self.store.transaction() as s:
+                        grant = s.get(GrantRow, g.id)
+                        if grant.status != "active":
+                            continue
+                        self._intend_revoke(s, grant, "expired", "engine", "expired", self.clock())
+                        row = s.get(RequestRow, grant.request_id)
+                        if row.state == "active":
+                            self._bump(s, row, "active", self.clock())
+                except Conflict:
+                    continue
+                self._revoke(g.id)
+                ended += 1
+            if len(grants) < limit:
+                return ended
+
+    def activate_due(self, now: datetime | None = None) -> int:
+        """Apply grants for approved requests whose start has come."""
+        now = now or self.clock()
+        with self.store.transaction() as s:
+            ids = s.exec(select(RequestRow.id).where(RequestRow.state == "approved", RequestRow.starts_at <= now)
+                         .order_by(RequestRow.starts_at)).all()
+            taken = set(s.exec(select(GrantRow.request_id).where(GrantRow.request_id.in_(ids))).all()) if ids else set()
+        count = 0
+        for request_id in ids:
+            if request_id in taken:
+                continue
+            if self._activate_if_due(request_id):
+                count += 1
+        return count
+
+    def recover(self, now: datetime | None = None) -> int:
+        """Finish what a crashed process left: grants stuck in 'applying' or 'revoking'."""
+        now = now or self.clock()
+        with self.store.transaction() as s:
+            stuck = s.exec(select(GrantRow).where(GrantRow.status.in_(("applying", "revoking")))).all()
+        fixed = 0
+        for g in stuck:
+            if not self._abandoned(g, now):
+                continue
+            if g.status == "revoking":
+                if g.next_attempt_at and g.next_attempt_at > now:
+                    continue
+                if self._claim(g, now):
+                    self._revoke(g.id)
+                    fixed += 1
+                continue
+            with self.store.transaction() as s:  # applying
+                row = s.get(RequestRow, g.request_id)
+                still_wanted = row.state == "approved" and g.expires_at > now
+            if still_wanted:
+                if self._claim(g, now):
+                    self._apply(g.id)
+                    fixed += 1
+            else:
+                # The request ended or expired while the grant was half-applied: make sure nothing remains.
+                with self.store.transaction() as s:
+                    grant = s.get(GrantRow, g.id)
+                    if grant.version != g.version:
+                        continue
+                    grant.status, grant.end_state = "revoking", "expired" if row.state == "approved" else row.state
+                    grant.end_actor, grant.end_reason = "engine", "recovered after a crash during apply"
+                    grant.owner, grant.lease_until = self.owner, now + self.settings.lease
+                    grant.version += 1
+                    s.add(grant)
+                    audit.append(s, at=now, actor="engine", action="grant.revoking", request_id=row.id,
+                                 grant_id=grant.id, end_state=grant.end_state, reason=grant.end_reason)
+                    if row.state == "approved":
+                        self._bump(s, row, "active", now)
+                self._revoke(g.id)
+                fixed += 1
+        return fixed
+
+    def _abandoned(self, g: GrantRow, now: datetime) -> bool:
+        """Nobody is working on it: no owner, lease over, or the owner was a dead process on this host."""
+        if g.owner is None or g.lease_until is None or g.lease_until <= now:
+            return True
+        host, _, pid = g.owner.rpartition(":")
+        if host == socket.gethostname() and pid.isdigit():
+            if int(pid) == os.getpid():
+                return False
+            try:
+                os.kill(int(pid), 0)
+            except ProcessLookupError:
+                return True
+            except PermissionError:
+                return False
+        return False
+
+    def _claim(self, g: GrantRow, now: datetime) -> bool:
+        with self.store.transaction() as s:
+            done = s.execute(sa.update(GrantRow).where(GrantRow.id == g.id, GrantRow.version == g.version)
+                             .values(owner=self.owner, lease_until=now + self.settings.lease,
+                                     version=g.version + 1))
+            return done.rowcount == 1
+
+    def escalate_and_lapse(self, now: datetime | None = None) -> tuple[int, int]:
+        """Mark unanswered requests escalated; lapse those past their time."""
+        now = now or self.clock()
+        d = self.policy.defaults
+        escalated = lapsed = 0
+        with self.store.transaction() as s:
+            rows = s.exec(select(RequestRow).where(RequestRow.state.in_(("pending", "approved")))).all()
+        for r in rows:
+            try:
+                with self.store.transaction() as s:
+                    row = s.get(RequestRow, r.id)
+                    pending_too_long = row.state == "pending" and row.created_at + d.lapse_after <= now
+                    window_gone = row.expires_at <= now and (row.scheduled or row.state == "pending")
+                    if row.state in ("pending", "approved") and (pending_too_long or window_gone):
+                        if row.state == "approved" and s.exec(select(GrantRow.id)
+                                                              .where(GrantRow.request_id == row.id)).first():
+                            continue  # a grant exists: expiry handles it
+                        why = ("no decision within " + format_duration(d.lapse_after)) if pending_too_long \
+                            else "its requested window passed before it could start"
+                        self._bump(s, row, "lapsed", now, closed_by="engine", closed_reason=why)
+                        audit.append(s, at=now, actor="engine", action="request.lapsed", request_id=row.id, reason=why)
+                        lapsed += 1
+                    elif row.state == "pending" and row.escalated_at is None and row.created_at + d.escalate_after <= now:
+                        self._bump(s, row, "pending", now, escalated_at=now)
+                        audit.append(s, at=now, actor="engine", action="request.escalated", request_id=row.id,
+                                     waited=format_duration(now - row.created_at),
+                                     approver_groups=list(row.approver_groups))
+                        escalated += 1
+            except Conflict:
+                continue
+        return escalated, lapsed
+
+    def next_deadlines(self, until: datetime) -> list[datetime]:
+        """Expiry and start instants before ``until``, for the precise scheduler."""
+        with self.store.transaction() as s:
+            ends = s.exec(select(GrantRow.expires_at).where(GrantRow.status == "active",
+                                                            GrantRow.expires_at <= until).distinct()).all()
+            starts = s.exec(select(RequestRow.starts_at).where(RequestRow.state == "approved",
+                                                               RequestRow.starts_at <= until).distinct()).all()
+        return sorted(set(ends) | set(starts))

@@ -1,0 +1,67 @@
+"""``jit init --sandbox DIR``: a runnable, self-contained installation for trying the product."""
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+
+from app.config import ConfigError
+
+PEOPLE = {
+    "alice": ("Alice (engineer)", ["engineers"]),
+    "bob": ("Bob (manager)", ["managers"]),
+    "carol": ("Carol (system owner, production)", ["system-owners"]),
+    "dave": ("Dave (on-call)", ["oncall", "engineers"]),
+    "erin": ("Erin (security operator)", ["security"]),
+}
+
+CONFIG = '''# Sandbox configuration written by `jit init --sandbox`. Paths are relative to this file.
+[database]
+url = ""                       # empty: SQLite at data/jit.db
+
+[paths]
+data_dir = "data"
+policy = "policy.toml"
+
+[identity]
+# The sandbox lets JIT_USER pick the acting person. UNSAFE IN PRODUCTION: anyone could act
+# as anyone. Production configs leave this false so the OS account is the identity.
+allow_impersonation = true
+
+[backends.sudo]
+sudoers_dir = "sudoers.d"      # production: /etc/sudoers.d
+timestamp_dir = "sudo-ts"      # production: /run/sudo/ts
+visudo = "visudo"
+cvtsudoers = "cvtsudoers"
+
+[engine]
+poll_interval = "5s"
+sweep_interval = "30s"
+lease = "60s"
+apply_attempts = 3
+retry_backoff = "1s"
+
+[directory]
+kind = "static"
+'''
+
+
+def write_sandbox(directory: Path, *, force: bool = False) -> Path:
+    """Write DIR/jit.toml, DIR/policy.toml, DIR/sudoers.d, DIR/data; return the config path."""
+    directory = directory.resolve()
+    config = directory / "jit.toml"
+    if config.exists() and not force:
+        raise ConfigError(str(config), ["a sandbox already exists here; pass --force to overwrite it"])
+    for sub in ("sudoers.d", "sudo-ts", "data"):
+        (directory / sub).mkdir(parents=True, exist_ok=True)
+    (directory / "sudoers.d").chmod(0o750)
+    db = directory / "data" / "jit.db"
+    for stale in (db, db.with_suffix(".db-wal"), db.with_suffix(".db-shm")):
+        stale.unlink(missing_ok=True)
+    for old in (directory / "sudoers.d").glob("jit_g*"):
+        old.unlink()
+    policy = resources.files("policies").joinpath("default.toml").read_text()
+    (directory / "policy.toml").write_text(policy)
+    people = "".join(f'\n[directory.people.{name}]\ndisplay_name = "{label}"\ngroups = {groups!r}\n'
+                     .replace("'", '"') for name, (label, groups) in PEOPLE.items())
+    config.write_text(CONFIG + people)
+    return config

@@ -1,0 +1,221 @@
+"""Tables, the database connection and migrations. SQLite (WAL) by default, PostgreSQL too.
+
+Every datetime is stored as UTC and read back aware. On SQLite every transaction starts
+with ``BEGIN IMMEDIATE`` so writers queue instead of failing half-way; on PostgreSQL the
+audit head row is locked ``FOR UPDATE`` so the hash chain stays linear.
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config as AlembicConfig
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import OperationalError
+from sqlmodel import Field, Session, SQLModel
+
+
+class StoreError(Exception):
+    """The database is unreachable or refused an operation."""
+
+
+class UTCDateTime(sa.types.TypeDecorator):
+    """Aware UTC in, aware UTC out; naive datetimes are refused."""
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: Optional[datetime], dialect: Any) -> Optional[datetime]:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the store; use aware UTC")
+        value = value.astimezone(timezone.utc)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: Optional[datetime], dialect: Any) -> Optional[datetime]:
+        if value is None:
+            return None
+        return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+
+
+def _when(**kw: Any) -> Any:
+    return Field(sa_type=UTCDateTime, **kw)
+
+
+def _json(**kw: Any) -> Any:
+    return Field(sa_type=sa.JSON, **kw)
+
+
+class RequestRow(SQLModel, table=True):
+    __tablename__ = "access_request"
+    id: Optional[int] = Field(default=None, primary_key=True)
+    kind: str = "request"  # request | bypass
+    requester: str = Field(index=True)
+    target: str
+    role: str
+    environment: Optional[str] = None
+    tier: Optional[str] = None
+    backend: Optional[str] = None
+    params: dict = _json(default_factory=dict)
+    reason: str
+    ticket: Optional[str] = None
+    state: str = Field(index=True)
+    approval_model: str
+    approver_groups: list = _json(default_factory=list)
+    checks: list = _json(default_factory=list)
+    scheduled: bool = False  # an explicit --start: the window is fixed
+    duration_s: int
+    starts_at: datetime = _when()
+    expires_at: datetime = _when()
+    created_at: datetime = _when()
+    updated_at: datetime = _when()
+    escalated_at: Optional[datetime] = _when(default=None)
+    closed_by: Optional[str] = None
+    closed_reason: Optional[str] = None
+    version: int = 1
+
+
+class ApprovalRow(SQLModel, table=True):
+    __tablename__ = "approval"
+    __table_args__ = (sa.UniqueConstraint("request_id", "approver"),)
+    id: Optional[int] = Field(default=None, primary_key=True)
+    request_id: int = Field(foreign_key="access_request.id", index=True)
+    approver: str
+    groups: list = _json(default_factory=list)
+    comment: str = ""
+    at: datetime = _when()
+
+
+class GrantRow(SQLModel, table=True):
+    __tablename__ = "grant_record"
+    id: Optional[int] = Field(default=None, primary_key=True)
+    request_id: int = Field(foreign_key="access_request.id", unique=True)
+    backend: str
+    person: str
+    target: str
+    role: str
+    params: dict = _json(default_factory=dict)
+    starts_at: datetime = _when()
+    expires_at: datetime = _when(index=True)
+    status: str = Field(index=True)  # applying | active | revoking | revoked | failed
+    ref: Optional[str] = None
+    end_state: Optional[str] = None  # what the request becomes once revoked: expired | released | revoked
+    end_actor: Optional[str] = None
+    end_reason: Optional[str] = None
+    owner: Optional[str] = None  # host:pid of the process working on it
+    lease_until: Optional[datetime] = _when(default=None)
+    attempts: int = 0
+    last_error: Optional[str] = None
+    next_attempt_at: Optional[datetime] = _when(default=None)
+    applied_at: Optional[datetime] = _when(default=None)
+    revoked_at: Optional[datetime] = _when(default=None)
+    updated_at: datetime = _when()
+    version: int = 1
+
+
+class ReviewRow(SQLModel, table=True):
+    __tablename__ = "bypass_review"
+    id: Optional[int] = Field(default=None, primary_key=True)
+    request_id: int = Field(foreign_key="access_request.id", unique=True)
+    bypasser: str = Field(index=True)
+    state: str = "open"  # open | justified | violation
+    reviewer: Optional[str] = None
+    comment: Optional[str] = None
+    opened_at: datetime = _when()
+    reviewed_at: Optional[datetime] = _when(default=None)
+    version: int = 1
+
+
+class AuditEvent(SQLModel, table=True):
+    __tablename__ = "audit_event"
+    seq: int = Field(primary_key=True, sa_column_kwargs={"autoincrement": False})
+    at: datetime = _when()
+    actor: str
+    action: str
+    request_id: Optional[int] = Field(default=None, index=True)
+    details: str  # canonical JSON, hashed as stored
+    prev_hash: str
+    hash: str
+
+
+class AuditHead(SQLModel, table=True):
+    __tablename__ = "audit_head"
+    id: int = Field(default=1, primary_key=True)
+    seq: int = 0
+    hash: str
+
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+def _sqlite_setup(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _connect(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.isolation_level = None  # we issue BEGIN ourselves
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.execute("PRAGMA busy_timeout=30000")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _begin(conn: Any) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+class Store:
+    """The database. ``transaction()`` is one unit of work: commit on success, roll back on error."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        if url.startswith("sqlite"):
+            path = url.split("///", 1)[-1]
+            if path and path != ":memory:":
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
+            self.engine = sa.create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+            _sqlite_setup(self.engine)
+        else:
+            if url.startswith("postgresql://"):
+                url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
+            self.engine = sa.create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
+
+    def migrate(self) -> None:
+        """Bring the schema to the newest revision (Alembic)."""
+        cfg = AlembicConfig()
+        cfg.set_main_option("script_location", str(MIGRATIONS))
+        try:
+            with self.engine.begin() as conn:
+                if self.dialect == "postgresql":
+                    conn.exec_driver_sql("SELECT pg_advisory_xact_lock(7355608)")  # one migrator at a time
+                cfg.attributes["connection"] = conn
+                command.upgrade(cfg, "head")
+        except OperationalError as exc:
+            raise StoreError(f"cannot open the database: {_brief(exc)}") from None
+
+    @contextmanager
+    def transaction(self) -> Iterator[Session]:
+        try:
+            with Session(self.engine, expire_on_commit=False) as session:
+                with session.begin():
+                    yield session
+        except OperationalError as exc:
+            raise StoreError(f"database error: {_brief(exc)}") from None
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+def _brief(exc: OperationalError) -> str:
+    """The driver's message without the SQL and parameters (they may carry personal data)."""
+    return str(exc.orig).strip().splitlines()[0] if exc.orig else exc.__class__.__name__

@@ -1,0 +1,63 @@
+"""In-memory backend: a test double for lifecycle code.
+
+Holds one ``Artifact`` per grant id. Set ``fail_apply`` / ``fail_revoke`` to make the
+next N calls of that method raise a transient ``BackendError`` (nothing changes then).
+``calls`` records every ``(method, grant_id)`` for apply, revoke and inspect, failed
+calls included.
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from integrations.base import Artifact, BackendError, GrantSpec
+
+
+class FakeBackend:
+    """A ``Backend`` that keeps its artifacts in a dict keyed by grant id."""
+
+    def __init__(self, name: str = "fake") -> None:
+        self.name = name
+        self.artifacts: dict[int, Artifact] = {}
+        self.fail_apply: int = 0
+        self.fail_revoke: int = 0
+        self.calls: list[tuple[str, int]] = []
+
+    def validate_role(self, params: Mapping[str, Any]) -> list[str]:
+        """Accept any mapping."""
+        return [] if isinstance(params, Mapping) else ["params: must be a mapping"]
+
+    def apply(self, grant: GrantSpec) -> str:
+        """Store (or replace) the grant's artifact; return its ref."""
+        self.calls.append(("apply", grant.grant_id))
+        if self.fail_apply > 0:
+            self.fail_apply -= 1
+            raise BackendError(f"fake: apply of grant {grant.grant_id} failed", transient=True)
+        ref = f"fake:{grant.grant_id}"
+        self.artifacts[grant.grant_id] = Artifact(
+            ref=ref,
+            grant_id=grant.grant_id,
+            person=grant.person,
+            target=grant.target,
+            role=grant.role,
+            not_before=grant.starts_at,
+            not_after=grant.expires_at,
+            details=dict(grant.params),
+        )
+        return ref
+
+    def revoke(self, grant: GrantSpec) -> None:
+        """Drop the grant's artifact; succeed when it is already gone."""
+        self.calls.append(("revoke", grant.grant_id))
+        if self.fail_revoke > 0:
+            self.fail_revoke -= 1
+            raise BackendError(f"fake: revoke of grant {grant.grant_id} failed", transient=True)
+        self.artifacts.pop(grant.grant_id, None)
+
+    def inspect(self, grant: GrantSpec) -> Artifact | None:
+        """Return the stored artifact, or None."""
+        self.calls.append(("inspect", grant.grant_id))
+        return self.artifacts.get(grant.grant_id)
+
+    def list_managed(self) -> list[Artifact]:
+        """Return every stored artifact, by grant id."""
+        return [self.artifacts[k] for k in sorted(self.artifacts)]

@@ -1,0 +1,51 @@
+"""Who may approve a request, and when its approvals are complete. Pure."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from itertools import permutations
+from typing import Iterable
+
+
+@dataclass(frozen=True)
+class Approver:
+    person: str
+    groups: frozenset[str]
+
+
+@dataclass(frozen=True)
+class Verdict:
+    allowed: bool
+    message: str
+    complete: bool = False
+
+
+def covered(required: tuple[str, ...], approvers: Iterable[Approver]) -> int:
+    """How many required groups distinct approvers cover (a maximum matching; groups are few)."""
+    slots = [*approvers, *([None] * len(required))]
+    return max((sum(1 for g, a in zip(required, order) if a is not None and g in a.groups)
+                for order in permutations(slots, len(required))), default=0)
+
+
+def _uncovered(required: tuple[str, ...], prior: list[Approver]) -> str:
+    missing = [g for g in required if not any(g in a.groups for a in prior)]
+    return " or ".join(missing or required)
+
+
+def judge(model: str, required: tuple[str, ...], requester: str, prior: list[Approver], new: Approver) -> Verdict:
+    """May ``new`` approve now, and does it complete the approvals?"""
+    if new.person == requester:
+        return Verdict(False, "a requester can never approve their own request.")
+    if any(a.person == new.person for a in prior):
+        return Verdict(False, f"{new.person} has already approved this request; one person counts once.")
+    if not set(required) & new.groups:
+        return Verdict(False, f"{new.person} is in none of the approver groups ({', '.join(required)}).")
+    needed = 1 if model in ("single", "self-service") else len(required)
+    before = covered(required, prior) if model == "dual" else len(prior)
+    after = covered(required, [*prior, new]) if model == "dual" else len(prior) + 1
+    if after <= before:
+        return Verdict(False, f"{new.person} adds no coverage: dual approval still needs a member of "
+                              f"{_uncovered(required, prior)} other than those who approved.")
+    if after >= needed:
+        return Verdict(True, f"approved by {new.person}; approvals complete ({after} of {needed}).", True)
+    return Verdict(True, f"approved by {new.person}; {after} of {needed} approvals, "
+                         f"still needs a member of {_uncovered(required, [*prior, new])}.")

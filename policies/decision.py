@@ -1,0 +1,78 @@
+"""Inputs and outputs of a policy evaluation: plain frozen dataclasses, no I/O."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+
+@dataclass(frozen=True)
+class Holding:
+    """An elevation the requester holds or has been granted for a period."""
+
+    target: str
+    role: str
+    starts_at: datetime
+    expires_at: datetime
+
+    def overlaps(self, start: datetime, end: datetime) -> bool:
+        return self.starts_at < end and start < self.expires_at
+
+
+@dataclass(frozen=True)
+class AccessRequest:
+    """What a person asks for."""
+
+    requester: str
+    target: str
+    role: str
+    starts_at: datetime  # aware
+    duration: timedelta
+    reason: str
+    ticket: str | None = None
+
+    @property
+    def expires_at(self) -> datetime:
+        return self.starts_at + self.duration
+
+
+@dataclass(frozen=True)
+class Context:
+    """What the policy needs to know about the requester, gathered by the caller."""
+
+    groups: frozenset[str] = frozenset()
+    holdings: tuple[Holding, ...] = ()  # approved or active elevations, this request excluded
+    unreviewed_bypasses: int = 0
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    passed: bool
+    message: str
+
+
+@dataclass(frozen=True)
+class Decision:
+    checks: tuple[Check, ...]
+    approval: str  # self-service | single | dual | emergency
+    approver_groups: tuple[str, ...] = ()
+    environment: str | None = None
+    tier: str | None = None
+    backend: str | None = None
+    params: dict = field(default_factory=dict)
+
+    @property
+    def allowed(self) -> bool:
+        return all(c.passed for c in self.checks)
+
+    @property
+    def failures(self) -> tuple[Check, ...]:
+        return tuple(c for c in self.checks if not c.passed)
+
+    @property
+    def auto_approved(self) -> bool:
+        """Approved at once: self-service within the threshold, or an emergency bypass."""
+        return self.allowed and self.approval in ("self-service", "emergency")
+
+    def refusal(self) -> str:
+        return "; ".join(f"{c.name}: {c.message}" for c in self.failures)

@@ -1,0 +1,191 @@
+"""The policy file's schema: what the security team writes in ``policies/*.toml``.
+
+Validated with pydantic so that a bad file gives one message per problem, each
+with its key path (``targets.web-prod-01.tier: unknown tier 'hihg'``).
+"""
+from __future__ import annotations
+
+import re
+from datetime import time, timedelta
+from typing import Annotated, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+
+from policies.durations import parse_duration
+
+NAME = r"^[a-z][a-z0-9-]{0,62}$"
+TARGET = r"^[A-Za-z0-9][A-Za-z0-9.-]{0,252}$"
+DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+APPROVAL_MODELS = ("self-service", "single", "dual")
+
+
+def _duration(value: object) -> timedelta:
+    if isinstance(value, timedelta):
+        return value
+    return parse_duration(value)  # type: ignore[arg-type]
+
+
+Duration = Annotated[timedelta, BeforeValidator(_duration)]
+GroupName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9 ._-]{0,127}$")]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Defaults(_Strict):
+    auto_approve_up_to: Duration = timedelta(minutes=15)
+    max_concurrent: int = Field(default=3, ge=1, le=100)
+    escalate_after: Duration = timedelta(minutes=30)
+    lapse_after: Duration = timedelta(hours=24)
+    min_reason_length: int = Field(default=10, ge=1, le=1000)
+    ticket_pattern: str = r"^(CHG|INC|RITM)[0-9]{7}$"
+
+    @field_validator("ticket_pattern")
+    @classmethod
+    def _compiles(cls, value: str) -> str:
+        try:
+            re.compile(value)
+        except re.error as exc:
+            raise ValueError(f"not a regular expression: {exc}") from None
+        return value
+
+    @model_validator(mode="after")
+    def _order(self) -> "Defaults":
+        if self.lapse_after <= self.escalate_after:
+            raise ValueError("lapse_after must be longer than escalate_after")
+        return self
+
+
+class Environment(_Strict):
+    max_duration: Duration
+    timezone: str = "UTC"
+    days: tuple[Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"], ...] = DAYS
+    hours: str = "00:00-24:00"
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {value!r}; use an IANA name such as 'Europe/London'") from None
+        return value
+
+    @field_validator("hours")
+    @classmethod
+    def _hours(cls, value: str) -> str:
+        _parse_hours(value)
+        return value
+
+    @property
+    def window(self) -> tuple[time, time | None]:
+        return _parse_hours(self.hours)
+
+
+def _parse_hours(value: str) -> tuple[time, time | None]:
+    """``"08:00-18:00"`` -> (08:00, 18:00); an end of ``24:00`` is None (end of day)."""
+    match = re.fullmatch(r"(\d\d):(\d\d)-(\d\d):(\d\d)", value.strip())
+    if not match:
+        raise ValueError(f"{value!r} is not a range of hours; write e.g. '08:00-18:00'")
+    h1, m1, h2, m2 = (int(g) for g in match.groups())
+    if h1 > 23 or m1 > 59 or m2 > 59 or h2 > 24 or (h2 == 24 and m2):
+        raise ValueError(f"{value!r} has a time outside 00:00-24:00")
+    start = time(h1, m1)
+    end = None if h2 == 24 else time(h2, m2)
+    if end is not None and end <= start:
+        raise ValueError(f"{value!r} ends before it starts")
+    return start, end
+
+
+class Tier(_Strict):
+    approval: Literal["self-service", "single", "dual"]
+    approver_groups: tuple[GroupName, ...] = ()
+    auto_approve_up_to: Duration | None = None
+    ticket_required: bool = False
+
+    @model_validator(mode="after")
+    def _groups(self) -> "Tier":
+        if self.approval == "dual" and len(set(self.approver_groups)) != 2:
+            raise ValueError("dual approval needs exactly two distinct approver_groups")
+        if self.approval == "single" and not self.approver_groups:
+            raise ValueError("single approval needs at least one approver group")
+        if self.approval != "self-service" and self.auto_approve_up_to is not None:
+            raise ValueError("auto_approve_up_to applies to self-service tiers only (no auto-approval for higher risk)")
+        return self
+
+
+class Emergency(_Strict):
+    group: GroupName
+    reviewer_group: GroupName
+    max_duration: Duration = timedelta(hours=2)
+    incident_pattern: str = r"^INC[0-9]{7}$"
+
+    @model_validator(mode="after")
+    def _distinct(self) -> "Emergency":
+        if self.group == self.reviewer_group:
+            raise ValueError("reviewer_group must differ from group: bypassers never review themselves")
+        return self
+
+
+class Role(_Strict):
+    eligible_groups: tuple[GroupName, ...] = Field(min_length=1)
+    description: str = ""
+    commands: tuple[str, ...] | None = None  # sudo backend
+
+    @property
+    def params(self) -> dict[str, object]:
+        """The settings handed to the target's backend."""
+        return {k: list(v) if isinstance(v, tuple) else v
+                for k, v in (("commands", self.commands),) if v is not None}
+
+
+class Target(_Strict):
+    environment: str
+    tier: str
+    backend: Literal["sudo"] = "sudo"
+    description: str = ""
+    roles: dict[Annotated[str, Field(pattern=NAME)], Role] = Field(min_length=1)
+
+
+class SodRule(_Strict):
+    roles: tuple[str, str]
+    reason: str = "these roles must not be held by one person at once"
+
+    @field_validator("roles")
+    @classmethod
+    def _refs(cls, value: tuple[str, str]) -> tuple[str, str]:
+        for ref in value:
+            if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9.-]*/[a-z][a-z0-9-]*|\*/[a-z][a-z0-9-]*", ref):
+                raise ValueError(f"{ref!r} must be 'target/role' or '*/role'")
+        if value[0] == value[1]:
+            raise ValueError("a role cannot conflict with itself")
+        return value
+
+
+class PolicySet(_Strict):
+    version: Literal[1] = 1
+    defaults: Defaults = Defaults()
+    environments: dict[Annotated[str, Field(pattern=NAME)], Environment] = Field(min_length=1)
+    tiers: dict[Annotated[str, Field(pattern=NAME)], Tier] = Field(min_length=1)
+    emergency: Emergency | None = None
+    separation_of_duties: tuple[SodRule, ...] = ()
+    targets: dict[Annotated[str, Field(pattern=TARGET)], Target] = Field(min_length=1)
+
+    def reference_problems(self) -> list[str]:
+        """Names that point nowhere: a target's environment or tier, a SoD rule's roles."""
+        problems = []
+        for name, target in self.targets.items():
+            if target.environment not in self.environments:
+                problems.append(f"targets.{name}.environment: unknown environment {target.environment!r} "
+                                f"(known: {', '.join(sorted(self.environments))})")
+            if target.tier not in self.tiers:
+                problems.append(f"targets.{name}.tier: unknown tier {target.tier!r} "
+                                f"(known: {', '.join(sorted(self.tiers))})")
+        for i, rule in enumerate(self.separation_of_duties):
+            for ref in rule.roles:
+                tname, role = ref.split("/", 1)
+                if tname != "*" and (tname not in self.targets or role not in self.targets[tname].roles):
+                    problems.append(f"separation_of_duties.{i}.roles: {ref!r} names no role of a known target")
+        return problems

@@ -1,0 +1,287 @@
+"""SudoBackend against the real visudo and cvtsudoers binaries (no mocks)."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import stat
+import subprocess
+from dataclasses import replace
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+
+from integrations.base import Backend, BackendError, GrantSpec, InvalidGrant
+from integrations.sudo import SudoBackend
+
+
+def _which(name: str) -> str | None:
+    return shutil.which(name) or shutil.which(name, path="/usr/sbin:/usr/bin:/sbin:/bin")
+
+
+VISUDO = _which("visudo")
+CVTSUDOERS = _which("cvtsudoers")
+
+pytestmark = pytest.mark.skipif(
+    VISUDO is None or CVTSUDOERS is None,
+    reason="sudo's visudo and cvtsudoers are not installed (apt-get install sudo)",
+)
+
+PLUS2 = timezone(timedelta(hours=2))
+COMMANDS = ["/usr/bin/systemctl restart nginx", "/usr/bin/journalctl -u nginx"]
+
+
+def make_grant(**changes: object) -> GrantSpec:
+    grant = GrantSpec(
+        grant_id=42,
+        request_id=7,
+        person="alice",
+        target="web1.example.com",
+        role="nginx-operator",
+        starts_at=datetime(2026, 11, 24, 6, 0, tzinfo=PLUS2),  # 04:00Z
+        expires_at=datetime(2026, 11, 24, 8, 0, tzinfo=PLUS2),  # 06:00Z
+        params={"commands": list(COMMANDS)},
+    )
+    return replace(grant, **changes)
+
+
+@pytest.fixture
+def sudoers_dir(tmp_path: Path) -> Path:
+    d = tmp_path / "sudoers.d"
+    d.mkdir()
+    return d
+
+
+@pytest.fixture
+def ts_dir(tmp_path: Path) -> Path:
+    d = tmp_path / "ts"
+    d.mkdir()
+    return d
+
+
+@pytest.fixture
+def backend(sudoers_dir: Path, ts_dir: Path) -> SudoBackend:
+    return SudoBackend(sudoers_dir, visudo=VISUDO, cvtsudoers=CVTSUDOERS, timestamp_dir=ts_dir)
+
+
+def cvt_json(path: str | Path) -> dict:
+    out = subprocess.run([CVTSUDOERS, "-f", "json", str(path)], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout)
+
+
+def options(doc: dict) -> dict:
+    merged: dict = {}
+    for spec in doc["User_Specs"]:
+        for cs in spec["Cmnd_Specs"]:
+            for opt in cs.get("Options", []):
+                merged.update(opt)
+    return merged
+
+
+def test_is_a_backend(backend: SudoBackend) -> None:
+    assert isinstance(backend, Backend)
+    assert backend.name == "sudo"
+
+
+def test_apply_writes_checked_file_with_utc_times(backend: SudoBackend, sudoers_dir: Path) -> None:
+    ref = backend.apply(make_grant())
+    path = sudoers_dir / "jit_g42"
+    assert ref == str(path)
+    assert os.listdir(sudoers_dir) == ["jit_g42"]
+    assert stat.S_IMODE(path.stat().st_mode) == 0o440
+    check = subprocess.run([VISUDO, "-cf", str(path)], capture_output=True, text=True)
+    assert check.returncode == 0, check.stderr
+    doc = cvt_json(path)
+    opts = options(doc)
+    assert opts["notbefore"] == "20261124040000Z"
+    assert opts["notafter"] == "20261124060000Z"
+    assert opts["log_input"] is True and opts["log_output"] is True
+    spec = doc["User_Specs"][0]
+    assert spec["User_List"] == [{"username": "alice"}]
+    assert [c["command"] for cs in spec["Cmnd_Specs"] for c in cs["Commands"]] == COMMANDS
+    body = [line for line in path.read_text().splitlines() if not line.startswith("#")]
+    assert len(body) == 1 and "LOG_INPUT: LOG_OUTPUT:" in body[0]
+
+
+def test_inspect_reads_back_the_grant(backend: SudoBackend) -> None:
+    grant = make_grant()
+    backend.apply(grant)
+    art = backend.inspect(grant)
+    assert art is not None
+    assert art.grant_id == 42 and art.person == "alice"
+    assert art.target == "web1.example.com" and art.role == "nginx-operator"
+    assert art.not_before == grant.starts_at and art.not_after == grant.expires_at
+    assert art.not_after.tzinfo == timezone.utc
+    assert art.details == {"commands": COMMANDS, "runas": "root", "log_input": True, "log_output": True}
+
+
+def test_arguments_with_colon_and_equals_round_trip(backend: SudoBackend) -> None:
+    cmds = ["/usr/bin/foo --opt=1 host:80 u@h", "/usr/bin/g++ -v"]
+    grant = make_grant(params={"commands": cmds})
+    backend.apply(grant)
+    assert backend.inspect(grant).details["commands"] == cmds
+
+
+def test_apply_is_idempotent_and_updates_expiry(backend: SudoBackend, sudoers_dir: Path) -> None:
+    grant = make_grant()
+    backend.apply(grant)
+    backend.apply(grant)
+    assert os.listdir(sudoers_dir) == ["jit_g42"]
+    extended = replace(grant, expires_at=datetime(2026, 11, 24, 9, 30, tzinfo=PLUS2))
+    backend.apply(extended)
+    assert os.listdir(sudoers_dir) == ["jit_g42"]
+    assert options(cvt_json(sudoers_dir / "jit_g42"))["notafter"] == "20261124073000Z"
+    assert backend.inspect(extended).not_after == extended.expires_at
+
+
+def test_revoke_removes_file_and_is_idempotent(backend: SudoBackend, sudoers_dir: Path) -> None:
+    grant = make_grant()
+    backend.apply(grant)
+    backend.revoke(grant)
+    assert os.listdir(sudoers_dir) == []
+    backend.revoke(grant)
+    assert backend.inspect(grant) is None
+
+
+def test_revoke_removes_cached_credentials(backend: SudoBackend, ts_dir: Path) -> None:
+    (ts_dir / "alice").write_bytes(b"\0" * 16)
+    (ts_dir / "bob").write_bytes(b"\0" * 16)
+    grant = make_grant()
+    backend.apply(grant)
+    backend.revoke(grant)
+    assert sorted(os.listdir(ts_dir)) == ["bob"]
+
+
+def test_inspect_absent_is_none(backend: SudoBackend) -> None:
+    assert backend.inspect(make_grant()) is None
+
+
+def test_list_managed_finds_only_grant_files(backend: SudoBackend, sudoers_dir: Path) -> None:
+    backend.apply(make_grant(grant_id=1))
+    backend.apply(make_grant(grant_id=2, person="bob"))
+    for name in ("README", ".jit_g1.tmp-x", "other_file", "jit_g3~", "jit_g4.bak"):
+        (sudoers_dir / name).write_text("garbage !!\n")
+    arts = backend.list_managed()
+    assert [(a.grant_id, a.person) for a in arts] == [(1, "alice"), (2, "bob")]
+    assert all(a.ref == str(sudoers_dir / f"jit_g{a.grant_id}") for a in arts)
+
+
+def test_list_managed_missing_dir_is_empty(tmp_path: Path) -> None:
+    b = SudoBackend(tmp_path / "absent", visudo=VISUDO, cvtsudoers=CVTSUDOERS)
+    assert b.list_managed() == []
+
+
+def test_unparseable_file_raises(backend: SudoBackend, sudoers_dir: Path) -> None:
+    (sudoers_dir / "jit_g42").write_text("alice ALL = garbage !!\n")
+    with pytest.raises(BackendError, match="cvtsudoers"):
+        backend.inspect(make_grant())
+
+
+BAD_PERSONS = ["alice\nroot ALL=(ALL) ALL", "alice,bob", "ALL", "%admin", "ADMINS", "al ice", "", "alice\n"]
+BAD_COMMANDS = [
+    "ALL",
+    "/bin/sh, /bin/bash",
+    "sh",
+    "/bin/ls *",
+    "/usr/bin/vi\n/bin/sh",
+    "/bin/a\\b",
+    "!/bin/su",
+    "/bin/../bin/sh",
+    "/usr/bin/systemctl restart all",
+    "/usr/bin/less /var/log/../../etc/shadow",
+    "/usr/bin/id ",
+    "/usr/bin/id  -u",
+    "/usr/bin/",
+    '/usr/bin/echo "x"',
+    "/usr/bin/sudoedit /etc/%h",
+    "/usr/bin/ls [a]",
+    "/usr/bin/ls #1",
+]
+
+
+def _assert_refused(backend: SudoBackend, sudoers_dir: Path, grant: GrantSpec, field: str) -> None:
+    with pytest.raises(InvalidGrant) as info:
+        backend.apply(grant)
+    assert info.value.field == field
+    assert info.value.transient is False
+    assert os.listdir(sudoers_dir) == []
+
+
+@pytest.mark.parametrize("person", BAD_PERSONS)
+def test_bad_person_is_refused(backend: SudoBackend, sudoers_dir: Path, person: str) -> None:
+    _assert_refused(backend, sudoers_dir, make_grant(person=person), "person")
+
+
+@pytest.mark.parametrize("command", BAD_COMMANDS)
+def test_bad_command_is_refused(backend: SudoBackend, sudoers_dir: Path, command: str) -> None:
+    grant = make_grant(params={"commands": ["/usr/bin/id", command]})
+    _assert_refused(backend, sudoers_dir, grant, "commands[1]")
+    assert backend.validate_role(grant.params)[0].startswith("commands[1]: ")
+
+
+@pytest.mark.parametrize(
+    "changes, field",
+    [
+        ({"params": {"commands": []}}, "commands"),
+        ({"params": {}}, "commands"),
+        ({"params": {"commands": "/usr/bin/id"}}, "commands"),
+        ({"role": "Bad Role"}, "role"),
+        ({"target": "web1;rm"}, "target"),
+        ({"target": "-web1"}, "target"),
+        ({"starts_at": datetime(2026, 11, 24, 6, 0)}, "starts_at"),
+        ({"expires_at": datetime(2026, 11, 24, 5, 0, tzinfo=PLUS2)}, "expires_at"),
+        ({"expires_at": datetime(2026, 11, 24, 6, 0, tzinfo=PLUS2)}, "expires_at"),
+    ],
+)
+def test_other_bad_fields_are_refused(
+    backend: SudoBackend, sudoers_dir: Path, changes: dict, field: str
+) -> None:
+    _assert_refused(backend, sudoers_dir, make_grant(**changes), field)
+
+
+def test_validate_role(backend: SudoBackend) -> None:
+    assert backend.validate_role({"commands": COMMANDS}) == []
+    assert backend.validate_role({}) != []
+    assert backend.validate_role({"commands": [1]}) == ["commands: must be a list of strings"]
+    msgs = backend.validate_role({"commands": ["/usr/bin/id", "sh", "ALL"]})
+    assert len(msgs) == 2
+    assert msgs[0].startswith("commands[1]: must be an absolute path")
+    assert msgs[1].startswith("commands[2]: ")
+
+
+def test_revoke_refuses_bad_person_before_touching_paths(backend: SudoBackend, ts_dir: Path) -> None:
+    (ts_dir / "x").write_text("")
+    with pytest.raises(InvalidGrant):
+        backend.revoke(make_grant(person="../ts"))
+    assert os.listdir(ts_dir) == ["x"]
+
+
+def test_visudo_rejection_leaves_nothing(tmp_path: Path, sudoers_dir: Path) -> None:
+    fake = tmp_path / "fake-visudo"
+    fake.write_text("#!/bin/sh\necho \"$2:1:1: syntax error\" >&2\nexit 1\n")
+    fake.chmod(0o755)
+    b = SudoBackend(sudoers_dir, visudo=str(fake), cvtsudoers=CVTSUDOERS)
+    with pytest.raises(BackendError, match="syntax error") as info:
+        b.apply(make_grant())
+    assert info.value.transient is False
+    assert os.listdir(sudoers_dir) == []
+
+
+def test_missing_visudo_raises(tmp_path: Path, sudoers_dir: Path) -> None:
+    b = SudoBackend(sudoers_dir, visudo=str(tmp_path / "no-such-visudo"), cvtsudoers=CVTSUDOERS)
+    with pytest.raises(BackendError, match="not found"):
+        b.apply(make_grant())
+    assert os.listdir(sudoers_dir) == []
+
+
+def test_missing_dir_is_transient(tmp_path: Path) -> None:
+    b = SudoBackend(tmp_path / "absent", visudo=VISUDO, cvtsudoers=CVTSUDOERS)
+    with pytest.raises(BackendError) as info:
+        b.apply(make_grant())
+    assert info.value.transient is True
+
+
+def test_init_rejects_bad_runas(tmp_path: Path) -> None:
+    with pytest.raises(ValueError):
+        SudoBackend(tmp_path, runas="ALL")
