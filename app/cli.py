@@ -6,6 +6,7 @@ usage; 3 no such request; 4 someone else changed it first; 5 the database failed
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -189,7 +190,8 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     out = out or sys.stdout
     err = err or sys.stderr
     try:
-        args = parser().parse_args(argv)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            args = parser().parse_args(argv)
     except SystemExit as exc:
         return int(exc.code or 0)
     try:

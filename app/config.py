@@ -11,7 +11,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Literal, Mapping
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, field_validator
 
 from policies.loader import PolicyError, build, parse_toml
 from policies.model import Duration
@@ -49,7 +49,7 @@ class Paths(_Strict):
 
 
 class Identity(_Strict):
-    allow_impersonation: bool = False  # honour JIT_USER; unsafe in production
+    allow_impersonation: StrictBool = False  # honour JIT_USER; unsafe in production
 
 
 class Person(_Strict):
@@ -78,7 +78,7 @@ class EngineSettings(_Strict):
     poll_interval: Duration = timedelta(seconds=5)
     sweep_interval: Duration = timedelta(seconds=30)
     lease: Duration = timedelta(seconds=60)
-    apply_attempts: int = Field(default=3, ge=1, le=20)
+    apply_attempts: StrictInt = Field(default=3, ge=1, le=20)
     retry_backoff: Duration = timedelta(seconds=1)
 
 

@@ -18,6 +18,7 @@ import os
 import re
 import socket
 import time
+import unicodedata
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Iterable, Mapping
@@ -46,6 +47,8 @@ FINAL_STATES = ("expired", "released", "revoked", "denied", "cancelled", "lapsed
 TARGET_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.-]{0,252}$")
 ROLE_RE = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
 MAX_TEXT = 2000
+MAX_LEAD = timedelta(days=366)  # how far ahead a request may be scheduled
+BIDI_CONTROLS = set("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 
 
 class Refused(Exception):
@@ -153,8 +156,8 @@ def _check_text(field_name: str, value: str | None, *, required: bool, limit: in
         return None
     if len(value) > limit:
         raise Refused(field_name, f"is longer than {limit} characters")
-    if any(ord(c) < 32 and c not in "\t" for c in value):
-        raise Refused(field_name, "must not contain control characters or newlines")
+    if any(c != "\t" and unicodedata.category(c) in ("Cc", "Zl", "Zp") or c in BIDI_CONTROLS for c in value):
+        raise Refused(field_name, "must not contain control characters, line breaks or bidi overrides")
     return value.strip()
 
 
@@ -232,6 +235,8 @@ class Lifecycle:
         start = start.astimezone(now.tzinfo)
         if start < now - timedelta(minutes=1):
             raise Refused("start", f"{start:%Y-%m-%d %H:%M} UTC is in the past")
+        if start > now + MAX_LEAD:
+            raise Refused("start", f"{start:%Y-%m-%d} is more than a year ahead")
         return max(start, now), True
 
     def _access_request(self, person: str, target: str, role: str, duration: timedelta, reason: str,

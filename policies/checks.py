@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 import re
-from datetime import timedelta
+from datetime import timedelta, timezone
 from zoneinfo import ZoneInfo
 
 from policies.decision import AccessRequest, Check, Context
 from policies.durations import format_duration
-from policies.model import Environment, PolicySet, Target, Tier
+from policies.model import Environment, PolicySet, Tier
 
 
 def business_need(policy: PolicySet, req: AccessRequest, tier: Tier | None) -> Check:
@@ -69,7 +69,7 @@ def separation_of_duties(policy: PolicySet, req: AccessRequest, ctx: Context) ->
                 if _matches(other, held.target, held.role) and held.overlaps(req.starts_at, end):
                     return Check("separation_of_duties", False,
                                  f"{req.role} on {req.target} conflicts with {held.role} on {held.target}, "
-                                 f"held until {held.expires_at:%Y-%m-%d %H:%M} UTC: {rule.reason}.")
+                                 f"held until {held.expires_at.astimezone(timezone.utc):%Y-%m-%d %H:%M} UTC: {rule.reason}.")
     return Check("separation_of_duties", True, "no conflicting role is held during the requested period.")
 
 
@@ -128,14 +128,3 @@ def open_review(ctx: Context) -> Check:
                      "a previous emergency bypass is still awaiting post-hoc review; "
                      "a security operator must review it first.")
     return Check("open_review", True, "no earlier bypass awaits review.")
-
-
-def role_exists(policy: PolicySet, req: AccessRequest) -> tuple[Check, Target | None]:
-    target = policy.targets.get(req.target)
-    if target is None:
-        return Check("privilege_appropriate", False, f"target {req.target!r} is not managed by this policy."), None
-    if req.role not in target.roles:
-        return Check("privilege_appropriate", False,
-                     f"target {req.target} has no role {req.role!r} (roles: {', '.join(sorted(target.roles))})."), None
-    return Check("privilege_appropriate", True, f"{req.role} exists on {req.target}."), target
-

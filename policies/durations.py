@@ -4,9 +4,8 @@ from __future__ import annotations
 import re
 from datetime import timedelta
 
-_PART = re.compile(r"(\d+)([smhd])")
-_WHOLE = re.compile(r"^(?:\d+[smhd])+$")
-_UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+# Units in order, each at most once, ASCII digits only: '1h30m' yes, '1h1h' or '30m1h' no.
+_FORMAT = re.compile(r"(?:([0-9]+)d)?(?:([0-9]+)h)?(?:([0-9]+)m)?(?:([0-9]+)s)?", re.ASCII)
 MAX = timedelta(days=366)
 
 
@@ -15,15 +14,16 @@ def parse_duration(text: str) -> timedelta:
     if not isinstance(text, str):
         raise ValueError(f"expected a duration such as '2h' or '15m', got {type(text).__name__}")
     value = text.strip().lower()
-    if not value or not _WHOLE.match(value):
+    match = _FORMAT.fullmatch(value)
+    if not value or not match:
         raise ValueError(f"{text!r} is not a duration; write e.g. '90s', '15m', '2h' or '1h30m'")
-    seconds = sum(int(n) * _UNIT[u] for n, u in _PART.findall(value))
+    d, h, m, s = (int(g or 0) for g in match.groups())
+    seconds = ((d * 24 + h) * 60 + m) * 60 + s
     if seconds <= 0:
         raise ValueError(f"{text!r} must be longer than zero")
-    result = timedelta(seconds=seconds)
-    if result > MAX:
+    if seconds > MAX.total_seconds():
         raise ValueError(f"{text!r} is longer than a year")
-    return result
+    return timedelta(seconds=seconds)
 
 
 def format_duration(delta: timedelta) -> str:

@@ -42,11 +42,12 @@ def evaluate(policy: PolicySet, req: AccessRequest, ctx: Context) -> Decision:
 
 
 def evaluate_bypass(policy: PolicySet, req: AccessRequest, ctx: Context) -> Decision:
-    """An emergency bypass: on-call only, capped, with an incident, one open review at a time."""
-    exists, target = checks.role_exists(policy, req)
+    """An emergency bypass: on-call only, eligible, capped, with an incident, one open review at a time."""
+    target = policy.targets.get(req.target)
     cap = policy.emergency.max_duration if policy.emergency else None
-    found = [checks.emergency_member(policy, req, ctx), exists, checks.emergency_reference(policy, req),
-             checks.open_review(ctx)]
+    # On-call skips approval, approved hours and the concurrency limit; never eligibility.
+    found = [checks.emergency_member(policy, req, ctx), checks.privilege_appropriate(policy, req, ctx),
+             checks.emergency_reference(policy, req), checks.open_review(ctx)]
     if cap is not None:
         found.append(checks.duration_reasonable(req, cap, "an emergency bypass"))
     role = target.roles.get(req.role) if target else None

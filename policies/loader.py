@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from policies.model import PolicySet
+from policies.model import PolicySet, reference_problems
 
 
 class PolicyError(Exception):
@@ -55,8 +55,12 @@ def build(model: type[BaseModel], data: dict[str, Any], source: str) -> Any:
 def load_policy(path: str | Path) -> PolicySet:
     """Load and validate one policy file; raise ``PolicyError`` listing every problem."""
     path = Path(path)
-    policy = build(PolicySet, parse_toml(path), str(path))
-    problems = policy.reference_problems()
-    if problems:
-        raise PolicyError(str(path), problems)
+    data = parse_toml(path)
+    references = reference_problems(data)
+    try:
+        policy = build(PolicySet, data, str(path))
+    except PolicyError as exc:
+        raise PolicyError(exc.source, exc.problems + references) from None
+    if references:
+        raise PolicyError(str(path), references)
     return policy

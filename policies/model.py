@@ -10,7 +10,8 @@ from datetime import time, timedelta
 from typing import Annotated, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictInt, field_validator,
+                      model_validator)
 
 from policies.durations import parse_duration
 
@@ -20,6 +21,14 @@ DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 APPROVAL_MODELS = ("self-service", "single", "dual")
 
 
+def _regex(value: str) -> str:
+    try:
+        re.compile(value)
+    except re.error as exc:
+        raise ValueError(f"not a regular expression: {exc}") from None
+    return value
+
+
 def _duration(value: object) -> timedelta:
     if isinstance(value, timedelta):
         return value
@@ -27,6 +36,7 @@ def _duration(value: object) -> timedelta:
 
 
 Duration = Annotated[timedelta, BeforeValidator(_duration)]
+Regex = Annotated[str, AfterValidator(_regex)]
 GroupName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9 ._-]{0,127}$")]
 
 
@@ -36,20 +46,11 @@ class _Strict(BaseModel):
 
 class Defaults(_Strict):
     auto_approve_up_to: Duration = timedelta(minutes=15)
-    max_concurrent: int = Field(default=3, ge=1, le=100)
+    max_concurrent: StrictInt = Field(default=3, ge=1, le=100)
     escalate_after: Duration = timedelta(minutes=30)
     lapse_after: Duration = timedelta(hours=24)
-    min_reason_length: int = Field(default=10, ge=1, le=1000)
-    ticket_pattern: str = r"^(CHG|INC|RITM)[0-9]{7}$"
-
-    @field_validator("ticket_pattern")
-    @classmethod
-    def _compiles(cls, value: str) -> str:
-        try:
-            re.compile(value)
-        except re.error as exc:
-            raise ValueError(f"not a regular expression: {exc}") from None
-        return value
+    min_reason_length: StrictInt = Field(default=10, ge=1, le=1000)
+    ticket_pattern: Regex = r"^(CHG|INC|RITM)[0-9]{7}$"
 
     @model_validator(mode="after")
     def _order(self) -> "Defaults":
@@ -69,7 +70,7 @@ class Environment(_Strict):
     def _zone(cls, value: str) -> str:
         try:
             ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError):
+        except (ZoneInfoNotFoundError, ValueError, OSError):  # OSError: a name like 'Europe' is a folder
             raise ValueError(f"unknown time zone {value!r}; use an IANA name such as 'Europe/London'") from None
         return value
 
@@ -103,14 +104,15 @@ class Tier(_Strict):
     approval: Literal["self-service", "single", "dual"]
     approver_groups: tuple[GroupName, ...] = ()
     auto_approve_up_to: Duration | None = None
-    ticket_required: bool = False
+    ticket_required: StrictBool = False
 
     @model_validator(mode="after")
     def _groups(self) -> "Tier":
         if self.approval == "dual" and len(set(self.approver_groups)) != 2:
             raise ValueError("dual approval needs exactly two distinct approver_groups")
-        if self.approval == "single" and not self.approver_groups:
-            raise ValueError("single approval needs at least one approver group")
+        if self.approval != "dual" and not self.approver_groups:
+            raise ValueError(f"{self.approval} approval needs at least one approver group "
+                             "(self-service: who approves requests above the auto-approval threshold)")
         if self.approval != "self-service" and self.auto_approve_up_to is not None:
             raise ValueError("auto_approve_up_to applies to self-service tiers only (no auto-approval for higher risk)")
         return self
@@ -120,7 +122,7 @@ class Emergency(_Strict):
     group: GroupName
     reviewer_group: GroupName
     max_duration: Duration = timedelta(hours=2)
-    incident_pattern: str = r"^INC[0-9]{7}$"
+    incident_pattern: Regex = r"^INC[0-9]{7}$"
 
     @model_validator(mode="after")
     def _distinct(self) -> "Emergency":
@@ -173,19 +175,32 @@ class PolicySet(_Strict):
     separation_of_duties: tuple[SodRule, ...] = ()
     targets: dict[Annotated[str, Field(pattern=TARGET)], Target] = Field(min_length=1)
 
-    def reference_problems(self) -> list[str]:
-        """Names that point nowhere: a target's environment or tier, a SoD rule's roles."""
-        problems = []
-        for name, target in self.targets.items():
-            if target.environment not in self.environments:
-                problems.append(f"targets.{name}.environment: unknown environment {target.environment!r} "
-                                f"(known: {', '.join(sorted(self.environments))})")
-            if target.tier not in self.tiers:
-                problems.append(f"targets.{name}.tier: unknown tier {target.tier!r} "
-                                f"(known: {', '.join(sorted(self.tiers))})")
-        for i, rule in enumerate(self.separation_of_duties):
-            for ref in rule.roles:
-                tname, role = ref.split("/", 1)
-                if tname != "*" and (tname not in self.targets or role not in self.targets[tname].roles):
-                    problems.append(f"separation_of_duties.{i}.roles: {ref!r} names no role of a known target")
-        return problems
+
+def reference_problems(data: object) -> list[str]:
+    """Names that point nowhere (a target's environment or tier, a SoD rule's roles).
+
+    Works on the raw file so that these are reported together with schema problems."""
+    if not isinstance(data, dict):
+        return []
+    envs, tiers, targets = (data.get(k) if isinstance(data.get(k), dict) else {}
+                            for k in ("environments", "tiers", "targets"))
+    problems = []
+    for name, target in targets.items():
+        if not isinstance(target, dict):
+            continue
+        for key, known in (("environment", envs), ("tier", tiers)):
+            value = target.get(key)
+            if isinstance(value, str) and value not in known:
+                problems.append(f"targets.{name}.{key}: unknown {key} {value!r} (known: {', '.join(sorted(known))})")
+    roles = {(t, r) for t, v in targets.items() if isinstance(v, dict) and isinstance(v.get("roles"), dict)
+             for r in v["roles"]}
+    rules = data.get("separation_of_duties")
+    for i, rule in enumerate(rules if isinstance(rules, list) else []):
+        refs = rule.get("roles") if isinstance(rule, dict) else None
+        for ref in refs if isinstance(refs, list) else []:
+            if not isinstance(ref, str) or "/" not in ref:
+                continue
+            tname, role = ref.split("/", 1)
+            if not any(r == role and tname in ("*", t) for t, r in roles):
+                problems.append(f"separation_of_duties.{i}.roles: {ref!r} names no role of a known target")
+    return problems

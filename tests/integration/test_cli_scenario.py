@@ -1,0 +1,102 @@
+"""The issue's acceptance scenario, run as a person would: `jit` processes on a fresh sandbox."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from app.sandbox import write_sandbox
+
+pytestmark = pytest.mark.skipif(not Path("/usr/sbin/visudo").exists() and not
+                                subprocess.run(["which", "visudo"], capture_output=True).returncode == 0,
+                                reason="visudo not installed (.ci/run installs the sudo package)")
+
+
+@pytest.fixture
+def jit(tmp_path):
+    config = write_sandbox(tmp_path / "sandbox")
+
+    def run(user, *args, expect=0):
+        env = {**os.environ, "JIT_CONFIG": str(config)}
+        env.pop("JIT_USER", None)
+        if user:
+            env["JIT_USER"] = user
+        proc = subprocess.run([sys.executable, "-m", "app", *args], env=env, capture_output=True, text=True,
+                              timeout=60)
+        assert proc.returncode == expect, (args, proc.stdout, proc.stderr)
+        return proc.stdout + proc.stderr
+
+    run.sudoers = tmp_path / "sandbox" / "sudoers.d"
+    return run
+
+
+def test_acceptance_scenario(jit):
+    out = jit("alice", "request", "web-prod-01", "service-admin", "--duration", "2h",
+              "--reason", "restart nginx after the TLS renewal", "--ticket", "CHG0000001")
+    assert "REQ-1 submitted" in out and "dual approval" in out
+    out = jit("bob", "approve", "1")
+    assert "1 of 2 approvals" in out
+    assert json.loads(jit(None, "show", "1", "--json"))["state"] == "pending"
+    out = jit("alice", "approve", "1", expect=1)
+    assert "never approve their own request" in out
+    jit("carol", "approve", "1")
+    shown = json.loads(jit(None, "show", "REQ-1", "--json"))
+    assert shown["state"] == "active"
+    assert {"id", "state", "requester", "target", "role", "starts_at", "expires_at"} <= shown.keys()
+    files = list(jit.sudoers.glob("jit_g*"))
+    assert len(files) == 1
+    check = subprocess.run(["visudo", "-cf", str(files[0])], capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
+    parsed = json.loads(subprocess.run(["cvtsudoers", "-f", "json", str(files[0])], capture_output=True,
+                                       text=True, check=True).stdout)
+    options = {k: v for o in parsed["User_Specs"][0]["Cmnd_Specs"][0]["Options"] for k, v in o.items()}
+    expires = shown["expires_at"].replace("-", "").replace(":", "").replace("T", "")[:14] + "Z"
+    assert options["notafter"] == expires and options["log_output"] is True
+    jit("alice", "release", "1")
+    assert list(jit.sudoers.glob("jit_g*")) == []
+    assert json.loads(jit(None, "show", "1", "--json"))["state"] == "released"
+
+    out = jit("alice", "request", "web-dev-01", "service-admin", "--duration", "10m",
+              "--reason", "check the nginx config on dev")
+    assert "approved at once" in out
+    assert json.loads(jit(None, "show", "2", "--json"))["state"] == "active"
+
+    jit("dave", "bypass", "web-prod-01", "service-admin", "--duration", "1h", "--incident", "INC0000042",
+        "--reason", "nginx down, customers affected")
+    assert json.loads(jit(None, "show", "3", "--json"))["state"] == "active"
+    out = jit("dave", "bypass", "web-prod-01", "service-admin", "--duration", "1h", "--incident", "INC0000043",
+              "--reason", "nginx down again after restart", expect=1)
+    assert "open_review" in out
+    out = jit("dave", "review", "3", "--outcome", "justified", "--comment", "it was needed", expect=1)
+    assert "never review their own" in out
+    jit("erin", "review", "3", "--outcome", "justified", "--comment", "outage confirmed")
+    jit("dave", "bypass", "web-prod-01", "service-admin", "--duration", "1h", "--incident", "INC0000043",
+        "--reason", "nginx down again after restart")
+
+    mine = json.loads(jit("alice", "list", "--mine", "--json"))
+    assert sorted(r["id"] for r in mine) == [1, 2]
+    assert "chain intact" in jit(None, "audit", "verify")
+    lines = jit(None, "audit", "export", "--format", "jsonl").splitlines()
+    assert all(json.loads(line)["hash"] for line in lines) and len(lines) > 15
+
+
+def test_audit_verify_fails_after_tampering(jit, tmp_path):
+    jit("alice", "request", "web-dev-01", "service-admin", "--duration", "10m", "--reason", "check nginx config")
+    import sqlite3
+    db = sqlite3.connect(tmp_path / "sandbox" / "data" / "jit.db")
+    db.execute("UPDATE audit_event SET actor = 'mallory' WHERE seq = 2")
+    db.commit()
+    db.close()
+    out = jit(None, "audit", "verify", expect=1)
+    assert "event 2 was altered" in out
+
+
+def test_impersonation_refused_without_the_flag(jit, tmp_path):
+    config = tmp_path / "sandbox" / "jit.toml"
+    config.write_text(config.read_text().replace("allow_impersonation = true", "allow_impersonation = false"))
+    out = jit("bob", "approve", "1", expect=2)
+    assert "allow_impersonation is false" in out

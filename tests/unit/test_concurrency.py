@@ -1,0 +1,78 @@
+"""Concurrent actions on one request: exactly one transition, on SQLite and PostgreSQL."""
+from __future__ import annotations
+
+import threading
+from datetime import timedelta
+
+import pytest
+from sqlmodel import select
+
+from app.lifecycle import Refused
+from app.store import AuditEvent
+
+ROUNDS = 5
+
+
+def race(calls):
+    """Run every call at once (a barrier releases them together); return (successes, refusals)."""
+    barrier = threading.Barrier(len(calls))
+    ok, refused, errors = [], [], []
+
+    def run(name, call):
+        barrier.wait()
+        try:
+            call()
+            ok.append(name)
+        except Refused as exc:
+            refused.append((name, exc.rule))
+        except Exception as exc:  # anything else is a bug
+            errors.append((name, repr(exc)))
+
+    threads = [threading.Thread(target=run, args=item) for item in calls]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert not errors, errors
+    return ok, refused
+
+
+def terminal_events(store, rid):
+    with store.transaction() as s:
+        return [e.action for e in s.exec(select(AuditEvent).where(AuditEvent.request_id == rid)).all()
+                if e.action in ("request.approved", "request.denied", "request.cancelled")]
+
+
+@pytest.mark.parametrize("round_", range(ROUNDS))
+def test_approve_deny_cancel_race_gives_one_transition(lifecycle, store, round_):
+    rid = lifecycle.submit("alice", "web-prod-01", "service-admin", timedelta(hours=2),
+                           "restart nginx after renewal", "CHG0000001").request.id
+    lifecycle.approve("bob", rid)  # one of two: carol's approval would complete it
+    ok, refused = race([
+        ("approve", lambda: lifecycle.approve("carol", rid)),
+        ("deny", lambda: lifecycle.deny("erin", rid, "outside the change window")),
+        ("cancel", lambda: lifecycle.cancel("alice", rid)),
+    ])
+    assert len(ok) == 1, (ok, refused)
+    assert len(refused) == 2
+    expected = {"approve": "active", "deny": "denied", "cancel": "cancelled"}[ok[0]]
+    assert lifecycle.get(rid).state == expected
+    assert len(terminal_events(store, rid)) == 1
+
+
+@pytest.mark.parametrize("round_", range(ROUNDS))
+def test_revoke_release_expire_race_revokes_once(lifecycle, store, backend, clock, round_):
+    rid = lifecycle.submit("alice", "web-dev-01", "service-admin", timedelta(minutes=10),
+                           "check the nginx config").request.id
+    grant_id = lifecycle.get(rid).grant.id
+    clock.advance(timedelta(minutes=11))
+    ok, refused = race([
+        ("revoke", lambda: lifecycle.revoke("erin", rid, "suspicious activity")),
+        ("release", lambda: lifecycle.release("alice", rid)),
+        ("expire", lambda: lifecycle.expire_due() or (_ for _ in ()).throw(Refused("expire", "nothing due"))),
+    ])
+    assert len(ok) == 1, (ok, refused)
+    view = lifecycle.get(rid)
+    assert view.state == {"revoke": "revoked", "release": "released", "expire": "expired"}[ok[0]]
+    assert backend.calls.count(("revoke", grant_id)) == 1
+    assert backend.artifacts == {}
