@@ -56,7 +56,8 @@ def policy_problems(policy: PolicySet, backends: Mapping[str, Backend]) -> list[
 def build(config: Config, *, clock: Clock = system_clock, backends: dict[str, Backend] | None = None,
           migrate: bool = True) -> Services:
     logging.basicConfig(level=config.settings.logging.level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("alembic").setLevel(logging.WARNING)
+    for noisy in ("alembic", "apscheduler"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     policy = load_policy(config.policy_path)
     backends = backends if backends is not None else build_backends(config)
     store = Store(config.database_url)

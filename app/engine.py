@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -43,7 +44,8 @@ class Engine:
         self.clock = clock
         self._scheduler: BackgroundScheduler | None = None
         self._planned: set[datetime] = set()
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # guards _planned
+        self._work = threading.Lock()  # one expiry/activation run at a time: each takes all that is due
 
     def run_once(self) -> PassReport:
         now = self.clock()
@@ -81,7 +83,8 @@ class Engine:
 
     def _sweep(self) -> None:
         try:
-            report = self.run_once()
+            with self._work:
+                report = self.run_once()
             if any((report.recovered, report.activated, report.expired, report.escalated, report.lapsed)):
                 log.info("sweep: %s", report)
         except StoreError as exc:
@@ -105,9 +108,13 @@ class Engine:
                                         id=f"deadline-{when.timestamp()}", replace_existing=True)
 
     def _at_deadline(self, when: datetime) -> None:
+        early = (when - self.clock()).total_seconds()
+        if early > 0:  # the scheduler may wake a little early: never revoke before the instant
+            time.sleep(early)
         try:
-            now = max(self.clock(), when)
-            self.lifecycle.expire_due(now)
-            self.lifecycle.activate_due(now)
+            with self._work:
+                now = self.clock()
+                self.lifecycle.expire_due(now)
+                self.lifecycle.activate_due(now)
         except StoreError as exc:
             log.error("deadline job at %s failed; the sweep will retry: %s", when, exc)

@@ -555,12 +555,7 @@ class Lifecycle:
 
     def _apply(self, grant_id: int) -> str:
         """Call the backend for a grant in 'applying' and record the outcome."""
-        with self.store.transaction() as s:
-            grant = s.get(GrantRow, grant_id)
-            spec, backend = self._spec(grant), grant.backend
-        failpoints.hit("apply.before_backend")
-        result = self._with_retries(lambda: self._backend(backend).apply(spec))
-        failpoints.hit("apply.after_backend")
+        result = self._call_backend(grant_id, "apply")
         now = self.clock()
         with self.store.transaction() as s:
             grant = s.get(GrantRow, grant_id)
@@ -585,6 +580,16 @@ class Lifecycle:
                          error=str(result))
             return f"failed: {result}"
 
+    def _call_backend(self, grant_id: int, method: str) -> Any:
+        """Run ``apply`` or ``revoke`` for a grant, between its crash points; see ``_with_retries``."""
+        with self.store.transaction() as s:
+            grant = s.get(GrantRow, grant_id)
+            spec, backend = self._spec(grant), grant.backend
+        failpoints.hit(f"{method}.before_backend")
+        result = self._with_retries(lambda: getattr(self._backend(backend), method)(spec))
+        failpoints.hit(f"{method}.after_backend")
+        return result
+
     def _with_retries(self, call: Any) -> Any:
         """Run a backend call; return its result, or the BackendError once retries are spent."""
         delay = self.settings.retry_backoff.total_seconds()
@@ -602,15 +607,13 @@ class Lifecycle:
         raise AssertionError("unreachable")
 
     def _reapply(self, grant_id: int) -> str | None:
-        with self.store.transaction() as s:
-            spec = self._spec(s.get(GrantRow, grant_id))
-            backend = s.get(GrantRow, grant_id).backend
-        result = self._with_retries(lambda: self._backend(backend).apply(spec))
+        result = self._call_backend(grant_id, "apply")
         if isinstance(result, BackendError):
             with self.store.transaction() as s:
+                grant = s.get(GrantRow, grant_id)
                 audit.append(s, at=self.clock(), actor="engine", action="grant.refresh_failed",
-                             request_id=spec.request_id, grant_id=grant_id, error=str(result))
-            return f"warning: the new expiry was not written to {backend}: {result}"
+                             request_id=grant.request_id, grant_id=grant_id, error=str(result))
+            return f"warning: the new expiry was not written to {grant.backend}: {result}"
         return None
 
     def _end(self, actor: str, request_id: int, end_state: str, verb: str, reason: str, allowed: Any) -> Outcome:
@@ -654,12 +657,7 @@ class Lifecycle:
 
     def _revoke(self, grant_id: int) -> str | None:
         """Remove the artifact of a grant in 'revoking'; mark it revoked only once it is gone."""
-        with self.store.transaction() as s:
-            grant = s.get(GrantRow, grant_id)
-            spec, backend = self._spec(grant), grant.backend
-        failpoints.hit("revoke.before_backend")
-        error = self._with_retries(lambda: self._backend(backend).revoke(spec))
-        failpoints.hit("revoke.after_backend")
+        error = self._call_backend(grant_id, "revoke")
         now = self.clock()
         with self.store.transaction() as s:
             grant = s.get(GrantRow, grant_id)
