@@ -66,6 +66,22 @@ def parser() -> argparse.ArgumentParser:
     c = cmd("init", "write a runnable sandbox (config, policy, SQLite, sudoers.d, people)")
     c.add_argument("--sandbox", required=True, metavar="DIR", help="directory to create")
     c.add_argument("--force", action="store_true", help="overwrite an existing sandbox config")
+    c.add_argument("--servicenow-url", default="http://127.0.0.1:8080", metavar="URL",
+                   help="the ServiceNow (simulator) the sandbox uses; 'off' for none")
+
+    c = cmd("snow-sim", "run the ServiceNow Table API simulator (for tests and the demo)")
+    c.add_argument("--host", default="127.0.0.1")
+    c.add_argument("--port", type=int, default=8080)
+    c.add_argument("--data", metavar="FILE", help="keep records in this JSON file across restarts")
+    c.add_argument("--user", default="admin")
+    c.add_argument("--password", help="default: $JIT_SNOW_SIM_PASSWORD, else 'admin'")
+    c.add_argument("--seed", choices=("demo",), help="load the demo users, groups, changes and incidents")
+    c.add_argument("--rate-limit", type=int, metavar="N", help="answer 429 past N requests per second")
+
+    sync = cmd("sync", "ServiceNow sync").add_subparsers(dest="sync_command", required=True)
+    c = sync.add_parser("status", help="last run, watermark and recent errors",
+                        description="last run, watermark and recent errors")
+    c.add_argument("--json", action="store_true")
     cmd("demo", "narrated walk-through of every flow on a fresh sandbox")
     cmd("whoami", "show the acting person and their groups")
 
@@ -219,17 +235,20 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
 def _dispatch(args: argparse.Namespace, environ: Mapping[str, str], out: TextIO, err: TextIO) -> int:
     if args.command == "init":
         from app.sandbox import write_sandbox
-        path = write_sandbox(Path(args.sandbox), force=args.force)
+        url = None if args.servicenow_url == "off" else args.servicenow_url
+        path = write_sandbox(Path(args.sandbox), force=args.force, servicenow_url=url)
         out.write(f"sandbox written: {path}\n  try:  JIT_CONFIG={path} JIT_USER=alice jit whoami\n")
         return 0
     if args.command == "demo":
         from app.demo import run_demo
         return run_demo(out)
+    if args.command == "snow-sim":
+        return _snow_sim(args, environ, out)
     if args.command == "policy" and args.policy_command == "lint":
         return _lint(args.files, environ, args.config, out, err)
 
     config = load_config(find_config(args.config, environ, Path.cwd()))
-    services = build(config)
+    services = build(config, environ=environ)
     try:
         return _run(args, services, environ, out, err)
     finally:
@@ -271,6 +290,8 @@ def _run(args: argparse.Namespace, sv: Services, environ: Mapping[str, str], out
             for line in audit.export_jsonl(s):
                 out.write(line + "\n")
             return 0
+    if cmd == "sync":
+        return _sync_status(args, sv, out)
     if cmd == "show":
         view = lc.get(args.id)
         if args.json:
@@ -326,6 +347,48 @@ def _run(args: argparse.Namespace, sv: Services, environ: Mapping[str, str], out
         raise UsageError(f"unknown command {cmd}")
     print_outcome(result, out)
     return 0 if result.request.state != "failed" else 1
+
+
+def _snow_sim(args: argparse.Namespace, environ: Mapping[str, str], out: TextIO) -> int:
+    from integrations.servicenow.simulator import Simulator, SimulatorOptions
+    password = args.password or environ.get("JIT_SNOW_SIM_PASSWORD") or "admin"
+    options = SimulatorOptions(user=args.user, password=password, seed=args.seed,
+                               data_file=Path(args.data) if args.data else None, rate_limit=args.rate_limit)
+    try:
+        sim = Simulator(options, host=args.host, port=args.port)
+    except OSError as exc:
+        raise UsageError(f"cannot listen on {args.host}:{args.port}: {exc.strerror}") from None
+    out.write(f"ServiceNow simulator on {sim.base_url} (user {args.user}); Ctrl-C to stop\n")
+    out.flush()
+    signal.signal(signal.SIGTERM, lambda *_: sim.stop())
+    try:
+        sim.serve_forever()
+    except KeyboardInterrupt:
+        sim.stop()
+    return 0
+
+
+def _sync_status(args: argparse.Namespace, sv: Services, out: TextIO) -> int:
+    if sv.sync is None:
+        raise UsageError("ServiceNow is not enabled in this configuration ([servicenow] enabled = false)")
+    state = sv.sync.status()
+    data = {"last_run_at": state.last_run_at if state else None, "last_ok_at": state.last_ok_at if state else None,
+            "watermark": state.watermark if state else None, "behind_s": state.behind_s if state else None,
+            "processed": state.processed if state else 0, "last_error": state.last_error if state else None,
+            "recent_errors": list(state.errors) if state else [],
+            "circuit": sv.tickets.client.breaker.state}
+    if args.json:
+        out.write(json.dumps({k: _fmt_time(v) if isinstance(v, datetime) else v for k, v in data.items()},
+                             indent=2) + "\n")
+        return 0
+    if state is None:
+        out.write("the ServiceNow sync has not run yet (it runs in 'jit engine')\n")
+        return 0
+    out.write(f"last run     {_fmt_time(state.last_run_at)}\nlast success {_fmt_time(state.last_ok_at)}\n"
+              f"watermark    {_fmt_time(state.watermark)}\nbehind       {state.behind_s or 0:.0f}s at the last run\n"
+              f"processed    {state.processed} change(s) in all\n")
+    out.write("recent errors:\n" + "".join(f"  {e}\n" for e in state.errors) if state.errors else "no recent errors\n")
+    return 0
 
 
 def _engine(args: argparse.Namespace, sv: Services, out: TextIO) -> int:

@@ -82,6 +82,42 @@ class EngineSettings(_Strict):
     retry_backoff: Duration = timedelta(seconds=1)
 
 
+class ServiceNow(_Strict):
+    enabled: StrictBool = False
+    url: str = "http://127.0.0.1:8080"
+    user: str = "admin"
+    password_env: str = "JIT_SNOW_PASSWORD"  # the password comes from this variable...
+    password_file: str = ""                  # ...or from this file (mode 0600); never from this config
+    client_id: str = ""                      # set for OAuth (password grant); empty: basic auth
+    client_secret_env: str = "JIT_SNOW_CLIENT_SECRET"
+    client_secret_file: str = ""
+    timeout: Duration = timedelta(seconds=10)
+    retries: StrictInt = Field(default=4, ge=0, le=10)
+    breaker_threshold: StrictInt = Field(default=5, ge=1, le=100)
+    breaker_cooldown: Duration = timedelta(seconds=30)
+    page_size: StrictInt = Field(default=500, ge=1, le=10000)
+    sync_interval: Duration = timedelta(seconds=30)
+    initial_lookback: Duration = timedelta(days=7)  # how far back the first sync reads
+    target_field: str = Field(default="u_jit_target", pattern=r"^u_[a-z0-9_]{1,60}$")
+    role_field: str = Field(default="u_jit_role", pattern=r"^u_[a-z0-9_]{1,60}$")
+    create_missing_change: StrictBool = False  # a request or bypass without a ticket opens a change
+    write_back: StrictBool = True  # work notes on the linked ticket at every step
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        if not value.startswith(("https://", "http://")):
+            raise ValueError("must be an http(s) URL such as https://example.service-now.com")
+        return value.rstrip("/")
+
+
+class Notify(_Strict):
+    webhook_url_env: str = "JIT_WEBHOOK_URL"  # Slack/Teams-compatible JSON webhook; the URL is a secret
+    webhook_url_file: str = ""
+    timeout: Duration = timedelta(seconds=5)
+    expiry_warning: Duration = timedelta(minutes=15)
+
+
 class Logging(_Strict):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
@@ -93,6 +129,8 @@ class Settings(_Strict):
     directory: Directory = Directory()
     backends: Backends = Backends()
     engine: EngineSettings = EngineSettings()
+    servicenow: ServiceNow = ServiceNow()
+    notify: Notify = Notify()
     logging: Logging = Logging()
 
 
@@ -120,6 +158,23 @@ class Config:
     def database_url(self) -> str:
         url = self.settings.database.url
         return url or f"sqlite:///{self.data_dir / 'jit.db'}"
+
+
+def secret(config: "Config", environ: Mapping[str, str], env_name: str, file_name: str, what: str) -> str | None:
+    """A secret from the named environment variable, else from the file; None when neither is set."""
+    if env_name and environ.get(env_name):
+        return environ[env_name]
+    if file_name:
+        path = config.path(file_name)
+        try:
+            if path.stat().st_mode & 0o077:
+                raise ConfigError(str(path), [f"{what}: file must not be readable by group or others (chmod 600)"])
+            return path.read_text().strip() or None
+        except FileNotFoundError:
+            raise ConfigError(str(path), [f"{what}: file not found"]) from None
+        except OSError as exc:
+            raise ConfigError(str(path), [f"{what}: cannot read ({exc.strerror})"]) from None
+    return None
 
 
 def find_config(explicit: str | None, environ: Mapping[str, str], cwd: Path) -> Path:

@@ -13,10 +13,18 @@ from pathlib import Path
 from typing import TextIO
 
 from app.cli import main
+from integrations.servicenow.simulator import Simulator, SimulatorOptions
 
 
 def run_demo(out: TextIO, directory: Path | None = None) -> int:
-    directory = directory or Path(tempfile.mkdtemp(prefix="jit-demo-"))
+    sim = Simulator(SimulatorOptions(seed="demo")).start()
+    try:
+        return _walk_through(out, directory or Path(tempfile.mkdtemp(prefix="jit-demo-")), sim)
+    finally:
+        sim.stop()
+
+
+def _walk_through(out: TextIO, directory: Path, sim: Simulator) -> int:
     config = directory / "jit.toml"
     env = {**os.environ, "JIT_CONFIG": str(config)}
     env.pop("JIT_USER", None)
@@ -40,8 +48,9 @@ def run_demo(out: TextIO, directory: Path | None = None) -> int:
     def sudoers() -> list[Path]:
         return sorted((directory / "sudoers.d").glob("jit_g*"))
 
-    say("A fresh sandbox: config, policy, SQLite, a sudoers.d directory and five people.")
-    run(None, f"init --sandbox {directory} --force")
+    say(f"A ServiceNow simulator with demo tickets is listening on {sim.base_url} (as `jit snow-sim --seed demo`).")
+    say("A fresh sandbox: config, policy, SQLite, a sudoers.d directory, five people, ServiceNow.")
+    run(None, f"init --sandbox {directory} --force --servicenow-url {sim.base_url}")
     say("alice (engineer) asks what production access would need, without submitting anything.")
     run("alice", "policy explain web-prod-01 service-admin --duration 2h --ticket CHG0000001 "
                  "--reason 'restart nginx after the TLS renewal'")
@@ -77,9 +86,19 @@ def run_demo(out: TextIO, directory: Path | None = None) -> int:
     say("Now dave may bypass again.")
     run("dave", "bypass web-prod-01 service-admin --duration 30m --incident INC0000043 "
                 "--reason 'nginx down again after restart'")
-    say("Everything so far, and the engine's pass (expiry, escalation, lapse, crash recovery).")
-    run("erin", "list")
+    say("ServiceNow validates tickets: CHG0000002 is approved but its window is tomorrow, so this is refused.")
+    run("alice", "request web-prod-01 service-admin --duration 1h --ticket CHG0000002 "
+                 "--reason 'start the TLS renewal early'", expect=1)
+    say("The engine's pass: expiry, escalation, lapse, crash recovery, and the ServiceNow sync. The approved\n"
+        "# change CHG0000001 carries u_jit_target/u_jit_role, so it becomes alice's grant for its window,\n"
+        "# and every step so far is written back to its ticket as a work note.")
     run(None, "engine --once")
+    run("erin", "list")
+    change = next(r for r in sim.records("change_request") if r["number"] == "CHG0000001")
+    out.write("\n# Work notes on CHG0000001 in ServiceNow:\n")
+    for note in sim.journal(change["sys_id"]):
+        out.write(f"    - {note['value'].splitlines()[0]}\n")
+    run(None, "sync status")
     say("The audit log is a hash chain: any edit, deletion or reordering is detected.")
     run(None, "audit verify")
     out.write(f"\nSandbox left at {directory}; try:\n  export JIT_CONFIG={config} JIT_USER=alice\n"

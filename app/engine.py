@@ -12,6 +12,7 @@ import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Callable
 
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
@@ -19,7 +20,9 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from app.clock import Clock
 from app.config import EngineSettings
 from app.lifecycle import Lifecycle
+from app.outbox import Deliverer, DeliveryReport
 from app.store import StoreError
+from app.sync import SyncReport, TicketSync
 
 log = logging.getLogger("jit.engine")
 
@@ -31,15 +34,32 @@ class PassReport:
     expired: int
     escalated: int
     lapsed: int
+    sync: SyncReport | None = None
+    delivery: DeliveryReport | None = None
 
     def __str__(self) -> str:
-        return (f"recovered {self.recovered}, activated {self.activated}, expired {self.expired}, "
+        text = (f"recovered {self.recovered}, activated {self.activated}, expired {self.expired}, "
                 f"escalated {self.escalated}, lapsed {self.lapsed}")
+        if self.sync is not None:
+            text += f"\n  servicenow sync: {self.sync}"
+        if self.delivery is not None:
+            text += (f"\n  outbox: sent {self.delivery.sent}, will retry {self.delivery.retried}, "
+                     f"failed {self.delivery.failed}")
+        return text
+
+    @property
+    def busy(self) -> bool:
+        return any((self.recovered, self.activated, self.expired, self.escalated, self.lapsed))
 
 
 class Engine:
-    def __init__(self, lifecycle: Lifecycle, settings: EngineSettings, clock: Clock) -> None:
+    def __init__(self, lifecycle: Lifecycle, settings: EngineSettings, clock: Clock, *,
+                 sync: TicketSync | None = None, deliverer: Deliverer | None = None,
+                 sync_interval: timedelta = timedelta(seconds=30),
+                 expiry_warning: timedelta = timedelta(minutes=15)) -> None:
         self.lifecycle = lifecycle
+        self.sync, self.deliverer = sync, deliverer
+        self.sync_interval, self.expiry_warning = sync_interval, expiry_warning
         self.settings = settings
         self.clock = clock
         self._scheduler: BackgroundScheduler | None = None
@@ -54,7 +74,20 @@ class Engine:
         expired = lc.expire_due(now)
         activated = lc.activate_due(now)
         escalated, lapsed = lc.escalate_and_lapse(now)
-        return PassReport(recovered, activated, expired, escalated, lapsed)
+        lc.warn_expiring(self.expiry_warning, now)
+        synced = self.run_sync() if self.sync is not None else None
+        delivered = self.deliver() if self.deliverer is not None else None
+        return PassReport(recovered, activated, expired, escalated, lapsed, synced, delivered)
+
+    def run_sync(self) -> SyncReport | None:
+        """One ServiceNow sync; then whatever it made due (activation) happens at once."""
+        report = self.sync.run_once()
+        if report.created:
+            self.lifecycle.activate_due()
+        return report
+
+    def deliver(self) -> DeliveryReport:
+        return self.deliverer.run_once()
 
     # ------------------------------------------------------------ continuous
     def start(self) -> None:
@@ -66,6 +99,11 @@ class Engine:
                       id="sweep", next_run_time=datetime.now(tz=self.clock().tzinfo))
         sched.add_job(self._plan, "interval", seconds=self.settings.poll_interval.total_seconds(),
                       id="plan", next_run_time=datetime.now(tz=self.clock().tzinfo))
+        if self.sync is not None:
+            sched.add_job(self._guard(self.run_sync), "interval", seconds=self.sync_interval.total_seconds(),
+                          id="servicenow-sync", next_run_time=datetime.now(tz=self.clock().tzinfo))
+        if self.deliverer is not None:
+            sched.add_job(self._guard(self.deliver), "interval", seconds=5, id="outbox")
         sched.start()
         self._scheduler = sched
 
@@ -84,11 +122,25 @@ class Engine:
     def _sweep(self) -> None:
         try:
             with self._work:
-                report = self.run_once()
-            if any((report.recovered, report.activated, report.expired, report.escalated, report.lapsed)):
+                now = self.clock()
+                lc = self.lifecycle
+                report = PassReport(lc.recover(now), lc.activate_due(now), lc.expire_due(now),
+                                    *lc.escalate_and_lapse(now))
+                lc.warn_expiring(self.expiry_warning, now)
+            if report.busy:
                 log.info("sweep: %s", report)
         except StoreError as exc:
             log.error("sweep failed, will retry: %s", exc)
+
+    @staticmethod
+    def _guard(job: Callable[[], object]) -> Callable[[], None]:
+        """A scheduled job never dies of an outside failure: it logs and runs again next time."""
+        def run() -> None:
+            try:
+                job()
+            except Exception:  # noqa: BLE001 - logged with its traceback; the scheduler must go on
+                log.exception("%s failed; will run again", getattr(job, "__name__", "job"))
+        return run
 
     def _plan(self) -> None:
         """Schedule a one-shot job at every deadline within the next two poll intervals."""

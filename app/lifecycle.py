@@ -19,7 +19,7 @@ import re
 import socket
 import time
 import unicodedata
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, Iterable, Mapping
 
@@ -27,14 +27,16 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
 
-from app import audit, failpoints
+from app import audit, failpoints, outbox
 from app.clock import Clock
 from app.config import PERSON, EngineSettings
 from app.identity import StaticDirectory
+from app.tickets import TicketGateway
 from app.store import ApprovalRow, GrantRow, RequestRow, ReviewRow, Store
+from integrations.servicenow.tickets import Ticket
 from integrations.base import Backend, BackendError, GrantSpec, InvalidGrant
 from policies.approvals import Approver, judge
-from policies.decision import AccessRequest, Context, Decision, Holding
+from policies.decision import AccessRequest, Context, Decision, Holding, TicketFacts
 from policies.durations import format_duration
 from policies.evaluate import evaluate, evaluate_bypass
 from policies.model import PolicySet
@@ -140,6 +142,15 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
+@dataclass(frozen=True)
+class OutboxSettings:
+    """Which messages events owe: notes to ServiceNow, webhooks, change records for ticketless requests."""
+
+    servicenow: bool = False
+    webhook: bool = False
+    create_change: bool = False
+
+
 @dataclass
 class Outcome:
     """What an action did, for the caller to print."""
@@ -170,8 +181,11 @@ def _check_names(target: str, role: str) -> None:
 
 class Lifecycle:
     def __init__(self, store: Store, policy: PolicySet, directory: StaticDirectory,
-                 backends: Mapping[str, Backend], clock: Clock, settings: EngineSettings | None = None) -> None:
+                 backends: Mapping[str, Backend], clock: Clock, settings: EngineSettings | None = None, *,
+                 tickets: TicketGateway | None = None, outbox: OutboxSettings | None = None) -> None:
         self.store = store
+        self.tickets = tickets
+        self.outbox = outbox or OutboxSettings()
         self.policy = policy
         self.directory = directory
         self.backends = dict(backends)
@@ -255,45 +269,85 @@ class Lifecycle:
                 ticket: str | None = None, start: datetime | None = None) -> Decision:
         """The whole decision, without submitting anything."""
         req, _ = self._access_request(person, target, role, duration, reason, ticket, start)
+        facts = self._ticket_facts(req.ticket, req.starts_at, req.expires_at)
         with self.store.transaction() as s:
-            return evaluate(self.policy, req, self._context(s, person))
+            return evaluate(self.policy, req, replace(self._context(s, person), ticket=facts))
 
     # ------------------------------------------------------------- use-cases
     def submit(self, person: str, target: str, role: str, duration: timedelta, reason: str,
                ticket: str | None = None, start: datetime | None = None) -> Outcome:
         req, scheduled = self._access_request(person, target, role, duration, reason, ticket, start)
-        now = self.clock()
+        facts = self._ticket_facts(req.ticket, req.starts_at, req.expires_at)
+        return self._submit(req, scheduled, facts)
+
+    def submit_from_ticket(self, ticket: Ticket, facts: TicketFacts) -> Outcome | None:
+        """Ticket-driven elevation: an approved change carrying JIT fields becomes a request scheduled
+        over the change window, clipped to policy. None when this change was already turned into one."""
+        source = f"change_request:{ticket.sys_id}"
         with self.store.transaction() as s:
-            decision = evaluate(self.policy, req, self._context(s, person))
+            if s.exec(select(RequestRow.id).where(RequestRow.source_ref == source)).first() is not None:
+                return None
+        if not (ticket.assignee and ticket.jit_target and ticket.jit_role):
+            raise Refused("ticket", f"{ticket.number} needs an assignee and both JIT fields")
+        if ticket.start is None or ticket.end is None:
+            raise Refused("change_window", f"{ticket.number} has no planned start and end dates")
+        now = self.clock()
+        start, end = max(now, ticket.start), ticket.end
+        if end <= start:
+            raise Refused("change_window", f"the window of {ticket.number} ended at {end:%Y-%m-%d %H:%M} UTC")
+        target = self.policy.targets.get(ticket.jit_target)
+        env = self.policy.environments.get(target.environment) if target else None
+        reason = f"ServiceNow change {ticket.number}: work inside its approved window"
+        req, _ = self._access_request(ticket.assignee, ticket.jit_target, ticket.jit_role, end - start, reason,
+                                      ticket.number, start)
+        window = end - req.starts_at  # from the start as resolved, to the end of the change
+        req = replace(req, duration=min(window, env.max_duration) if env else window)  # clipped to policy
+        tier = self.policy.tiers.get(target.tier) if target else None
+        return self._submit(req, True, facts, source_ref=source,
+                            servicenow_approves=bool(tier and tier.servicenow_approval_counts),
+                            actor="servicenow")
+
+    def _submit(self, req: AccessRequest, scheduled: bool, facts: TicketFacts | None, *,
+                source_ref: str | None = None, servicenow_approves: bool = False,
+                actor: str | None = None) -> Outcome:
+        now = self.clock()
+        person, target, role, duration = req.requester, req.target, req.role, req.duration
+        with self.store.transaction() as s:
+            ctx = self._context(s, person)
+            decision = evaluate(self.policy, req, replace(ctx, ticket=facts))
             checks = [asdict(c) for c in decision.checks]
+            approved = decision.auto_approved or (decision.allowed and servicenow_approves)
             if not decision.allowed:
-                audit.append(s, at=now, actor=person, action="request.refused", target=target, role=role,
-                             duration=format_duration(duration), checks=checks)
+                self._record(s, at=now, actor=actor or person, action="request.refused", target=target, role=role,
+                             requester=person, duration=format_duration(duration), ticket=req.ticket, checks=checks)
                 refused = Refused("policy", decision.refusal())
             else:
                 refused = None
+                model = "servicenow" if approved and not decision.auto_approved else decision.approval
                 row = RequestRow(
                     requester=person, target=target, role=role, environment=decision.environment,
                     tier=decision.tier, backend=decision.backend, params=decision.params, reason=req.reason,
-                    ticket=req.ticket, state="approved" if decision.auto_approved else "pending",
-                    approval_model=decision.approval, approver_groups=list(decision.approver_groups),
+                    ticket=req.ticket, state="approved" if approved else "pending", source_ref=source_ref,
+                    approval_model=model, approver_groups=list(decision.approver_groups),
                     checks=checks, scheduled=scheduled, duration_s=int(duration.total_seconds()),
                     starts_at=req.starts_at, expires_at=req.expires_at, created_at=now, updated_at=now)
                 s.add(row)
                 s.flush()
-                audit.append(s, at=now, actor=person, action="request.submitted", request_id=row.id,
+                self._record(s, at=now, actor=actor or person, action="request.submitted", request_id=row.id,
                              target=target, role=role, duration=format_duration(duration), ticket=req.ticket,
                              approval=decision.approval, checks=checks)
-                if decision.auto_approved:
-                    audit.append(s, at=now, actor="policy", action="request.approved", request_id=row.id,
-                                 model=decision.approval, reason="self-service within the auto-approval threshold")
+                if approved:
+                    why = ("self-service within the auto-approval threshold" if decision.auto_approved
+                           else f"the approved change {req.ticket} counts as the approval for this tier")
+                    self._record(s, at=now, actor="policy", action="request.approved", request_id=row.id,
+                                 model=model, reason=why)
                 request_id = row.id
         if refused:  # raised after the commit: the refusal itself stays audited
             raise refused
         notes = []
-        if decision.auto_approved:
+        if approved:
             notes.append(self._activate_if_due(request_id))
-            message = f"REQ-{request_id} approved at once ({decision.approval})"
+            message = f"REQ-{request_id} approved at once ({model})"
         else:
             message = (f"REQ-{request_id} submitted; needs {decision.approval} approval from "
                        f"{' and '.join(decision.approver_groups)}")
@@ -310,7 +364,7 @@ class Lifecycle:
             me = Approver(actor, self.directory.groups_of(actor))
             verdict = judge(row.approval_model, tuple(row.approver_groups), row.requester, prior, me)
             if not verdict.allowed:
-                audit.append(s, at=now, actor=actor, action="approval.refused", request_id=row.id,
+                self._record(s, at=now, actor=actor, action="approval.refused", request_id=row.id,
                              reason=verdict.message)
                 refusal = Refused("approval", verdict.message)
             else:
@@ -318,10 +372,10 @@ class Lifecycle:
                 groups = sorted(me.groups & set(row.approver_groups))
                 self._bump(s, row, "approved" if verdict.complete else "pending", now)
                 s.add(ApprovalRow(request_id=row.id, approver=actor, groups=groups, comment=comment, at=now))
-                audit.append(s, at=now, actor=actor, action="approval.given", request_id=row.id,
+                self._record(s, at=now, actor=actor, action="approval.given", request_id=row.id,
                              groups=groups, comment=comment, complete=verdict.complete)
                 if verdict.complete:
-                    audit.append(s, at=now, actor=actor, action="request.approved", request_id=row.id,
+                    self._record(s, at=now, actor=actor, action="request.approved", request_id=row.id,
                                  model=row.approval_model)
         if refusal:
             raise refusal
@@ -376,7 +430,7 @@ class Lifecycle:
                                 reason, row.ticket)
             decision = evaluate(self.policy, req, self._context(s, row.requester, exclude=row.id))
             if not decision.allowed:
-                audit.append(s, at=now, actor=actor, action="extension.refused", request_id=row.id,
+                self._record(s, at=now, actor=actor, action="extension.refused", request_id=row.id,
                              by=format_duration(by), checks=[asdict(c) for c in decision.checks])
                 refusal = Refused("policy", decision.refusal())
             elif actor == row.requester and not decision.auto_approved:
@@ -393,7 +447,7 @@ class Lifecycle:
                 if grant is not None and grant.status == "active":
                     grant.expires_at, grant.version, grant.updated_at = new_expiry, grant.version + 1, now
                     s.add(grant)
-                audit.append(s, at=now, actor=actor, action="request.extended", request_id=row.id,
+                self._record(s, at=now, actor=actor, action="request.extended", request_id=row.id,
                              by=format_duration(by), expires_at=new_expiry.isoformat(), reason=reason,
                              checks=[asdict(c) for c in decision.checks])
                 grant_id = grant.id if grant is not None and grant.status == "active" else None
@@ -409,12 +463,13 @@ class Lifecycle:
                reason: str) -> Outcome:
         """Emergency: active at once for the on-call group, reviewed afterwards."""
         req, _ = self._access_request(person, target, role, duration, reason, incident, None)
+        facts = self._ticket_facts(req.ticket, req.starts_at, req.expires_at)
         now = self.clock()
         with self.store.transaction() as s:
-            decision = evaluate_bypass(self.policy, req, self._context(s, person))
+            decision = evaluate_bypass(self.policy, req, replace(self._context(s, person), ticket=facts))
             checks = [asdict(c) for c in decision.checks]
             if not decision.allowed:
-                audit.append(s, at=now, actor=person, action="bypass.refused", target=target, role=role,
+                self._record(s, at=now, actor=person, action="bypass.refused", target=target, role=role,
                              checks=checks)
                 refusal = Refused("policy", decision.refusal())
             else:
@@ -428,7 +483,7 @@ class Lifecycle:
                 s.add(row)
                 s.flush()
                 s.add(ReviewRow(request_id=row.id, bypasser=person, opened_at=now))
-                audit.append(s, at=now, actor=person, action="bypass.used", request_id=row.id, target=target,
+                self._record(s, at=now, actor=person, action="bypass.used", request_id=row.id, target=target,
                              role=role, incident=req.ticket, reason=req.reason, checks=checks,
                              duration=format_duration(duration))
                 request_id = row.id
@@ -460,7 +515,7 @@ class Lifecycle:
                                      version=rev.version + 1))
             if done.rowcount != 1:
                 raise Conflict("review", f"REQ-{request_id} was reviewed by someone else just now")
-            audit.append(s, at=now, actor=actor, action="bypass.reviewed", request_id=row.id, outcome=outcome,
+            self._record(s, at=now, actor=actor, action="bypass.reviewed", request_id=row.id, outcome=outcome,
                          comment=comment, bypasser=rev.bypasser)
         return Outcome(self.get(request_id), f"REQ-{request_id} reviewed: {outcome}")
 
@@ -470,6 +525,23 @@ class Lifecycle:
             return [self._view(s, s.get(RequestRow, i)) for i in ids]
 
     # ------------------------------------------------------------ internals
+    def _record(self, s: Session, *, at: datetime, actor: str, action: str, request_id: int | None = None,
+                **details: Any) -> None:
+        """Append the audit event and, in the same transaction, the messages it owes the outside."""
+        event = audit.append(s, at=at, actor=actor, action=action, request_id=request_id, **details)
+        o = self.outbox
+        if o.servicenow or o.webhook:
+            row = s.get(RequestRow, request_id) if request_id is not None else None
+            for item in outbox.entries(event, row, details, servicenow=o.servicenow, webhook=o.webhook,
+                                       create_change=o.create_change):
+                s.add(item)
+
+    def _ticket_facts(self, number: str | None, start: datetime, end: datetime) -> TicketFacts | None:
+        """ServiceNow's facts for the ticket (fetched outside any transaction), when configured."""
+        if self.tickets is None or not number:
+            return None
+        return self.tickets.facts(number, start, end)
+
     def _operators(self) -> str:
         return self.policy.emergency.reviewer_group if self.policy.emergency else "security"
 
@@ -512,7 +584,7 @@ class Lifecycle:
             allowed(row)
             self._no_activation_running(s, row)
             self._bump(s, row, new_state, now, closed_by=actor, closed_reason=reason)
-            audit.append(s, at=now, actor=actor, action=f"request.{new_state}", request_id=row.id, reason=reason)
+            self._record(s, at=now, actor=actor, action=f"request.{new_state}", request_id=row.id, reason=reason)
         return Outcome(self.get(request_id), f"REQ-{request_id} {new_state}")
 
     # --------------------------------------------------------- grant steps
@@ -548,7 +620,7 @@ class Lifecycle:
             except IntegrityError:
                 return None  # another process is activating it
             self._bump(s, row, "approved", now, starts_at=starts, expires_at=expires)
-            audit.append(s, at=now, actor="engine", action="grant.applying", request_id=row.id, grant_id=grant.id,
+            self._record(s, at=now, actor="engine", action="grant.applying", request_id=row.id, grant_id=grant.id,
                          backend=grant.backend, expires_at=expires.isoformat())
             grant_id = grant.id
         return self._apply(grant_id)
@@ -568,7 +640,7 @@ class Lifecycle:
                 s.add(grant)
                 if row.state == "approved":
                     self._bump(s, row, "active", now)
-                audit.append(s, at=now, actor="engine", action="grant.active", request_id=row.id, grant_id=grant.id,
+                self._record(s, at=now, actor="engine", action="grant.active", request_id=row.id, grant_id=grant.id,
                              ref=ref, expires_at=grant.expires_at.isoformat())
                 return f"active: {grant.backend} grant until {grant.expires_at:%Y-%m-%d %H:%M:%S} UTC ({ref})"
             grant.status, grant.last_error, grant.updated_at = "failed", str(result), now
@@ -576,7 +648,7 @@ class Lifecycle:
             s.add(grant)
             if row.state == "approved":
                 self._bump(s, row, "failed", now, closed_by="engine", closed_reason=str(result))
-            audit.append(s, at=now, actor="engine", action="grant.failed", request_id=row.id, grant_id=grant.id,
+            self._record(s, at=now, actor="engine", action="grant.failed", request_id=row.id, grant_id=grant.id,
                          error=str(result))
             return f"failed: {result}"
 
@@ -611,7 +683,7 @@ class Lifecycle:
         if isinstance(result, BackendError):
             with self.store.transaction() as s:
                 grant = s.get(GrantRow, grant_id)
-                audit.append(s, at=self.clock(), actor="engine", action="grant.refresh_failed",
+                self._record(s, at=self.clock(), actor="engine", action="grant.refresh_failed",
                              request_id=grant.request_id, grant_id=grant_id, error=str(result))
             return f"warning: the new expiry was not written to {grant.backend}: {result}"
         return None
@@ -626,7 +698,7 @@ class Lifecycle:
                 self._no_activation_running(s, row)
                 self._bump(s, row, "cancelled" if end_state == "released" else "revoked", now,
                            closed_by=actor, closed_reason=reason)
-                audit.append(s, at=now, actor=actor, action=f"request.{row.state}", request_id=row.id, reason=reason)
+                self._record(s, at=now, actor=actor, action=f"request.{row.state}", request_id=row.id, reason=reason)
                 grant_id = None
             else:
                 self._expect(row, "active", verb)
@@ -652,7 +724,7 @@ class Lifecycle:
                                  version=grant.version + 1))
         if done.rowcount != 1:
             raise Conflict("conflict", f"grant {grant.id} was changed by someone else; nothing was done")
-        audit.append(s, at=now, actor=actor, action="grant.revoking", request_id=grant.request_id,
+        self._record(s, at=now, actor=actor, action="grant.revoking", request_id=grant.request_id,
                      grant_id=grant.id, end_state=end_state, reason=reason)
 
     def _revoke(self, grant_id: int) -> str | None:
@@ -669,7 +741,7 @@ class Lifecycle:
                 grant.next_attempt_at = now + self.settings.retry_backoff * min(2 ** grant.attempts, 64)
                 grant.owner, grant.lease_until, grant.version = None, None, grant.version + 1
                 s.add(grant)
-                audit.append(s, at=now, actor="engine", action="grant.revoke_failed", request_id=grant.request_id,
+                self._record(s, at=now, actor="engine", action="grant.revoke_failed", request_id=grant.request_id,
                              grant_id=grant.id, error=str(error), attempts=grant.attempts)
                 return f"the backend still holds it, will retry: {error}"
             row = s.get(RequestRow, grant.request_id)
@@ -679,7 +751,7 @@ class Lifecycle:
             if row.state == "active":
                 self._bump(s, row, grant.end_state or "revoked", now, closed_by=grant.end_actor,
                            closed_reason=grant.end_reason)
-            audit.append(s, at=now, actor=grant.end_actor or "engine", action=f"request.{grant.end_state}",
+            self._record(s, at=now, actor=grant.end_actor or "engine", action=f"request.{grant.end_state}",
                          request_id=row.id, grant_id=grant.id, reason=grant.end_reason,
                          lag_ms=round((now - grant.expires_at).total_seconds() * 1000)
                          if grant.end_state == "expired" else None)
@@ -762,7 +834,7 @@ class Lifecycle:
                     grant.owner, grant.lease_until = self.owner, now + self.settings.lease
                     grant.version += 1
                     s.add(grant)
-                    audit.append(s, at=now, actor="engine", action="grant.revoking", request_id=row.id,
+                    self._record(s, at=now, actor="engine", action="grant.revoking", request_id=row.id,
                                  grant_id=grant.id, end_state=grant.end_state, reason=grant.end_reason)
                     if row.state == "approved":
                         self._bump(s, row, "active", now)
@@ -813,17 +885,54 @@ class Lifecycle:
                         why = ("no decision within " + format_duration(d.lapse_after)) if pending_too_long \
                             else "its requested window passed before it could start"
                         self._bump(s, row, "lapsed", now, closed_by="engine", closed_reason=why)
-                        audit.append(s, at=now, actor="engine", action="request.lapsed", request_id=row.id, reason=why)
+                        self._record(s, at=now, actor="engine", action="request.lapsed", request_id=row.id, reason=why)
                         lapsed += 1
                     elif row.state == "pending" and row.escalated_at is None and row.created_at + d.escalate_after <= now:
                         self._bump(s, row, "pending", now, escalated_at=now)
-                        audit.append(s, at=now, actor="engine", action="request.escalated", request_id=row.id,
+                        self._record(s, at=now, actor="engine", action="request.escalated", request_id=row.id,
                                      waited=format_duration(now - row.created_at),
                                      approver_groups=list(row.approver_groups))
                         escalated += 1
             except Conflict:
                 continue
         return escalated, lapsed
+
+    def end_for_closed_ticket(self, number: str, why: str) -> list[int]:
+        """The linked ticket was closed or cancelled: end its open requests now, with a note."""
+        with self.store.transaction() as s:
+            rows = s.exec(select(RequestRow).where(RequestRow.ticket == number,
+                                                   RequestRow.state.in_(OPEN_STATES))).all()
+        ended = []
+        for r in rows:
+            try:
+                if r.state == "active":
+                    self._end("servicenow", r.id, "revoked", "revoke", why, lambda row: None)
+                else:
+                    self._close("servicenow", r.id, OPEN_STATES[:2], "cancelled", "cancel", why, lambda row: None)
+                ended.append(r.id)
+            except Refused as exc:
+                log.warning("REQ-%s not ended for closed ticket %s: %s", r.id, number, exc)
+        return ended
+
+    def open_tickets(self) -> list[str]:
+        """Ticket numbers that open requests depend on."""
+        with self.store.transaction() as s:
+            return sorted(set(s.exec(select(RequestRow.ticket).where(RequestRow.state.in_(OPEN_STATES),
+                                                                     RequestRow.ticket.is_not(None))).all()))
+
+    def warn_expiring(self, within: timedelta, now: datetime | None = None) -> int:
+        """Record "expires soon" once per grant (the webhook hears of it through the outbox)."""
+        now = now or self.clock()
+        with self.store.transaction() as s:
+            grants = s.exec(select(GrantRow).where(GrantRow.status == "active", GrantRow.warned_at.is_(None),
+                                                   GrantRow.expires_at <= now + within,
+                                                   GrantRow.expires_at > now)).all()
+            for g in grants:
+                g.warned_at = now
+                s.add(g)
+                self._record(s, at=now, actor="engine", action="grant.expiring", request_id=g.request_id,
+                             grant_id=g.id, expires_at=g.expires_at.isoformat())
+            return len(grants)
 
     def next_deadlines(self, until: datetime) -> list[datetime]:
         """Expiry and start instants before ``until``, for the precise scheduler."""

@@ -40,13 +40,28 @@ lease = "60s"
 apply_attempts = 3
 retry_backoff = "1s"
 
+[servicenow]
+# The sandbox talks to `jit snow-sim --seed demo` (default http://127.0.0.1:8080, admin/admin).
+enabled = SN_ENABLED
+url = "SN_URL"
+user = "admin"
+password_file = "snow-password"   # chmod 600; production: password_env or a secrets file
+retries = 2
+breaker_threshold = 3
+breaker_cooldown = "10s"
+sync_interval = "10s"
+create_missing_change = false
+write_back = true
+
 [directory]
 kind = "static"
 '''
 
 
-def write_sandbox(directory: Path, *, force: bool = False) -> Path:
-    """Write DIR/jit.toml, DIR/policy.toml, DIR/sudoers.d, DIR/data; return the config path."""
+def write_sandbox(directory: Path, *, force: bool = False, servicenow_url: str | None = "http://127.0.0.1:8080") -> Path:
+    """Write DIR/jit.toml, DIR/policy.toml, DIR/sudoers.d, DIR/data; return the config path.
+
+    ``servicenow_url`` None leaves ServiceNow off."""
     directory = directory.resolve()
     config = directory / "jit.toml"
     if config.exists() and not force:
@@ -63,5 +78,10 @@ def write_sandbox(directory: Path, *, force: bool = False) -> Path:
     (directory / "policy.toml").write_text(policy)
     people = "".join(f'\n[directory.people.{name}]\ndisplay_name = "{label}"\ngroups = {groups!r}\n'
                      .replace("'", '"') for name, (label, groups) in PEOPLE.items())
-    config.write_text(CONFIG + people)
+    secret = directory / "snow-password"
+    secret.touch(mode=0o600)
+    secret.chmod(0o600)
+    secret.write_text("admin\n")
+    text = CONFIG.replace("SN_ENABLED", "true" if servicenow_url else "false")
+    config.write_text(text.replace("SN_URL", servicenow_url or "http://127.0.0.1:8080") + people)
     return config

@@ -54,6 +54,7 @@ def _json(**kw: Any) -> Any:
 
 class RequestRow(SQLModel, table=True):
     __tablename__ = "access_request"
+    __table_args__ = (sa.UniqueConstraint("source_ref", name="uq_access_request_source_ref"),)
     id: Optional[int] = Field(default=None, primary_key=True)
     kind: str = "request"  # request | bypass
     requester: str = Field(index=True)
@@ -78,6 +79,7 @@ class RequestRow(SQLModel, table=True):
     escalated_at: Optional[datetime] = _when(default=None)
     closed_by: Optional[str] = None
     closed_reason: Optional[str] = None
+    source_ref: Optional[str] = Field(default=None)  # e.g. change_request:<sys_id>, unique (migration 0002)
     version: int = 1
 
 
@@ -115,6 +117,7 @@ class GrantRow(SQLModel, table=True):
     next_attempt_at: Optional[datetime] = _when(default=None)
     applied_at: Optional[datetime] = _when(default=None)
     revoked_at: Optional[datetime] = _when(default=None)
+    warned_at: Optional[datetime] = _when(default=None)  # "expires in 15 minutes" sent
     updated_at: datetime = _when()
     version: int = 1
 
@@ -142,6 +145,38 @@ class AuditEvent(SQLModel, table=True):
     details: str  # canonical JSON, hashed as stored
     prev_hash: str
     hash: str
+
+
+class OutboxRow(SQLModel, table=True):
+    """A message owed to the outside (a ServiceNow work note, a webhook), written in the same
+    transaction as the event it reports and delivered later, exactly once per ``key``."""
+
+    __tablename__ = "outbox"
+    id: Optional[int] = Field(default=None, primary_key=True)
+    key: str = Field(unique=True)
+    channel: str  # servicenow | webhook
+    request_id: Optional[int] = Field(default=None, index=True)
+    ticket: Optional[str] = None
+    payload: dict = _json(default_factory=dict)
+    state: str = Field(default="pending", index=True)  # pending | sent | failed
+    attempts: int = 0
+    last_error: Optional[str] = None
+    next_attempt_at: datetime = _when()
+    claimed_until: Optional[datetime] = _when(default=None)
+    created_at: datetime = _when()
+    sent_at: Optional[datetime] = _when(default=None)
+
+
+class SyncState(SQLModel, table=True):
+    __tablename__ = "sync_state"
+    name: str = Field(primary_key=True)
+    watermark: Optional[datetime] = _when(default=None)
+    last_run_at: Optional[datetime] = _when(default=None)
+    last_ok_at: Optional[datetime] = _when(default=None)
+    last_error: Optional[str] = None
+    errors: list = _json(default_factory=list)  # the most recent errors, newest last
+    processed: int = 0
+    behind_s: Optional[float] = None
 
 
 class AuditHead(SQLModel, table=True):

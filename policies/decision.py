@@ -36,12 +36,33 @@ class AccessRequest:
 
 
 @dataclass(frozen=True)
+class TicketFacts:
+    """What ServiceNow says about the referenced ticket, gathered by the caller.
+
+    ``status`` is "found", "missing" (no such ticket) or "unavailable" (ServiceNow did not answer)."""
+
+    number: str
+    status: str
+    kind: str = ""  # change | incident | item
+    state: str = ""
+    approval: str = ""
+    start: datetime | None = None
+    end: datetime | None = None
+    assignee: str | None = None
+    group_name: str | None = None
+    group_members: frozenset[str] = frozenset()
+    blackouts: tuple[tuple[str, datetime, datetime], ...] = ()
+    error: str = ""
+
+
+@dataclass(frozen=True)
 class Context:
     """What the policy needs to know about the requester, gathered by the caller."""
 
     groups: frozenset[str] = frozenset()
     holdings: tuple[Holding, ...] = ()  # approved or active elevations, this request excluded
     unreviewed_bypasses: int = 0
+    ticket: TicketFacts | None = None  # None: no ServiceNow configured, only the format is checked
 
 
 @dataclass(frozen=True)

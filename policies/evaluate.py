@@ -6,8 +6,9 @@ requester's groups and holdings; nothing here reads a file, a database or a cloc
 from __future__ import annotations
 
 from policies import checks
-from policies.decision import AccessRequest, Context, Decision
+from policies.decision import AccessRequest, Check, Context, Decision
 from policies.model import PolicySet
+from policies.tickets import ticket_checks
 
 
 def evaluate(policy: PolicySet, req: AccessRequest, ctx: Context) -> Decision:
@@ -21,6 +22,8 @@ def evaluate(policy: PolicySet, req: AccessRequest, ctx: Context) -> Decision:
         found.append(checks.separation_of_duties(policy, req, ctx))
         found.append(checks.approved_hours(req, target.environment, env))
         found.append(checks.concurrency(policy, req, ctx))
+    if ctx.ticket is not None:
+        found.extend(ticket_checks(req, ctx.ticket))
     approval, groups = "single", ()
     if tier is not None:
         approval, groups = tier.approval, tier.approver_groups
@@ -50,6 +53,12 @@ def evaluate_bypass(policy: PolicySet, req: AccessRequest, ctx: Context) -> Deci
              checks.emergency_reference(policy, req), checks.open_review(ctx)]
     if cap is not None:
         found.append(checks.duration_reasonable(req, cap, "an emergency bypass"))
+    if ctx.ticket is not None:
+        if ctx.ticket.status == "unavailable":  # break-glass must not depend on ITSM being up
+            found.append(Check("incident_open", True, f"{ctx.ticket.number} not verified: ServiceNow did not "
+                                                      "answer; the post-hoc review will see this."))
+        else:
+            found.extend(ticket_checks(req, ctx.ticket))
     role = target.roles.get(req.role) if target else None
     return Decision(
         checks=tuple(found),

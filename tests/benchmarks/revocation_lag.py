@@ -33,7 +33,7 @@ from sqlmodel import select  # noqa: E402
 
 
 def make_config(directory: Path, people: int, db_url: str) -> Path:
-    config = write_sandbox(directory)
+    config = write_sandbox(directory, servicenow_url=None)
     text = config.read_text().replace('url = ""', f'url = "{db_url}"')
     text = text.replace('sweep_interval = "30s"', 'sweep_interval = "10m"')  # the timer, not the sweep
     text += "".join(f'\n[directory.people.user{i}]\ngroups = ["engineers"]\n' for i in range(people))

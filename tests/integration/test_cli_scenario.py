@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from app.sandbox import write_sandbox
+from integrations.servicenow.simulator import Simulator, SimulatorOptions
 
 pytestmark = pytest.mark.skipif(not Path("/usr/sbin/visudo").exists() and not
                                 subprocess.run(["which", "visudo"], capture_output=True).returncode == 0,
@@ -17,8 +18,15 @@ pytestmark = pytest.mark.skipif(not Path("/usr/sbin/visudo").exists() and not
 
 
 @pytest.fixture
-def jit(tmp_path):
-    config = write_sandbox(tmp_path / "sandbox")
+def sim():
+    simulator = Simulator(SimulatorOptions(seed="demo")).start()
+    yield simulator
+    simulator.stop()
+
+
+@pytest.fixture
+def jit(tmp_path, sim):
+    config = write_sandbox(tmp_path / "sandbox", servicenow_url=sim.base_url)
 
     def run(user, *args, expect=0):
         env = {**os.environ, "JIT_CONFIG": str(config)}

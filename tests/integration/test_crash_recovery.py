@@ -22,7 +22,7 @@ T0 = datetime(2026, 11, 24, 10, 0, tzinfo=timezone.utc)
 
 @pytest.fixture
 def sandbox(tmp_path):
-    return write_sandbox(tmp_path / "sb")
+    return write_sandbox(tmp_path / "sb", servicenow_url=None)
 
 
 def drive(config, now, action, *args, failpoint=None):

@@ -1,0 +1,100 @@
+"""The ServiceNow sync: ticket-driven elevation and early revocation for closed tickets.
+
+Each run reads change requests updated since the watermark that carry JIT fields, oldest
+first, and turns each into a request (once: the change's sys_id is the request's unique
+``source_ref``). The watermark only moves past tickets that were fully handled, so an
+outage mid-run loses nothing; re-reading the same second again is harmless.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from app.clock import Clock
+from app.lifecycle import Lifecycle, Refused
+from app.store import Store, SyncState
+from app.tickets import TicketGateway
+from integrations.servicenow.client import ServiceNowError
+from integrations.servicenow.tickets import Tickets
+
+log = logging.getLogger("jit.sync")
+NAME = "servicenow"
+KEEP_ERRORS = 10
+
+
+@dataclass(frozen=True)
+class SyncReport:
+    read: int
+    created: int
+    refused: int
+    ended: int
+    behind_s: float
+    error: str | None = None
+
+    def __str__(self) -> str:
+        text = (f"read {self.read} change(s), created {self.created} request(s), refused {self.refused}, "
+                f"ended {self.ended} for closed tickets; was {self.behind_s:.0f}s behind")
+        return text + (f"; error: {self.error}" if self.error else "")
+
+
+class TicketSync:
+    def __init__(self, store: Store, lifecycle: Lifecycle, tickets: Tickets, gateway: TicketGateway,
+                 clock: Clock, initial_lookback: timedelta) -> None:
+        self.store, self.lifecycle, self.tickets, self.gateway = store, lifecycle, tickets, gateway
+        self.clock, self.initial_lookback = clock, initial_lookback
+
+    def status(self) -> SyncState | None:
+        with self.store.transaction() as s:
+            return s.get(SyncState, NAME)
+
+    def run_once(self) -> SyncReport:
+        now = self.clock()
+        state = self.status()
+        watermark = (state.watermark if state and state.watermark else now - self.initial_lookback)
+        behind = 0.0  # how old the oldest change this run had to catch up on was
+        read = created = refused = ended = 0
+        errors: list[str] = []
+        new_mark = watermark
+        try:
+            for ticket in self.tickets.changes_since(watermark):
+                read += 1
+                if read == 1 and ticket.updated_on:
+                    behind = max(0.0, (now - ticket.updated_on).total_seconds())
+                if ticket.closed:
+                    ended += len(self.lifecycle.end_for_closed_ticket(ticket.number, f"{ticket.number} was closed"))
+                else:
+                    try:
+                        facts = self.gateway.from_ticket(ticket, max(now, ticket.start or now), ticket.end or now)
+                        if self.lifecycle.submit_from_ticket(ticket, facts) is not None:
+                            created += 1
+                    except Refused as exc:
+                        refused += 1
+                        errors.append(f"{ticket.number}: {exc.rule}: {exc.message}")
+                if ticket.updated_on and ticket.updated_on > new_mark:
+                    new_mark = ticket.updated_on
+            for number in self.lifecycle.open_tickets():
+                ticket = self.tickets.find(number)
+                if ticket is not None and ticket.closed:
+                    ended += len(self.lifecycle.end_for_closed_ticket(
+                        number, f"{number} was closed or cancelled in ServiceNow"))
+            error = None
+        except ServiceNowError as exc:
+            error = str(exc)
+            errors.append(error)
+            log.warning("sync stopped, will resume from %s: %s", new_mark, exc)
+        self._save(now, new_mark, error, errors, read, behind)
+        return SyncReport(read, created, refused, ended, behind, error)
+
+    def _save(self, now: datetime, mark: datetime, error: str | None, errors: list[str], read: int,
+              behind: float) -> None:
+        with self.store.transaction() as s:
+            state = s.get(SyncState, NAME) or SyncState(name=NAME, errors=[])
+            state.watermark, state.last_run_at, state.behind_s = mark, now, behind
+            state.processed = (state.processed or 0) + read
+            if error is None:
+                state.last_ok_at = now
+            state.last_error = error
+            stamped = [f"{now:%Y-%m-%d %H:%M:%S}Z {e}" for e in errors]
+            state.errors = (list(state.errors or []) + stamped)[-KEEP_ERRORS:]
+            s.add(state)

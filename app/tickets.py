@@ -1,0 +1,38 @@
+"""Looks tickets up in ServiceNow and hands the policy plain facts; never raises for an outage."""
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+
+from integrations.servicenow.client import ServiceNowError
+from integrations.servicenow.tickets import NUMBER_RE, Ticket, Tickets
+from policies.decision import TicketFacts
+
+log = logging.getLogger("jit.tickets")
+KINDS = {"change_request": "change", "incident": "incident", "sc_req_item": "item"}
+
+
+class TicketGateway:
+    def __init__(self, tickets: Tickets) -> None:
+        self.tickets = tickets
+
+    def facts(self, number: str, start: datetime, end: datetime) -> TicketFacts | None:
+        """Facts for the policy; None when the number is not even well-formed (the format check says so)."""
+        if not NUMBER_RE.fullmatch(number or ""):
+            return None
+        try:
+            ticket = self.tickets.find(number)
+            if ticket is None:
+                return TicketFacts(number=number, status="missing")
+            return self.from_ticket(ticket, start, end)
+        except ServiceNowError as exc:
+            log.warning("ticket %s not validated: %s", number, exc)
+            return TicketFacts(number=number, status="unavailable", error=str(exc))
+
+    def from_ticket(self, ticket: Ticket, start: datetime, end: datetime) -> TicketFacts:
+        members = self.tickets.group_members(ticket.group) if ticket.group else set()
+        blackouts = tuple((name, s, e) for name, s, e, ci in self.tickets.blackouts(start, end)
+                          if ci is None or ci == ticket.cmdb_ci) if ticket.table == "change_request" else ()
+        return TicketFacts(number=ticket.number, status="found", kind=KINDS[ticket.table], state=ticket.state,
+                           approval=ticket.approval, start=ticket.start, end=ticket.end, assignee=ticket.assignee,
+                           group_name=ticket.group_name, group_members=frozenset(members), blackouts=blackouts)

@@ -1,0 +1,897 @@
+"""A ServiceNow REST Table API simulator: real HTTP, standard library only.
+
+Faithful to the documented Table API where a client can tell the difference (paths and
+versions, status codes, error envelopes, reference links, display values, paging headers,
+OAuth password grant), so a client proven against it works against an instance. On top
+of that it injects the failures a client must survive (``Faults``: 500s, dropped
+connections, timeouts, writes applied but unanswered, rate limiting) and keeps counters
+(``stats``) so tests can see how many attempts reached the server.
+
+Use it in-process (``Simulator(...).start()``) or blocking (``serve_forever`` for the CLI).
+All data lives in memory under one lock; with ``data_file`` it is reloaded at start and
+written atomically after every write.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import math
+import os
+import re
+import secrets
+import socket
+import tempfile
+import threading
+import time
+import uuid
+from collections import Counter, deque
+from dataclasses import dataclass, field, fields
+from datetime import datetime, timedelta, timezone
+from email.message import Message
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, Callable, Mapping
+from urllib.parse import parse_qsl, urlencode, urlsplit
+
+from integrations.servicenow import query as snquery
+from integrations.servicenow import seed as snseed
+
+# --------------------------------------------------------------------------- schema
+
+SYS_FIELDS = ("sys_id", "sys_created_on", "sys_created_by", "sys_updated_on", "sys_updated_by", "sys_mod_count")
+JOURNAL_FIELDS = ("work_notes", "comments")
+ACCESS_TOKEN_TTL = timedelta(seconds=1799)
+REFRESH_TOKEN_TTL = timedelta(days=100)
+
+
+@dataclass(frozen=True)
+class TableSchema:
+    """What the simulator knows about a table: its columns, references, choices and numbering."""
+
+    fields: tuple[str, ...]
+    references: Mapping[str, str] = field(default_factory=dict)   # field -> target table
+    choices: Mapping[str, Mapping[str, str]] = field(default_factory=dict)   # field -> value -> label
+    defaults: Mapping[str, str] = field(default_factory=dict)
+    number_prefix: str | None = None
+    display_field: str = "name"          # what a reference to this table displays
+    journal: bool = False                # work_notes/comments are write-only journal fields
+
+
+_TASK_JOURNAL = ("work_notes", "comments")
+_APPROVAL = {"not requested": "Not Yet Requested", "requested": "Requested", "approved": "Approved",
+             "rejected": "Rejected"}
+
+TABLES: dict[str, TableSchema] = {
+    "change_request": TableSchema(
+        fields=("number", "short_description", "description", "state", "type", "approval", "start_date",
+                "end_date", "assigned_to", "assignment_group", "cmdb_ci", "risk", "close_code", "close_notes",
+                *_TASK_JOURNAL, "u_jit_target", "u_jit_role"),
+        references={"assigned_to": "sys_user", "assignment_group": "sys_user_group", "cmdb_ci": "cmdb_ci"},
+        choices={
+            "state": {"-5": "New", "-4": "Assess", "-3": "Authorize", "-2": "Scheduled", "-1": "Implement",
+                      "0": "Review", "3": "Closed", "4": "Canceled"},
+            "type": {"normal": "Normal", "standard": "Standard", "emergency": "Emergency"},
+            "approval": _APPROVAL,
+            "risk": {"1": "Very High", "2": "High", "3": "Moderate", "4": "Low"},
+            "close_code": {"successful": "Successful", "successful_issues": "Successful with issues",
+                           "unsuccessful": "Unsuccessful"},
+        },
+        defaults={"state": "-5", "type": "normal", "approval": "not requested", "risk": "3"},
+        number_prefix="CHG", display_field="number", journal=True),
+    "incident": TableSchema(
+        fields=("number", "short_description", "description", "state", "assigned_to", "assignment_group",
+                "caller_id", "priority", "close_code", "close_notes", *_TASK_JOURNAL),
+        references={"assigned_to": "sys_user", "assignment_group": "sys_user_group", "caller_id": "sys_user"},
+        choices={
+            "state": {"1": "New", "2": "In Progress", "3": "On Hold", "6": "Resolved", "7": "Closed",
+                      "8": "Canceled"},
+            "priority": {"1": "1 - Critical", "2": "2 - High", "3": "3 - Moderate", "4": "4 - Low",
+                         "5": "5 - Planning"},
+        },
+        defaults={"state": "1", "priority": "5"},
+        number_prefix="INC", display_field="number", journal=True),
+    "sc_req_item": TableSchema(
+        fields=("number", "short_description", "description", "state", "approval", "requested_for",
+                *_TASK_JOURNAL),
+        references={"requested_for": "sys_user"},
+        choices={"state": {"-5": "Pending", "1": "Open", "2": "Work in Progress", "3": "Closed Complete",
+                           "4": "Closed Incomplete", "7": "Closed Skipped"},
+                 "approval": _APPROVAL},
+        defaults={"state": "1", "approval": "not requested"},
+        number_prefix="RITM", display_field="number", journal=True),
+    "sys_user": TableSchema(fields=("user_name", "name", "email", "active"), defaults={"active": "true"}),
+    "sys_user_group": TableSchema(fields=("name", "active"), defaults={"active": "true"}),
+    "sys_user_grmember": TableSchema(fields=("user", "group"),
+                                     references={"user": "sys_user", "group": "sys_user_group"},
+                                     display_field="sys_id"),
+    "sys_journal_field": TableSchema(fields=("element", "element_id", "name", "value"), display_field="value"),
+    "cmdb_ci": TableSchema(fields=("name",)),
+    "cmn_schedule_blackout": TableSchema(fields=("name", "start_date", "end_date", "cmdb_ci"),
+                                         references={"cmdb_ci": "cmdb_ci"}),
+}
+
+# --------------------------------------------------------------------------- options, faults
+
+
+@dataclass
+class SimulatorOptions:
+    """How the simulator authenticates, limits, persists and seeds."""
+
+    user: str = "admin"
+    password: str = "admin"
+    oauth_clients: dict[str, str] = field(default_factory=lambda: {"jit": "jit-secret"})  # id -> secret
+    rate_limit: int | None = None        # max requests per rate_window seconds per user; None = no limit
+    rate_window: float = 1.0
+    latency_ms: int = 0                  # initial Faults.latency_ms
+    data_file: Path | None = None        # loaded at start when it exists; saved after every write
+    seed: str | None = None              # "demo": load seed.demo(clock()) when there is no data file yet
+    clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc)
+
+
+@dataclass
+class Faults:
+    """Failures to inject into API requests (not into /sim/admin/* or /oauth_token.do).
+
+    Counters count down as they fire. Set attributes directly, or through
+    ``POST /sim/admin/faults``; :meth:`take` is the atomic check-and-decrement.
+    """
+
+    latency_ms: int = 0              # sleep before answering every API request
+    fail_next: int = 0               # answer 500 "Internal Server Error"
+    drop_next: int = 0               # read the request, close the socket, answer nothing
+    timeout_next: int = 0            # sleep timeout_s, then answer normally
+    timeout_s: float = 30.0
+    down: bool = False               # drop every API request
+    fail_after_write_next: int = 0   # apply a successful write, then drop the connection
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False, compare=False)
+
+    def take(self, name: str) -> bool:
+        """Decrement counter ``name`` if it is positive; return whether it fired."""
+        with self._lock:
+            if getattr(self, name) > 0:
+                setattr(self, name, getattr(self, name) - 1)
+                return True
+            return False
+
+    def snapshot(self) -> dict[str, Any]:
+        """The current values as a JSON-able dict."""
+        with self._lock:
+            return {f.name: getattr(self, f.name) for f in fields(self) if f.init}
+
+    def update(self, values: Mapping[str, Any]) -> None:
+        """Set several faults at once; raise ValueError (changing nothing) on a bad name or value."""
+        types = {f.name: f.type for f in fields(self) if f.init}
+        clean: dict[str, Any] = {}
+        for name, value in values.items():
+            if name not in types:
+                raise ValueError(f"unknown fault {name!r}; known: {', '.join(types)}")
+            if name == "down":
+                if not isinstance(value, bool):
+                    raise ValueError("down must be true or false")
+            elif isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+                raise ValueError(f"{name} must be a non-negative number")
+            elif name != "timeout_s" and value != int(value):
+                raise ValueError(f"{name} must be an integer")
+            clean[name] = value if name in ("down", "timeout_s") else int(value)
+        with self._lock:
+            for name, value in clean.items():
+                setattr(self, name, value)
+
+    def clear(self) -> None:
+        """Back to no faults at all (latency 0, timeout_s 30)."""
+        self.update({f.name: f.default for f in fields(self) if f.init})
+
+
+# --------------------------------------------------------------------------- HTTP plumbing
+
+
+@dataclass
+class _Request:
+    method: str
+    path: str
+    query: str
+    headers: Message
+    body: bytes
+
+
+@dataclass
+class _Response:
+    status: int
+    body: Any = None                     # JSON-able, or None for no body
+    headers: dict[str, str] = field(default_factory=dict)
+    drop: bool = False                   # close the connection without answering
+
+
+_DROP = _Response(0, drop=True)
+_TABLE_PATH = re.compile(r"/api/now(?:/(?P<version>v1|v2))?/table/(?P<table>[^/]+)(?:/(?P<sys_id>[^/]+))?/?")
+_FIELD_NAME = re.compile(r"[A-Za-z0-9_]+")
+_SYS_ID = re.compile(r"[0-9a-f]{32}")
+
+
+def _error(status: int, message: str, detail: str | None = None, headers: dict[str, str] | None = None
+           ) -> _Response:
+    return _Response(status, {"error": {"message": message, "detail": detail}, "status": "failure"},
+                     headers or {})
+
+
+def _unauthenticated() -> _Response:
+    return _error(401, "User Not Authenticated", "Required to provide Auth information",
+                  {"WWW-Authenticate": 'Basic realm="Service-now"'})
+
+
+def _oauth_denied() -> _Response:
+    return _Response(401, {"error_description": "access_denied", "error": "server_error"})
+
+
+class _Server(ThreadingHTTPServer):
+    """Threaded server that remembers open connections so ``stop`` can cut keep-alive ones."""
+
+    daemon_threads = True
+    sim: "Simulator"
+
+    def __init__(self, address: tuple[str, int]) -> None:
+        self.connections: set[socket.socket] = set()
+        self.connections_lock = threading.Lock()
+        super().__init__(address, _Handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self.connections_lock:
+            self.connections.add(request)
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request: Any) -> None:
+        with self.connections_lock:
+            self.connections.discard(request)
+        super().shutdown_request(request)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """Stay quiet: clients that go away mid-request are part of the job."""
+
+
+class _Handler(BaseHTTPRequestHandler):
+    """Reads one request, hands it to the Simulator, writes (or withholds) the answer."""
+
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True       # headers and body are separate writes: avoid 40 ms delayed-ACK stalls
+    server_version = "ServiceNow"
+    sys_version = ""
+    server: _Server
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Log nothing per request (and so never a credential)."""
+
+    def do_GET(self) -> None:
+        self._dispatch()
+
+    do_POST = do_PUT = do_PATCH = do_DELETE = do_GET
+
+    def _dispatch(self) -> None:
+        try:
+            body = self._read_body()
+        except (ValueError, OSError):
+            self.close_connection = True
+            return
+        url = urlsplit(self.path)
+        response = self.server.sim._handle(_Request(self.command, url.path, url.query, self.headers, body))
+        if response.drop:
+            self.close_connection = True
+            return
+        payload = b"" if response.body is None else json.dumps(response.body).encode()
+        try:
+            self.send_response(response.status)
+            if response.status != 204:
+                self.send_header("Content-Type", "application/json;charset=UTF-8")
+                self.send_header("Content-Length", str(len(payload)))
+            for name, value in response.headers.items():
+                self.send_header(name, value)
+            self.end_headers()
+            self.wfile.write(payload)
+        except OSError:
+            self.close_connection = True
+
+    def _read_body(self) -> bytes:
+        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            chunks = []
+            while size := int(self.rfile.readline(65537).split(b";")[0].strip() or b"0", 16):
+                chunks.append(self.rfile.read(size))
+                self.rfile.readline()
+            while self.rfile.readline(65537) not in (b"\r\n", b"\n", b""):
+                pass  # trailers
+            return b"".join(chunks)
+        length = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(length) if length > 0 else b""
+
+
+# --------------------------------------------------------------------------- rendering helpers
+
+
+@dataclass(frozen=True)
+class _View:
+    """How to render records: sysparm_fields, sysparm_display_value, sysparm_exclude_reference_link."""
+
+    fields: tuple[str, ...] = ()
+    display: str = "false"               # "false" | "true" | "all"
+    exclude_links: bool = False
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, str]) -> "_View":
+        display = params.get("sysparm_display_value", "false").strip().lower()
+        return cls(tuple(f.strip() for f in params.get("sysparm_fields", "").split(",") if f.strip()),
+                   display if display in ("true", "all") else "false",
+                   _truthy(params.get("sysparm_exclude_reference_link")))
+
+
+_MISSING = object()
+
+
+def _truthy(value: str | None) -> bool:
+    return (value or "").strip().lower() == "true"
+
+
+def _utc(moment: datetime) -> datetime:
+    return moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment.astimezone(timezone.utc)
+
+
+def _format_time(moment: datetime) -> str:
+    return _utc(moment).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _to_str(value: Any) -> str:
+    """ServiceNow stores strings: null -> "", booleans -> "true"/"false", {"value": x} -> x."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dict) and "value" in value:
+        return _to_str(value["value"])
+    if isinstance(value, (dict, list)):
+        return json.dumps(value)
+    return str(value)
+
+
+def _params(query: str) -> dict[str, str]:
+    """Query parameters, first occurrence wins (as on an instance)."""
+    params: dict[str, str] = {}
+    for name, value in parse_qsl(query, keep_blank_values=True):
+        params.setdefault(name, value)
+    return params
+
+
+# --------------------------------------------------------------------------- the simulator
+
+
+class Simulator:
+    """The ServiceNow Table API on ``base_url``; binds in ``__init__``, serves after ``start``."""
+
+    def __init__(self, options: SimulatorOptions | None = None, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.options = options or SimulatorOptions()
+        self.faults = Faults(latency_ms=self.options.latency_ms)
+        self.stats: Counter[str] = Counter()
+        self._stats_lock = threading.Lock()
+        self._lock = threading.RLock()
+        self._data: dict[str, list[dict[str, str]]] = {table: [] for table in TABLES}
+        self._index: dict[str, dict[str, dict[str, str]]] = {table: {} for table in TABLES}
+        self._extra: dict[str, set[str]] = {table: set() for table in TABLES}   # custom columns written
+        self._counters: dict[str, int] = {}
+        self._tokens: dict[str, tuple[str, datetime]] = {}                  # access token -> user, expiry
+        self._refresh: dict[str, tuple[str, str, datetime]] = {}            # refresh -> user, client, expiry
+        self._hits: dict[str, deque[float]] = {}
+        self._rate_lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._started = False
+        self._thread: threading.Thread | None = None
+        data_file = self.options.data_file
+        if data_file is not None and Path(data_file).exists():
+            self._load(Path(data_file))
+        elif self.options.seed is not None:
+            self.load_seed(self.options.seed)
+        self._httpd = _Server((host, port))
+        self._httpd.sim = self
+        bound_host, bound_port = self._httpd.server_address[:2]
+        self.base_url = f"http://{bound_host}:{bound_port}"
+
+    # -- lifecycle
+
+    def start(self) -> "Simulator":
+        """Serve in a daemon thread; return self."""
+        self._started = True
+        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05},
+                                        name="snow-sim", daemon=True)
+        self._thread.start()
+        return self
+
+    def serve_forever(self) -> None:
+        """Serve in this thread until ``stop`` is called from another (or an exception, e.g. Ctrl-C)."""
+        self._started = True
+        self._httpd.serve_forever(poll_interval=0.1)
+
+    def stop(self) -> None:
+        """Stop serving, wake sleeping handlers, close the listening and all open sockets."""
+        if self._stopping.is_set():
+            return
+        self._stopping.set()
+        if self._started:
+            self._httpd.shutdown()
+        self._httpd.server_close()
+        with self._httpd.connections_lock:
+            open_connections = list(self._httpd.connections)
+        for conn in open_connections:
+            try:
+                conn.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def __enter__(self) -> "Simulator":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- direct helpers (no HTTP)
+
+    def insert(self, table: str, record: Mapping[str, Any], user: str = "system") -> dict[str, str]:
+        """Insert like a POST would (sys fields, number, journal); return a copy of the stored record."""
+        if table not in TABLES:
+            raise ValueError(f"Invalid table {table}")
+        with self._lock:
+            stored = self._insert_locked(table, record, user)
+            self._save_locked()
+            return dict(stored)
+
+    def records(self, table: str) -> list[dict[str, str]]:
+        """Copies of the stored records of ``table``, in insertion order."""
+        with self._lock:
+            return [dict(r) for r in self._data[table]]
+
+    def journal(self, sys_id: str) -> list[dict[str, str]]:
+        """The sys_journal_field rows written for record ``sys_id``, oldest first."""
+        with self._lock:
+            return [dict(r) for r in self._data["sys_journal_field"] if r["element_id"] == sys_id]
+
+    def load_seed(self, name: str) -> None:
+        """Insert a named seed data set ("demo")."""
+        if name != "demo":
+            raise ValueError(f"unknown seed {name!r} (known: demo)")
+        with self._lock:
+            for table, rows in snseed.demo(self.options.clock()).items():
+                for row in rows:
+                    self._insert_locked(table, row, "system")
+            self._save_locked()
+
+    # -- request handling
+
+    def _count(self, key: str) -> None:
+        with self._stats_lock:
+            self.stats[key] += 1
+
+    def _handle(self, req: _Request) -> _Response:
+        """Route one request; never raises."""
+        try:
+            if req.path == "/oauth_token.do":
+                return self._oauth(req)
+            if req.path.startswith("/sim/admin/"):
+                return self._admin(req)
+            return self._api(req)
+        except Exception as exc:  # noqa: BLE001 - a simulator answers 500, like the real thing
+            self._count("500")
+            return _error(500, "Internal Server Error", f"{type(exc).__name__}: {exc}")
+
+    def _api(self, req: _Request) -> _Response:
+        match = _TABLE_PATH.fullmatch(req.path)
+        if match:
+            self._count(f"{req.method} /api/now/table/{match['table']}")
+        injected = self._inject_faults()
+        if injected is not None:
+            return injected
+        user = self._authenticate(req.headers)
+        if user is None:
+            self._count("401")
+            return _unauthenticated()
+        limited = self._rate_limit(user)
+        if limited is not None:
+            return limited
+        if match is None:
+            return _error(400, "Requested URI does not represent any resource", None)
+        response = self._table(req, match["version"], match["table"], match["sys_id"], user)
+        if (req.method in ("POST", "PUT", "PATCH", "DELETE") and response.status < 300
+                and self.faults.take("fail_after_write_next")):
+            self._count("dropped")
+            return _DROP
+        return response
+
+    def _inject_faults(self) -> _Response | None:
+        if self.faults.latency_ms > 0:
+            self._stopping.wait(self.faults.latency_ms / 1000)
+        if self.faults.down or self.faults.take("drop_next"):
+            self._count("dropped")
+            return _DROP
+        if self.faults.take("fail_next"):
+            self._count("500")
+            return _error(500, "Internal Server Error", "Simulated failure (fail_next)")
+        if self.faults.take("timeout_next"):
+            self._stopping.wait(self.faults.timeout_s)
+        return None
+
+    def _authenticate(self, headers: Message) -> str | None:
+        """The user behind a valid Basic or Bearer Authorization header, else None."""
+        scheme, _, credential = (headers.get("Authorization") or "").partition(" ")
+        if scheme.lower() == "basic":
+            user_pass = _decode_basic(credential)
+            if user_pass and _same(user_pass[0], self.options.user) and _same(user_pass[1], self.options.password):
+                return self.options.user
+            return None
+        if scheme.lower() == "bearer":
+            with self._lock:
+                entry = self._tokens.get(credential.strip())
+                if entry is None:
+                    return None
+                if _utc(self.options.clock()) >= entry[1]:
+                    del self._tokens[credential.strip()]
+                    return None
+                return entry[0]
+        return None
+
+    def _rate_limit(self, user: str) -> _Response | None:
+        """429 when ``user`` already made ``rate_limit`` requests in the last ``rate_window`` seconds."""
+        limit, window = self.options.rate_limit, self.options.rate_window
+        if limit is None:
+            return None
+        now = time.monotonic()
+        with self._rate_lock:
+            hits = self._hits.setdefault(user, deque())
+            while hits and hits[0] <= now - window:
+                hits.popleft()
+            if len(hits) < limit:
+                hits.append(now)
+                return None
+            wait = hits[0] + window - now
+        self._count("429")
+        return _error(429, "Rate limit exceeded",
+                      f"More than {limit} requests in {window:g} seconds for user {user}; retry later",
+                      {"Retry-After": str(max(1, math.ceil(wait))), "X-RateLimit-Limit": str(limit),
+                       "X-RateLimit-Remaining": "0", "X-RateLimit-Reset": str(math.ceil(time.time() + wait))})
+
+    # -- OAuth
+
+    def _oauth(self, req: _Request) -> _Response:
+        """``POST /oauth_token.do``: password and refresh_token grants."""
+        if req.method != "POST":
+            return _oauth_denied()
+        form = dict(parse_qsl(req.body.decode("utf-8", "replace"), keep_blank_values=True))
+        client_id, client_secret = form.get("client_id"), form.get("client_secret")
+        if not client_id:
+            scheme, _, credential = (req.headers.get("Authorization") or "").partition(" ")
+            if scheme.lower() == "basic":
+                client_id, client_secret = _decode_basic(credential) or (None, None)
+        expected = self.options.oauth_clients.get(client_id or "")
+        if expected is None or not _same(client_secret or "", expected):
+            return _oauth_denied()
+        now = _utc(self.options.clock())
+        with self._lock:
+            grant = form.get("grant_type")
+            if grant == "password":
+                if not (_same(form.get("username", ""), self.options.user)
+                        and _same(form.get("password", ""), self.options.password)):
+                    return _oauth_denied()
+                user, refresh = self.options.user, secrets.token_urlsafe(32)
+                self._refresh[refresh] = (user, client_id or "", now + REFRESH_TOKEN_TTL)
+            elif grant == "refresh_token":
+                refresh = form.get("refresh_token", "")
+                entry = self._refresh.get(refresh)
+                if entry is None or entry[1] != client_id or now >= entry[2]:
+                    return _oauth_denied()
+                user = entry[0]
+            else:
+                return _oauth_denied()
+            access = secrets.token_urlsafe(32)
+            self._tokens[access] = (user, now + ACCESS_TOKEN_TTL)
+        return _Response(200, {"access_token": access, "refresh_token": refresh, "scope": "useraccount",
+                               "token_type": "Bearer", "expires_in": int(ACCESS_TOKEN_TTL.total_seconds())})
+
+    # -- admin
+
+    def _admin(self, req: _Request) -> _Response:
+        """``/sim/admin/faults`` (GET, POST), ``/sim/admin/stats`` (GET), ``/sim/admin/reset`` (POST)."""
+        if self._authenticate(req.headers) is None:
+            return _unauthenticated()
+        route = (req.method, req.path.rstrip("/"))
+        if route == ("GET", "/sim/admin/faults"):
+            return _Response(200, self.faults.snapshot())
+        if route == ("POST", "/sim/admin/faults"):
+            body = _json_object(req.body)
+            if isinstance(body, _Response):
+                return body
+            try:
+                self.faults.update(body)
+            except ValueError as exc:
+                return _error(400, "Invalid fault", str(exc))
+            return _Response(200, self.faults.snapshot())
+        if route == ("GET", "/sim/admin/stats"):
+            with self._stats_lock:
+                return _Response(200, dict(self.stats))
+        if route == ("POST", "/sim/admin/reset"):
+            self.faults.clear()
+            with self._stats_lock:
+                self.stats.clear()
+            return _Response(200, {"faults": self.faults.snapshot(), "stats": {}})
+        return _error(400, "Requested URI does not represent any resource", f"{req.method} {req.path}")
+
+    # -- the Table API
+
+    def _table(self, req: _Request, version: str | None, table: str, sys_id: str | None, user: str
+               ) -> _Response:
+        if table not in TABLES:
+            return _error(400, f"Invalid table {table}", None)
+        params = _params(req.query)
+        view = _View.from_params(params)
+        method = req.method
+        if sys_id is None and method == "GET":
+            return self._list(req, version, table, params, view)
+        if sys_id is None and method == "POST":
+            body = _json_object(req.body)
+            if isinstance(body, _Response):
+                return body
+            with self._lock:
+                record = self._insert_locked(table, body, user)
+                self._save_locked()
+                rendered = self._render(table, record, view)
+            location = f"{self.base_url}/api/now/table/{table}/{record['sys_id']}"
+            return self._written(req, 201, rendered, {"Location": location})
+        if sys_id is None or method == "POST":
+            return _error(405, "Method not Supported", f"{method} is not supported for this resource")
+        with self._lock:
+            record = self._index[table].get(sys_id)
+            if record is None:
+                return _error(404, "No Record found", "Record doesn't exist or ACL restricts the record retrieval")
+            if method == "GET":
+                return _Response(200, {"result": self._render(table, record, view)})
+            if method == "DELETE":
+                self._data[table].remove(record)
+                del self._index[table][sys_id]
+                self._save_locked()
+                return _Response(204)
+            body = _json_object(req.body)       # PUT and PATCH: both update only the given fields
+            if isinstance(body, _Response):
+                return body
+            self._update_locked(table, record, body, user)
+            self._save_locked()
+            rendered = self._render(table, record, view)
+        return self._written(req, 200, rendered)
+
+    @staticmethod
+    def _written(req: _Request, status: int, rendered: dict[str, Any], headers: dict[str, str] | None = None
+                 ) -> _Response:
+        """The answer to a write, honouring ``X-no-response-body: true``."""
+        if _truthy(req.headers.get("X-no-response-body")):
+            return _Response(status, None, headers or {})
+        return _Response(status, {"result": rendered}, headers or {})
+
+    def _list(self, req: _Request, version: str | None, table: str, params: Mapping[str, str], view: _View
+              ) -> _Response:
+        try:
+            limit = int(params.get("sysparm_limit") or 10000)
+            offset = int(params.get("sysparm_offset") or 0)
+            if limit <= 0 or offset < 0:
+                raise ValueError
+        except ValueError:
+            return _error(400, "Invalid parameter",
+                          "sysparm_limit must be a positive integer and sysparm_offset a non-negative integer")
+        parsed = snquery.parse(params.get("sysparm_query"))
+        with self._lock:
+            getter = lambda rec, name: self._value(table, rec, name)  # noqa: E731
+            matched = parsed.order(parsed.filter(self._data[table], getter), getter)
+            page = [self._render(table, rec, view) for rec in matched[offset:offset + limit]]
+        if not page and version == "v1":
+            return _error(404, "No Record found",
+                          "Records matching query not found. Check query parameter or offset parameter")
+        headers = {"X-Total-Count": str(len(matched))}
+        if not _truthy(params.get("sysparm_suppress_pagination_header")):
+            headers["Link"] = self._link_header(req, offset, limit, len(matched))
+        return _Response(200, {"result": page}, headers)
+
+    def _link_header(self, req: _Request, offset: int, limit: int, total: int) -> str:
+        """``<url>;rel="first",<url>;rel="prev",<url>;rel="next",<url>;rel="last"`` as an instance sends it."""
+        pairs = parse_qsl(req.query, keep_blank_values=True)
+
+        def url(new_offset: int) -> str:
+            changed = [(k, str(new_offset) if k == "sysparm_offset" else v) for k, v in pairs]
+            if not any(k == "sysparm_offset" for k, _ in pairs):
+                changed.append(("sysparm_offset", str(new_offset)))
+            return f"{self.base_url}{req.path}?{urlencode(changed)}"
+
+        links = [f'<{url(0)}>;rel="first"']
+        if offset > 0:
+            links.append(f'<{url(max(0, offset - limit))}>;rel="prev"')
+        if offset + limit < total:
+            links.append(f'<{url(offset + limit)}>;rel="next"')
+        links.append(f'<{url((total - 1) // limit * limit if total else 0)}>;rel="last"')
+        return ",".join(links)
+
+    # -- data (callers hold self._lock)
+
+    def _known(self, table: str, name: str) -> bool:
+        return name in TABLES[table].fields or name in SYS_FIELDS or name in self._extra[table]
+
+    def _value(self, table: str, record: Mapping[str, str], name: str) -> str | None:
+        """A field's raw value for queries, dot-walking references; None for an unknown field."""
+        if "." in name:
+            ref_field, sub = name.split(".", 1)
+            target_table = TABLES[table].references.get(ref_field)
+            if target_table is None:
+                return None
+            target = self._index[target_table].get(record.get(ref_field, ""))
+            if target is None:
+                return "" if self._known(target_table, sub.split(".")[0]) else None
+            return self._value(target_table, target, sub)
+        if name in record:
+            return record[name]
+        return "" if self._known(table, name) else None
+
+    def _render(self, table: str, record: Mapping[str, str], view: _View) -> dict[str, Any]:
+        """A record as the API returns it under ``view``; unknown names in sysparm_fields are left out."""
+        out: dict[str, Any] = {}
+        for name in view.fields or tuple(record):
+            value = self._render_field(table, record, name, view)
+            if value is not _MISSING:
+                out[name] = value
+        return out
+
+    def _render_field(self, table: str, record: Mapping[str, str], name: str, view: _View) -> Any:
+        schema = TABLES[table]
+        if "." in name:
+            ref_field, sub = name.split(".", 1)
+            target_table = schema.references.get(ref_field)
+            if target_table is None or ref_field not in record:
+                return _MISSING
+            target = self._index[target_table].get(record[ref_field])
+            if target is None:
+                return {"display_value": "", "value": ""} if view.display == "all" else ""
+            return self._render_field(target_table, target, sub, view)
+        if name not in record:
+            return _MISSING
+        raw = record[name]
+        target_table = schema.references.get(name)
+        if target_table is not None:
+            if raw == "":
+                return {"display_value": "", "value": ""} if view.display == "all" else ""
+            target = self._index[target_table].get(raw)
+            display = target.get(TABLES[target_table].display_field, "") if target else ""
+            link = f"{self.base_url}/api/now/table/{target_table}/{raw}"
+            if view.display == "false":
+                return raw if view.exclude_links else {"link": link, "value": raw}
+            if view.display == "true":
+                return display if view.exclude_links else {"display_value": display, "link": link}
+            both = {"display_value": display, "value": raw}
+            return both if view.exclude_links else {**both, "link": link}
+        display = schema.choices.get(name, {}).get(raw, raw)
+        if view.display == "true":
+            return display
+        if view.display == "all":
+            return {"display_value": display, "value": raw}
+        return raw
+
+    def _resolve_reference(self, target_table: str, value: str) -> str:
+        """A sys_id as given; otherwise the sys_id of the record with that display value, as an instance does."""
+        if value == "" or value in self._index[target_table]:
+            return value
+        display_field = TABLES[target_table].display_field
+        for candidate in self._data[target_table]:
+            if candidate.get(display_field) == value:
+                return candidate["sys_id"]
+        return value
+
+    def _assign(self, table: str, record: dict[str, str], values: Mapping[str, Any]) -> tuple[bool, dict[str, str]]:
+        """Copy writable values into ``record``; return (changed, journal entries)."""
+        schema = TABLES[table]
+        changed, notes = False, {}
+        for name, value in values.items():
+            if name in SYS_FIELDS or not _FIELD_NAME.fullmatch(name):
+                continue
+            text = _to_str(value)
+            if schema.journal and name in JOURNAL_FIELDS:
+                notes[name] = text
+                continue
+            if name in schema.references:
+                text = self._resolve_reference(schema.references[name], text)
+            if record.get(name) != text:
+                record[name] = text
+                changed = True
+            if not self._known(table, name):
+                self._extra[table].add(name)
+        return changed, notes
+
+    def _insert_locked(self, table: str, values: Mapping[str, Any], user: str) -> dict[str, str]:
+        schema = TABLES[table]
+        now = _format_time(self.options.clock())
+        record = {name: schema.defaults.get(name, "") for name in schema.fields}
+        _, notes = self._assign(table, record, values)
+        sys_id = _to_str(values.get("sys_id")).lower()
+        if not _SYS_ID.fullmatch(sys_id) or sys_id in self._index[table]:
+            sys_id = uuid.uuid4().hex
+        if schema.number_prefix:
+            counter = self._counters.get(table, 0)
+            given = record.get("number", "")
+            if given:   # keep a supplied number; move the counter past it so numbers stay unique
+                digits = given[len(schema.number_prefix):]
+                if given.startswith(schema.number_prefix) and digits.isdigit():
+                    self._counters[table] = max(counter, int(digits))
+            else:
+                self._counters[table] = counter + 1
+                record["number"] = f"{schema.number_prefix}{counter + 1:07d}"
+        record.update(sys_id=sys_id, sys_created_on=now, sys_created_by=user, sys_updated_on=now,
+                      sys_updated_by=user, sys_mod_count="0")
+        self._data[table].append(record)
+        self._index[table][sys_id] = record
+        self._journal_locked(table, sys_id, notes, user)
+        return record
+
+    def _update_locked(self, table: str, record: dict[str, str], values: Mapping[str, Any], user: str) -> None:
+        changed, notes = self._assign(table, record, values)
+        if changed or any(notes.values()):   # an update that changes nothing is not a write, as on an instance
+            record.update(sys_updated_on=_format_time(self.options.clock()), sys_updated_by=user,
+                          sys_mod_count=str(int(record.get("sys_mod_count") or 0) + 1))
+        self._journal_locked(table, record["sys_id"], notes, user)
+
+    def _journal_locked(self, table: str, sys_id: str, notes: Mapping[str, str], user: str) -> None:
+        for element, text in notes.items():
+            if text:
+                self._insert_locked("sys_journal_field",
+                                    {"element": element, "element_id": sys_id, "name": table, "value": text}, user)
+
+    # -- persistence
+
+    def _load(self, path: Path) -> None:
+        """Replace the data with the JSON file's ``{table: [records], "_counters": {...}}``."""
+        saved = json.loads(path.read_text(encoding="utf-8"))
+        self._counters = {k: int(v) for k, v in saved.get("_counters", {}).items()}
+        for table in TABLES:
+            rows = [{k: _to_str(v) for k, v in row.items()} for row in saved.get(table, [])]
+            self._data[table] = rows
+            self._index[table] = {row["sys_id"]: row for row in rows}
+            self._extra[table] = {k for row in rows for k in row if not self._known(table, k)}
+
+    def _save_locked(self) -> None:
+        """Write the data file atomically (temp file in the same directory, then os.replace)."""
+        if self.options.data_file is None:
+            return
+        path = Path(self.options.data_file)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        payload = {**self._data, "_counters": self._counters}
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                json.dump(payload, fh)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+
+def _decode_basic(credential: str) -> tuple[str, str] | None:
+    try:
+        user, sep, password = base64.b64decode(credential.strip(), validate=True).decode("utf-8").partition(":")
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    return (user, password) if sep else None
+
+
+def _same(given: str, expected: str) -> bool:
+    return secrets.compare_digest(given.encode(), expected.encode())
+
+
+def _json_object(body: bytes) -> dict[str, Any] | _Response:
+    """The request body as a JSON object (empty body -> {}), or a 400 error response."""
+    if not body.strip():
+        return {}
+    try:
+        parsed = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        return _error(400, "Exception while reading request", f"Cannot decode: {exc}")
+    if not isinstance(parsed, dict):
+        return _error(400, "Exception while reading request", "The payload is not a JSON object")
+    return parsed

@@ -1,0 +1,175 @@
+"""What the product asks of ServiceNow, in its own terms: tickets, windows, notes, changes.
+
+Queries are built with pysnow's ``QueryBuilder``. It does not escape ``^`` inside values,
+so every value is first checked against a strict pattern (ticket numbers, sys_ids, user
+names, our own timestamp format) and anything else is refused before a query is built.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, Iterator
+
+import pysnow
+
+from integrations.servicenow.client import ServiceNowClient, ServiceNowError
+
+NUMBER_RE = re.compile(r"^(CHG|INC|RITM)[0-9]{7}$")
+SYS_ID_RE = re.compile(r"^[0-9a-f]{32}$")
+USER_RE = re.compile(r"^[A-Za-z0-9_.@-]{1,100}$")
+FIELD_RE = re.compile(r"^u_[a-z0-9_]{1,60}$")
+TABLES = {"CHG": "change_request", "INC": "incident", "RITM": "sc_req_item"}
+SN_TIME = "%Y-%m-%d %H:%M:%S"
+CLOSED_CHANGE = ("3", "4")  # Closed, Canceled
+CLOSED_INCIDENT = ("6", "7", "8")  # Resolved, Closed, Canceled
+
+
+def sn_time(value: datetime) -> str:
+    return value.astimezone(timezone.utc).strftime(SN_TIME)
+
+
+def parse_sn_time(value: str) -> datetime | None:
+    try:
+        return datetime.strptime(value, SN_TIME).replace(tzinfo=timezone.utc) if value else None
+    except ValueError:
+        return None
+
+
+def _utc(value: datetime) -> datetime:
+    """pysnow formats datetimes itself (as UTC); hand it naive UTC so no offset is misread."""
+    return value.astimezone(timezone.utc).replace(tzinfo=None)
+
+
+def _check(pattern: re.Pattern[str], value: str, what: str) -> str:
+    if not isinstance(value, str) or not pattern.fullmatch(value):
+        raise ServiceNowError(f"{what} {value!r} is not valid")
+    return value
+
+
+@dataclass(frozen=True)
+class Ticket:
+    number: str
+    table: str
+    sys_id: str
+    state: str
+    approval: str
+    type: str
+    start: datetime | None
+    end: datetime | None
+    assignee: str | None  # user_name
+    group: str | None  # assignment group sys_id
+    group_name: str | None
+    cmdb_ci: str | None  # CI name
+    jit_target: str | None
+    jit_role: str | None
+    updated_on: datetime | None
+
+    @property
+    def closed(self) -> bool:
+        return self.state in (CLOSED_CHANGE if self.table == "change_request" else CLOSED_INCIDENT)
+
+
+class Tickets:
+    """The product's ServiceNow operations over a ``ServiceNowClient``."""
+
+    FIELDS = ["sys_id", "number", "state", "approval", "type", "start_date", "end_date", "assigned_to.user_name",
+              "assignment_group", "assignment_group.name", "cmdb_ci.name", "sys_updated_on"]
+
+    def __init__(self, client: ServiceNowClient, *, target_field: str = "u_jit_target",
+                 role_field: str = "u_jit_role") -> None:
+        self.client = client
+        self.target_field = _check(FIELD_RE, target_field, "target field")
+        self.role_field = _check(FIELD_RE, role_field, "role field")
+
+    def _ticket(self, table: str, row: dict[str, Any]) -> Ticket:
+        def text(key: str) -> str | None:
+            value = row.get(key)
+            if isinstance(value, dict):
+                value = value.get("value")
+            return str(value) if value not in (None, "") else None
+        return Ticket(number=text("number") or "", table=table, sys_id=text("sys_id") or "",
+                      state=text("state") or "", approval=text("approval") or "", type=text("type") or "",
+                      start=parse_sn_time(text("start_date") or ""), end=parse_sn_time(text("end_date") or ""),
+                      assignee=text("assigned_to.user_name"), group=text("assignment_group"),
+                      group_name=text("assignment_group.name"), cmdb_ci=text("cmdb_ci.name"),
+                      jit_target=text(self.target_field), jit_role=text(self.role_field),
+                      updated_on=parse_sn_time(text("sys_updated_on") or ""))
+
+    def find(self, number: str) -> Ticket | None:
+        """The change, incident or requested item with this number, or None."""
+        _check(NUMBER_RE, number, "ticket number")
+        table = TABLES[number[:3] if number[:3] in TABLES else number[:4]]
+        q = pysnow.QueryBuilder().field("number").equals(number)
+        row = self.client.find_one(table, str(q), self.FIELDS + [self.target_field, self.role_field])
+        return self._ticket(table, row) if row else None
+
+    def group_members(self, group_sys_id: str) -> set[str]:
+        _check(SYS_ID_RE, group_sys_id, "group sys_id")
+        q = pysnow.QueryBuilder().field("group").equals(group_sys_id)
+        return {r["user.user_name"] for r in self.client.query("sys_user_grmember", str(q), ["user.user_name"])
+                if r.get("user.user_name")}
+
+    def blackouts(self, start: datetime, end: datetime) -> list[tuple[str, datetime, datetime, str | None]]:
+        """Blackout windows overlapping [start, end): (name, start, end, CI name or None for all)."""
+        q = (pysnow.QueryBuilder().field("start_date").less_than(_utc(end)).AND()
+             .field("end_date").greater_than(_utc(start)))
+        out = []
+        for r in self.client.query("cmn_schedule_blackout", str(q), ["name", "start_date", "end_date", "cmdb_ci.name"]):
+            s, e = parse_sn_time(r.get("start_date", "")), parse_sn_time(r.get("end_date", ""))
+            if s and e:
+                out.append((r.get("name", "blackout"), s, e, r.get("cmdb_ci.name") or None))
+        return out
+
+    def changes_since(self, watermark: datetime) -> Iterator[Ticket]:
+        """Change requests updated at or after ``watermark`` that carry JIT fields, oldest first."""
+        q = (pysnow.QueryBuilder().field("sys_updated_on").greater_than_or_equal(_utc(watermark)).AND()
+             .field(self.target_field).is_not_empty().AND().field("sys_updated_on").order_ascending())
+        for row in self.client.query("change_request", str(q), self.FIELDS + [self.target_field, self.role_field]):
+            yield self._ticket("change_request", row)
+
+    def add_work_note(self, table: str, sys_id: str, text: str, marker: str) -> bool:
+        """Append a work note once: a note carrying ``marker`` already in the journal is not written again.
+
+        Returns True when written now, False when it was already there (a retry after a timeout)."""
+        _check(SYS_ID_RE, sys_id, "sys_id")
+        _check(re.compile(r"^\[jit:[a-z0-9.:-]{1,80}\]$"), marker, "note marker")
+        q = (pysnow.QueryBuilder().field("element_id").equals(sys_id).AND().field("element").equals("work_notes")
+             .AND().field("value").contains(marker))
+        for attempt in range(1, self.client.retries + 2):
+            if self.client.find_one("sys_journal_field", str(q), ["sys_id"]) is not None:
+                return attempt > 1  # written by our own earlier attempt whose answer was lost
+            try:
+                self.client.update(table, sys_id, {"work_notes": f"{text}\n{marker}"}, retry=False)
+                return True
+            except ServiceNowError as exc:
+                if not exc.transient or attempt > self.client.retries:
+                    raise
+                self.client.pause(attempt)
+        raise AssertionError("unreachable")
+
+    def find_change_by_marker(self, marker: str) -> Ticket | None:
+        """The change whose description carries ``marker`` (one we created before an answer was lost)."""
+        _check(re.compile(r"^\[jit:[a-z0-9.:-]{1,80}\]$"), marker, "change marker")
+        q = pysnow.QueryBuilder().field("description").contains(marker)
+        row = self.client.find_one("change_request", str(q), self.FIELDS + [self.target_field, self.role_field])
+        return self._ticket("change_request", row) if row else None
+
+    def create_change(self, *, short_description: str, description: str, emergency: bool, assignee: str,
+                      start: datetime, end: datetime, cmdb_ci: str | None) -> Ticket:
+        _check(USER_RE, assignee, "assignee")
+        user = self.client.find_one("sys_user", str(pysnow.QueryBuilder().field("user_name").equals(assignee)),
+                                    ["sys_id"])
+        payload = {"short_description": short_description[:160], "description": description,
+                   "type": "emergency" if emergency else "normal", "start_date": sn_time(start),
+                   "end_date": sn_time(end), "assigned_to": user["sys_id"] if user else ""}
+        if cmdb_ci:
+            _check(re.compile(r"^[A-Za-z0-9][A-Za-z0-9.-]{0,252}$"), cmdb_ci, "configuration item")
+            ci = self.client.find_one("cmdb_ci", str(pysnow.QueryBuilder().field("name").equals(cmdb_ci)), ["sys_id"])
+            if ci:
+                payload["cmdb_ci"] = ci["sys_id"]
+        row = self.client.create("change_request", payload, retry=False)  # the outbox retries via the marker
+        found = self.find(row["number"])
+        if found is None:
+            raise ServiceNowError(f"change {row.get('number')} vanished after it was created")
+        return found
