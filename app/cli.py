@@ -360,10 +360,15 @@ def _snow_sim(args: argparse.Namespace, environ: Mapping[str, str], out: TextIO)
         raise UsageError(f"cannot listen on {args.host}:{args.port}: {exc.strerror}") from None
     out.write(f"ServiceNow simulator on {sim.base_url} (user {args.user}); Ctrl-C to stop\n")
     out.flush()
-    signal.signal(signal.SIGTERM, lambda *_: sim.stop())
+    def interrupt(*_: object) -> None:  # stop() from here would wait on the loop it runs in
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
     try:
         sim.serve_forever()
     except KeyboardInterrupt:
+        pass
+    finally:
         sim.stop()
     return 0
 

@@ -69,6 +69,12 @@ class Backend(Protocol):
         """Return one message per problem in a role's backend settings (empty when valid)."""
         ...
 
+    def shared_key(self, grant: GrantSpec) -> str | None:
+        """Identity of the artifact when several grants can share it (one LDAP group membership of
+        one person), so the lifecycle keeps it until the last grant covering it ends; None when
+        every grant has an artifact of its own (a sudoers file per grant). Does no I/O."""
+        ...
+
     def apply(self, grant: GrantSpec) -> str:
         """Create or refresh the artifact for ``grant``; return its reference.
 

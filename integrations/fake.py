@@ -26,6 +26,10 @@ class FakeBackend:
         """Accept any mapping."""
         return [] if isinstance(params, Mapping) else ["params: must be a mapping"]
 
+    def shared_key(self, grant: GrantSpec) -> str | None:
+        """Every grant has an artifact of its own."""
+        return None
+
     def apply(self, grant: GrantSpec) -> str:
         """Store (or replace) the grant's artifact; return its ref."""
         self.calls.append(("apply", grant.grant_id))

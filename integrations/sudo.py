@@ -147,6 +147,10 @@ class SudoBackend:
             return ["commands: required (a non-empty list of command strings)"]
         return commands_errors(params["commands"])
 
+    def shared_key(self, grant: GrantSpec) -> str | None:
+        """Every grant has an artifact of its own."""
+        return None
+
     def apply(self, grant: GrantSpec) -> str:
         """Write (or rewrite) the grant's drop-in after ``visudo -cf``; return its path."""
         content = self._render(grant)

@@ -135,19 +135,29 @@ class Emergency(_Strict):
 class Role(_Strict):
     eligible_groups: tuple[GroupName, ...] = Field(min_length=1)
     description: str = ""
-    commands: tuple[str, ...] | None = None  # sudo backend
+    # Backend settings; the target's backend validates the ones it uses (jit policy lint).
+    commands: tuple[str, ...] | None = None        # sudo: the commands granted
+    group_dn: str | None = None                    # ldap: the group the person joins
+    role_arn: str | None = None                    # aws role mode: the role the person may assume
+    account_id: str | None = None                  # aws identity center: the account...
+    permission_set_arn: str | None = None          # ...and the permission set assigned
+    local_group: str | None = None                 # windows: a local group, e.g. "Administrators"
+    jea_role: str | None = None                    # windows JEA: the role capability name...
+    jea_commands: tuple[str, ...] | None = None    # ...and the commands it allows
 
     @property
     def params(self) -> dict[str, object]:
         """The settings handed to the target's backend."""
-        return {k: list(v) if isinstance(v, tuple) else v
-                for k, v in (("commands", self.commands),) if v is not None}
+        fields = ("commands", "group_dn", "role_arn", "account_id", "permission_set_arn", "local_group",
+                  "jea_role", "jea_commands")
+        values = ((k, getattr(self, k)) for k in fields)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in values if v is not None}
 
 
 class Target(_Strict):
     environment: str
     tier: str
-    backend: Literal["sudo"] = "sudo"
+    backend: Literal["sudo", "ldap", "aws", "windows"] = "sudo"
     description: str = ""
     roles: dict[Annotated[str, Field(pattern=NAME)], Role] = Field(min_length=1)
 

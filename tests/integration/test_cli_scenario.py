@@ -108,3 +108,53 @@ def test_impersonation_refused_without_the_flag(jit, tmp_path):
     config.write_text(config.read_text().replace("allow_impersonation = true", "allow_impersonation = false"))
     out = jit("bob", "approve", "1", expect=2)
     assert "allow_impersonation is false" in out
+
+
+def free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_servicenow_acceptance_with_snow_sim_process(tmp_path):
+    """`jit snow-sim --seed demo` in its own process; `jit engine --once` turns the demo change
+    into an active grant with a work note; a change outside its window is refused, check named."""
+    import httpx
+    port = free_port()
+    env = {**os.environ}
+    env.pop("JIT_USER", None)
+    sim = subprocess.Popen([sys.executable, "-m", "app", "snow-sim", "--seed", "demo", "--port", str(port)],
+                           env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert "ServiceNow simulator on" in sim.stdout.readline()
+        url = f"http://127.0.0.1:{port}"
+        config = write_sandbox(tmp_path / "sb", servicenow_url=url)
+        run_env = {**env, "JIT_CONFIG": str(config)}
+
+        def jit(*args, user=None, expect=0):
+            proc = subprocess.run([sys.executable, "-m", "app", *args], capture_output=True, text=True, timeout=60,
+                                  env={**run_env, **({"JIT_USER": user} if user else {})})
+            assert proc.returncode == expect, (args, proc.stdout, proc.stderr)
+            return proc.stdout + proc.stderr
+
+        out = jit("engine", "--once")
+        assert "created 1 request(s)" in out and "outbox: sent 1" in out
+        [grant] = json.loads(jit("list", "--json", user="erin"))
+        assert (grant["state"], grant["requester"], grant["ticket"], grant["approval_model"]) == (
+            "active", "alice", "CHG0000001", "servicenow")
+        assert len(list((tmp_path / "sb" / "sudoers.d").glob("jit_g*"))) == 1
+        auth = ("admin", "admin")
+        change = httpx.get(f"{url}/api/now/table/change_request", auth=auth,
+                           params={"sysparm_query": "number=CHG0000001", "sysparm_fields": "sys_id"}).json()
+        sys_id = change["result"][0]["sys_id"]
+        notes = httpx.get(f"{url}/api/now/table/sys_journal_field", auth=auth,
+                          params={"sysparm_query": f"element_id={sys_id}^element=work_notes"}).json()["result"]
+        assert len(notes) == 1 and "Access granted to alice on web-prod-01 (service-admin)" in notes[0]["value"]
+        out = jit("request", "web-prod-01", "service-admin", "--duration", "1h", "--ticket", "CHG0000002",
+                  "--reason", "start the TLS renewal early", user="alice", expect=1)
+        assert "change_window" in out and "outside the change window" in out
+        assert "no recent errors" in jit("sync", "status")
+    finally:
+        sim.terminate()
+        sim.wait(timeout=10)

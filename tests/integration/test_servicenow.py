@@ -397,3 +397,34 @@ def test_webhook_hears_approval_needed_escalation_bypass_and_expiry(world, recei
     assert any("EMERGENCY BYPASS" in t for t in texts)
     assert any("expires at" in t for t in texts)
     assert len(texts) == 4
+
+
+def test_expiry_is_written_back(world, sim):
+    rid = world.lc.submit("dave", "web-prod-01", "service-admin", H, "renew the TLS certificate",
+                          "CHG0000001").request.id
+    world.lc.approve("bob", rid)
+    world.lc.approve("carol", rid)
+    world.clock.advance(H + timedelta(seconds=1))
+    world.engine.run_once()  # expires the grant, then delivers the notes
+    texts = notes(sim, "CHG0000001")
+    assert any(f"JIT REQ-{rid}: Access for dave" in t and "expired and was removed" in t for t in texts)
+
+
+def test_continuous_engine_runs_the_sync_job(store, policy, backend, tickets):
+    """The sync is an APScheduler job of `jit engine`; real clock here."""
+    from app.clock import system_clock
+    directory = StaticDirectory({name: frozenset(groups) for name, (_, groups) in PEOPLE.items()})
+    gateway = TicketGateway(tickets)
+    lc = Lifecycle(store, policy, directory, {"sudo": backend}, system_clock, tickets=gateway)
+    sync = TicketSync(store, lc, tickets, gateway, system_clock, timedelta(days=7))
+    engine = Engine(lc, EngineSettings(sweep_interval=timedelta(minutes=10)), system_clock, sync=sync,
+                    sync_interval=timedelta(seconds=1))
+    engine.start()
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not lc.list():
+            time.sleep(0.1)
+        assert [v.ticket for v in lc.list()] == ["CHG0000001"]
+        assert sync.status().last_ok_at is not None
+    finally:
+        engine.stop()
