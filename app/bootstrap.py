@@ -12,6 +12,7 @@ from app.engine import Engine
 from app.identity import StaticDirectory
 from app.lifecycle import Lifecycle, OutboxSettings
 from app.outbox import Deliverer
+from app.reconcile import Reconciler
 from app.store import Store
 from app.sync import TicketSync
 from app.tickets import TicketGateway
@@ -37,6 +38,7 @@ class Services:
     tickets: Tickets | None = None
     sync: TicketSync | None = None
     deliverer: Deliverer | None = None
+    reconciler: Reconciler | None = None
 
     def close(self) -> None:
         self.engine.stop()
@@ -113,6 +115,8 @@ def build(config: Config, *, clock: Clock = system_clock, backends: dict[str, Ba
     sync = TicketSync(store, lifecycle, tickets, gateway, clock, sn.initial_lookback) if tickets else None
     deliverer = Deliverer(store, clock, tickets=tickets, webhook=webhook, lease=config.settings.engine.lease) \
         if (tickets or webhook) else None
-    engine = Engine(lifecycle, config.settings.engine, clock, sync=sync, deliverer=deliverer,
+    reconciler = Reconciler(store, backends, clock)
+    engine = Engine(lifecycle, config.settings.engine, clock, sync=sync, deliverer=deliverer, reconciler=reconciler,
                     sync_interval=sn.sync_interval, expiry_warning=config.settings.notify.expiry_warning)
-    return Services(config, policy, store, directory, backends, lifecycle, engine, clock, tickets, sync, deliverer)
+    return Services(config, policy, store, directory, backends, lifecycle, engine, clock, tickets, sync, deliverer,
+                    reconciler)

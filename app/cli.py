@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+from dataclasses import asdict
 import json
 import os
 import re
@@ -22,6 +23,7 @@ from app.bootstrap import Services, build, build_backends, policy_problems
 from app.config import ConfigError, find_config, load_config
 from app.identity import IdentityError, acting_user
 from app.lifecycle import Outcome, Refused, RequestView
+from app.reconcile import exposure
 from app.store import StoreError
 from policies.durations import format_duration, parse_duration
 from policies.loader import PolicyError, load_policy
@@ -135,6 +137,12 @@ def parser() -> argparse.ArgumentParser:
                    description="check the hash chain; names the first broken event")
     c = aud.add_parser("export", help="write every event as JSON lines", description="write every event")
     c.add_argument("--format", choices=("jsonl",), default="jsonl")
+
+    c = cmd("reconcile", "drift: privileges no grant backs, artifacts that outlived their grant, missing ones")
+    c.add_argument("--fix", action="store_true", help="remove or restore them (security operators), audited")
+    c.add_argument("--json", action="store_true")
+    c = cmd("stats", "exposure now: who holds elevated access against who could, privilege-hours")
+    c.add_argument("--json", action="store_true")
 
     c = cmd("engine", "run the engine: activation, expiry, escalation, lapse, recovery")
     c.add_argument("--once", action="store_true", help="one pass, then exit")
@@ -300,7 +308,11 @@ def _run(args: argparse.Namespace, sv: Services, environ: Mapping[str, str], out
             print_request(view, out)
         return 0
 
+    if cmd == "stats":
+        return _stats(args, sv, out)
     me = acting_user(sv.config, environ)
+    if cmd == "reconcile":
+        return _reconcile(args, sv, me, out)
     if cmd == "whoami":
         groups = sorted(sv.directory.groups_of(me))
         out.write(f"{me}  groups: {', '.join(groups) or '(none)'}\n")
@@ -347,6 +359,36 @@ def _run(args: argparse.Namespace, sv: Services, environ: Mapping[str, str], out
         raise UsageError(f"unknown command {cmd}")
     print_outcome(result, out)
     return 0 if result.request.state != "failed" else 1
+
+
+def _reconcile(args: argparse.Namespace, sv: Services, me: str, out: TextIO) -> int:
+    operators = sv.policy.emergency.reviewer_group if sv.policy.emergency else "security"
+    if args.fix and operators not in sv.directory.groups_of(me):
+        raise Refused("reconcile", f"--fix is for security operators ({operators}); {me} is not one")
+    findings = sv.reconciler.run(fix=args.fix, actor=me)
+    if args.json:
+        out.write(json.dumps([asdict(f) for f in findings], indent=2) + "\n")
+    elif not findings:
+        out.write("no drift: every managed artifact is backed by a live grant and every grant's artifact exists\n")
+    else:
+        for f in findings:
+            who = f" {f.person}" if f.person else ""
+            grant = f" grant {f.grant_id}" if f.grant_id else ""
+            out.write(f"{f.kind.upper():9} {f.backend}{who}{grant}: {f.ref}: {f.detail}"
+                      f"{' -> ' + f.action if f.action != 'none' else ''}\n")
+    unresolved = [f for f in findings if f.action == "none" or f.action.startswith("failed")]
+    return 1 if unresolved else 0
+
+
+def _stats(args: argparse.Namespace, sv: Services, out: TextIO) -> int:
+    e = exposure(sv.store, sv.policy, sv.directory, sv.clock())
+    if args.json:
+        out.write(json.dumps({**asdict(e), "ratio": round(e.ratio, 4)}, indent=2) + "\n")
+        return 0
+    out.write(f"elevated now      {e.elevated_now} of {e.eligible} eligible people ({e.ratio:.0%})\n"
+              f"privilege-hours   {e.privilege_hours_7d} in 7 days, {e.privilege_hours_30d} in 30 days\n"
+              f"bypass reviews    {e.bypasses_awaiting_review} awaiting\n")
+    return 0
 
 
 def _snow_sim(args: argparse.Namespace, environ: Mapping[str, str], out: TextIO) -> int:

@@ -80,6 +80,8 @@ class EngineSettings(_Strict):
     lease: Duration = timedelta(seconds=60)
     apply_attempts: StrictInt = Field(default=3, ge=1, le=20)
     retry_backoff: Duration = timedelta(seconds=1)
+    reconcile_interval: Duration = timedelta(hours=1)
+    reconcile_fix: StrictBool = True  # the scheduled reconcile removes standing privileges and restores missing ones
 
 
 class ServiceNow(_Strict):

@@ -21,6 +21,7 @@ from app.clock import Clock
 from app.config import EngineSettings
 from app.lifecycle import Lifecycle
 from app.outbox import Deliverer, DeliveryReport
+from app.reconcile import Reconciler
 from app.store import StoreError
 from app.sync import SyncReport, TicketSync
 
@@ -55,10 +56,11 @@ class PassReport:
 class Engine:
     def __init__(self, lifecycle: Lifecycle, settings: EngineSettings, clock: Clock, *,
                  sync: TicketSync | None = None, deliverer: Deliverer | None = None,
+                 reconciler: Reconciler | None = None,
                  sync_interval: timedelta = timedelta(seconds=30),
                  expiry_warning: timedelta = timedelta(minutes=15)) -> None:
         self.lifecycle = lifecycle
-        self.sync, self.deliverer = sync, deliverer
+        self.sync, self.deliverer, self.reconciler = sync, deliverer, reconciler
         self.sync_interval, self.expiry_warning = sync_interval, expiry_warning
         self.settings = settings
         self.clock = clock
@@ -86,6 +88,11 @@ class Engine:
             self.lifecycle.activate_due()
         return report
 
+    def reconcile(self) -> None:
+        findings = self.reconciler.run(fix=self.settings.reconcile_fix)
+        for f in findings:
+            log.warning("drift on %s: %s %s (%s) -> %s", f.backend, f.kind, f.ref, f.detail, f.action)
+
     def deliver(self) -> DeliveryReport:
         return self.deliverer.run_once()
 
@@ -104,6 +111,10 @@ class Engine:
                           id="servicenow-sync", next_run_time=datetime.now(tz=self.clock().tzinfo))
         if self.deliverer is not None:
             sched.add_job(self._guard(self.deliver), "interval", seconds=5, id="outbox")
+        if self.reconciler is not None:
+            sched.add_job(self._guard(self.reconcile), "interval",
+                          seconds=self.settings.reconcile_interval.total_seconds(), id="reconcile",
+                          next_run_time=datetime.now(tz=self.clock().tzinfo))
         sched.start()
         self._scheduler = sched
 

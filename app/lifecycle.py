@@ -619,6 +619,9 @@ class Lifecycle:
                     s.flush()
             except IntegrityError:
                 return None  # another process is activating it
+            backend = self.backends.get(grant.backend)
+            grant.shared_key = backend.shared_key(self._spec(grant)) if backend is not None else None
+            s.add(grant)
             self._bump(s, row, "approved", now, starts_at=starts, expires_at=expires)
             self._record(s, at=now, actor="engine", action="grant.applying", request_id=row.id, grant_id=grant.id,
                          backend=grant.backend, expires_at=expires.isoformat())
@@ -727,9 +730,28 @@ class Lifecycle:
         self._record(s, at=now, actor=actor, action="grant.revoking", request_id=grant.request_id,
                      grant_id=grant.id, end_state=end_state, reason=reason)
 
+    def _still_covered(self, grant_id: int) -> GrantRow | None:
+        """Another live grant that shares this grant's artifact, if any (locked while we decide)."""
+        with self.store.transaction() as s:
+            grant = s.get(GrantRow, grant_id)
+            if not grant.shared_key:
+                return None
+            return s.exec(select(GrantRow).where(GrantRow.shared_key == grant.shared_key, GrantRow.id != grant.id,
+                                                 GrantRow.status.in_(("active", "applying")))
+                          .order_by(GrantRow.expires_at.desc()).with_for_update()).first()
+
     def _revoke(self, grant_id: int) -> str | None:
-        """Remove the artifact of a grant in 'revoking'; mark it revoked only once it is gone."""
-        error = self._call_backend(grant_id, "revoke")
+        """Remove the artifact of a grant in 'revoking'; mark it revoked only once it is gone.
+
+        When another live grant shares the artifact, it stays, and that grant is applied again
+        so its own terms (e.g. an AD membership TTL) are the ones in force."""
+        other = self._still_covered(grant_id)
+        if other is not None:
+            error = self._call_backend(other.id, "apply")
+            kept = other.id
+        else:
+            error = self._call_backend(grant_id, "revoke")
+            kept = None
         now = self.clock()
         with self.store.transaction() as s:
             grant = s.get(GrantRow, grant_id)
@@ -752,7 +774,7 @@ class Lifecycle:
                 self._bump(s, row, grant.end_state or "revoked", now, closed_by=grant.end_actor,
                            closed_reason=grant.end_reason)
             self._record(s, at=now, actor=grant.end_actor or "engine", action=f"request.{grant.end_state}",
-                         request_id=row.id, grant_id=grant.id, reason=grant.end_reason,
+                         request_id=row.id, grant_id=grant.id, reason=grant.end_reason, kept_for_grant=kept,
                          lag_ms=round((now - grant.expires_at).total_seconds() * 1000)
                          if grant.end_state == "expired" else None)
         return None

@@ -118,6 +118,7 @@ class GrantRow(SQLModel, table=True):
     applied_at: Optional[datetime] = _when(default=None)
     revoked_at: Optional[datetime] = _when(default=None)
     warned_at: Optional[datetime] = _when(default=None)  # "expires in 15 minutes" sent
+    shared_key: Optional[str] = Field(default=None, index=True)  # artifact shared with other grants
     updated_at: datetime = _when()
     version: int = 1
 

@@ -17,18 +17,19 @@ class FakeBackend:
 
     def __init__(self, name: str = "fake") -> None:
         self.name = name
-        self.artifacts: dict[int, Artifact] = {}
+        self.artifacts: dict[int | str, Artifact] = {}  # by grant id, or by shared key when shared
         self.fail_apply: int = 0
         self.fail_revoke: int = 0
         self.calls: list[tuple[str, int]] = []
+        self.shared = False
 
     def validate_role(self, params: Mapping[str, Any]) -> list[str]:
         """Accept any mapping."""
         return [] if isinstance(params, Mapping) else ["params: must be a mapping"]
 
     def shared_key(self, grant: GrantSpec) -> str | None:
-        """Every grant has an artifact of its own."""
-        return None
+        """With ``shared`` set, grants of one person on one target and role share one artifact."""
+        return f"fake:{grant.target}|{grant.role}|{grant.person}" if self.shared else None
 
     def apply(self, grant: GrantSpec) -> str:
         """Store (or replace) the grant's artifact; return its ref."""
@@ -36,8 +37,8 @@ class FakeBackend:
         if self.fail_apply > 0:
             self.fail_apply -= 1
             raise BackendError(f"fake: apply of grant {grant.grant_id} failed", transient=True)
-        ref = f"fake:{grant.grant_id}"
-        self.artifacts[grant.grant_id] = Artifact(
+        ref = self.shared_key(grant) or f"fake:{grant.grant_id}"
+        self.artifacts[self._key(grant)] = Artifact(
             ref=ref,
             grant_id=grant.grant_id,
             person=grant.person,
@@ -55,13 +56,16 @@ class FakeBackend:
         if self.fail_revoke > 0:
             self.fail_revoke -= 1
             raise BackendError(f"fake: revoke of grant {grant.grant_id} failed", transient=True)
-        self.artifacts.pop(grant.grant_id, None)
+        self.artifacts.pop(self._key(grant), None)
 
     def inspect(self, grant: GrantSpec) -> Artifact | None:
         """Return the stored artifact, or None."""
         self.calls.append(("inspect", grant.grant_id))
-        return self.artifacts.get(grant.grant_id)
+        return self.artifacts.get(self._key(grant))
 
     def list_managed(self) -> list[Artifact]:
         """Return every stored artifact, by grant id."""
-        return [self.artifacts[k] for k in sorted(self.artifacts)]
+        return [self.artifacts[k] for k in sorted(self.artifacts, key=str)]
+
+    def _key(self, grant: GrantSpec) -> int | str:
+        return self.shared_key(grant) or grant.grant_id

@@ -304,3 +304,34 @@ def test_stale_version_is_a_conflict(lifecycle, store):
     with store.transaction() as s, pytest.raises(Conflict):
         Lifecycle._bump(s, stale, "denied", lifecycle.clock())
     assert lifecycle.get(rid).state == "pending"
+
+
+def test_overlapping_grants_keep_a_shared_artifact_until_the_last_ends(lifecycle, backend, clock, store):
+    backend.shared = True  # like one LDAP group membership covered by two grants
+    first = dev(lifecycle, minutes=10)
+    second = dev(lifecycle, minutes=15)
+    key = "fake:web-dev-01|service-admin|alice"
+    assert list(backend.artifacts) == [key]
+    clock.advance(10 * M)
+    assert lifecycle.expire_due() == 1
+    assert lifecycle.get(first).state == "expired"
+    assert key in backend.artifacts  # the second grant still covers it
+    assert backend.artifacts[key].not_after == lifecycle.get(second).expires_at
+    with store.transaction() as s:
+        ev = s.exec(select(AuditEvent).where(AuditEvent.action == "request.expired")).one()
+    assert json.loads(ev.details)["kept_for_grant"] == lifecycle.get(second).grant.id
+    clock.advance(5 * M)
+    assert lifecycle.expire_due() == 1
+    assert backend.artifacts == {}
+
+
+def test_releasing_the_longer_grant_restores_the_shorter_ones_terms(lifecycle, backend, clock):
+    backend.shared = True
+    short = dev(lifecycle, minutes=10)
+    long_ = dev(lifecycle, minutes=15)
+    key = "fake:web-dev-01|service-admin|alice"
+    assert backend.artifacts[key].not_after == lifecycle.get(long_).expires_at
+    lifecycle.release("alice", long_)
+    assert backend.artifacts[key].not_after == lifecycle.get(short).expires_at  # e.g. the AD TTL shortened
+    lifecycle.release("alice", short)
+    assert backend.artifacts == {}

@@ -1,0 +1,152 @@
+"""Drift: what the systems really hold against what the grants say, and the exposure figures.
+
+Three kinds of drift, per backend:
+- ``standing``: an artifact this product manages that no grant backs (somebody added it by hand);
+- ``outlived``: an artifact whose grant has ended (revoked, expired, failed);
+- ``missing``: an active grant whose artifact is gone (someone removed it; access the user was
+  granted is not there).
+``fix`` removes the first two and restores the third; every finding and action is audited.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass
+from datetime import datetime, timedelta
+from typing import Mapping
+
+from sqlmodel import select
+
+from app import audit
+from app.clock import Clock
+from app.identity import StaticDirectory
+from app.store import GrantRow, ReviewRow, Store
+from integrations.base import Artifact, Backend, BackendError, GrantSpec
+from policies.model import PolicySet
+
+log = logging.getLogger("jit.reconcile")
+
+
+@dataclass(frozen=True)
+class Finding:
+    backend: str
+    kind: str  # standing | outlived | missing | error
+    ref: str
+    person: str | None
+    grant_id: int | None
+    detail: str
+    action: str = "none"  # none | removed | restored | failed: ...
+
+
+def _spec_of(g: GrantRow) -> GrantSpec:
+    return GrantSpec(grant_id=g.id, request_id=g.request_id, person=g.person, target=g.target, role=g.role,
+                     starts_at=g.starts_at, expires_at=g.expires_at, params=dict(g.params))
+
+
+def _spec_for_artifact(a: Artifact, now: datetime) -> GrantSpec:
+    """Enough of a grant to remove an artifact that no grant backs."""
+    return GrantSpec(grant_id=a.grant_id or 0, request_id=0, person=a.person, target=a.target or "",
+                     role=a.role or "", starts_at=a.not_before or now, expires_at=a.not_after or now,
+                     params=dict(a.details))
+
+
+class Reconciler:
+    def __init__(self, store: Store, backends: Mapping[str, Backend], clock: Clock) -> None:
+        self.store, self.backends, self.clock = store, backends, clock
+
+    def run(self, *, fix: bool = False, actor: str = "engine") -> list[Finding]:
+        now = self.clock()
+        findings: list[Finding] = []
+        for name, backend in sorted(self.backends.items()):
+            findings += self._backend(name, backend, now, fix)
+        with self.store.transaction() as s:
+            for f in findings:
+                audit.append(s, at=now, actor=actor, action="reconcile.drift", request_id=None, finding=asdict(f))
+        return findings
+
+    def _backend(self, name: str, backend: Backend, now: datetime, fix: bool) -> list[Finding]:
+        with self.store.transaction() as s:
+            grants = s.exec(select(GrantRow).where(GrantRow.backend == name)).all()
+        by_id = {g.id: g for g in grants}
+        by_ref: dict[str, list[GrantRow]] = {}
+        for g in grants:
+            if g.ref:
+                by_ref.setdefault(g.ref, []).append(g)
+        try:
+            artifacts = backend.list_managed()
+        except BackendError as exc:
+            return [Finding(name, "error", "-", None, None, f"list_managed failed: {exc}")]
+        out: list[Finding] = []
+        for a in artifacts:
+            backing = ([by_id[a.grant_id]] if a.grant_id in by_id else []) + by_ref.get(a.ref, [])
+            if any(g.status in ("active", "applying", "revoking") for g in backing):
+                continue  # backed by a live grant (a revoking one is being removed right now)
+            if backing:
+                g = max(backing, key=lambda g: g.id)
+                finding = Finding(name, "outlived", a.ref, a.person, g.id,
+                                  f"grant {g.id} is {g.status} but the artifact is still there")
+                spec = _spec_of(g)
+            else:
+                finding = Finding(name, "standing", a.ref, a.person, a.grant_id,
+                                  "no grant backs this privilege")
+                spec = _spec_for_artifact(a, now)
+            out.append(self._act(finding, fix, lambda spec=spec: backend.revoke(spec), "removed"))
+        for g in grants:
+            if g.status != "active" or g.expires_at <= now:
+                continue  # expired-but-active grants are the engine's to revoke
+            try:
+                present = backend.inspect(_spec_of(g))
+            except BackendError as exc:
+                out.append(Finding(name, "error", g.ref or "-", g.person, g.id, f"inspect failed: {exc}"))
+                continue
+            if present is None:
+                finding = Finding(name, "missing", g.ref or "-", g.person, g.id,
+                                  f"grant {g.id} is active until {g.expires_at:%Y-%m-%d %H:%M} UTC "
+                                  "but its artifact is gone")
+                out.append(self._act(finding, fix, lambda g=g: backend.apply(_spec_of(g)), "restored"))
+        return out
+
+    @staticmethod
+    def _act(finding: Finding, fix: bool, action, done: str) -> Finding:
+        if not fix:
+            return finding
+        try:
+            action()
+        except BackendError as exc:
+            return Finding(**{**asdict(finding), "action": f"failed: {exc}"})
+        return Finding(**{**asdict(finding), "action": done})
+
+
+@dataclass(frozen=True)
+class Exposure:
+    elevated_now: int
+    eligible: int
+    privilege_hours_7d: float
+    privilege_hours_30d: float
+    bypasses_awaiting_review: int
+
+    @property
+    def ratio(self) -> float:
+        return self.elevated_now / self.eligible if self.eligible else 0.0
+
+
+def exposure(store: Store, policy: PolicySet, directory: StaticDirectory, now: datetime) -> Exposure:
+    """The seed's measure: who holds elevated access now against who could, and for how long."""
+    eligible_groups = {g for t in policy.targets.values() for r in t.roles.values() for g in r.eligible_groups}
+    eligible = {p for g in eligible_groups for p in directory.members_of(g)}
+    with store.transaction() as s:
+        active = s.exec(select(GrantRow.person).where(GrantRow.status.in_(("active", "revoking")))).all()
+        since = now - timedelta(days=30)
+        grants = s.exec(select(GrantRow).where(GrantRow.applied_at.is_not(None),
+                                               (GrantRow.revoked_at.is_(None)) | (GrantRow.revoked_at > since))).all()
+        awaiting = s.exec(select(ReviewRow.id).where(ReviewRow.state == "open")).all()
+
+    def hours(days: int) -> float:
+        start = now - timedelta(days=days)
+        total = 0.0
+        for g in grants:
+            end = min(g.revoked_at or now, now)
+            total += max(0.0, (end - max(g.applied_at, start)).total_seconds())
+        return round(total / 3600, 2)
+
+    return Exposure(len(set(active)), len(eligible), hours(7), hours(30), len(awaiting))
+
