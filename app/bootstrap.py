@@ -9,18 +9,21 @@ from typing import Mapping
 from app.clock import Clock, system_clock
 from app.config import Config, ConfigError, secret
 from app.engine import Engine
-from app.identity import StaticDirectory
+from app.identity import Directory, StaticDirectory
 from app.lifecycle import Lifecycle, OutboxSettings
 from app.outbox import Deliverer
 from app.reconcile import Reconciler
 from app.store import Store
 from app.sync import TicketSync
 from app.tickets import TicketGateway
+from integrations.aws import AwsBackend
 from integrations.base import Backend
+from integrations.ldap import LdapBackend, LdapDirectory
 from integrations.notify import Webhook
 from integrations.servicenow.client import CircuitBreaker, Credentials, ServiceNowClient
 from integrations.servicenow.tickets import Tickets
 from integrations.sudo import SudoBackend
+from integrations.windows import PsrpRunner, WindowsBackend
 from policies.loader import load_policy
 from policies.model import PolicySet
 
@@ -30,7 +33,7 @@ class Services:
     config: Config
     policy: PolicySet
     store: Store
-    directory: StaticDirectory
+    directory: Directory
     backends: dict[str, Backend]
     lifecycle: Lifecycle
     engine: Engine
@@ -47,11 +50,67 @@ class Services:
         self.store.dispose()
 
 
-def build_backends(config: Config) -> dict[str, Backend]:
-    sudo = config.settings.backends.sudo
-    return {"sudo": SudoBackend(config.path(sudo.sudoers_dir), visudo=sudo.visudo, cvtsudoers=sudo.cvtsudoers,
-                                timestamp_dir=config.path(sudo.timestamp_dir) if sudo.timestamp_dir else None,
-                                runas=sudo.runas)}
+def build_backends(config: Config, policy: PolicySet, environ: Mapping[str, str], *,
+                   for_lint: bool = False) -> dict[str, Backend]:
+    """The enabled backends, configured; ``for_lint`` needs no secrets (nothing connects)."""
+    b = config.settings.backends
+
+    def password(env: str, file: str, what: str) -> str:
+        if for_lint:
+            return "unused-for-lint"
+        value = secret(config, environ, env, file, what)
+        if value is None:
+            raise ConfigError(str(config.source), [f"{what}: set ${env} or the matching _file key"])
+        return value
+
+    def roles(backend: str):
+        return [r for t in policy.targets.values() if t.backend == backend for r in t.roles.values()]
+
+    sudo = b.sudo
+    backends: dict[str, Backend] = {"sudo": SudoBackend(
+        config.path(sudo.sudoers_dir), visudo=sudo.visudo, cvtsudoers=sudo.cvtsudoers,
+        timestamp_dir=config.path(sudo.timestamp_dir) if sudo.timestamp_dir else None, runas=sudo.runas)}
+    try:
+        if b.ldap.enabled:
+            ld = b.ldap
+            backends["ldap"] = LdapBackend(
+                ld.uri, ld.bind_dn, password(ld.bind_password_env, ld.bind_password_file, "backends.ldap password"),
+                user_base=ld.user_base, user_attr=ld.user_attr, user_object_class=ld.user_object_class,
+                group_base=ld.group_base, managed_groups=sorted({r.group_dn for r in roles("ldap") if r.group_dn}),
+                active_directory=ld.active_directory, tls=ld.tls, ca_file=config.path(ld.ca_file) if ld.ca_file
+                else None, validate_cert=ld.validate_cert, timeout=ld.timeout.total_seconds())
+        if b.aws.enabled:
+            aw = b.aws
+            backends["aws"] = AwsBackend(
+                mode=aw.mode, region=aw.region, endpoint_url=aw.endpoint_url or None,
+                identity_center_instance_arn=aw.identity_center_instance_arn or None,
+                identity_store_id=aw.identity_store_id or None, max_attempts=aw.max_attempts,
+                managed_assignments=sorted({(r.account_id, r.permission_set_arn) for r in roles("aws")
+                                            if r.account_id and r.permission_set_arn}))
+        if b.windows.enabled:
+            w = b.windows
+            runner = PsrpRunner(w.username, password(w.password_env, w.password_file, "backends.windows password"),
+                                port=w.port, ssl=w.ssl, cert_validation=w.cert_validation, auth=w.auth,
+                                timeout=w.timeout.total_seconds())
+            win_targets = [(t, r) for t, tg in policy.targets.items() if tg.backend == "windows"
+                           for r in tg.roles.values()]
+            backends["windows"] = WindowsBackend(
+                runner, domain=w.domain or None, jea_endpoint=w.jea_endpoint,
+                managed=sorted({(t, r.local_group) for t, r in win_targets if r.local_group}),
+                jea_hosts=sorted({t for t, r in win_targets if r.jea_role}), protected_members=w.protected_members)
+    except ValueError as exc:
+        raise ConfigError(str(config.source), [f"backends: {exc}"]) from None
+    return backends
+
+
+def build_directory(config: Config, backends: Mapping[str, Backend]) -> Directory:
+    d = config.settings.directory
+    if d.kind == "ldap":
+        ldap = backends.get("ldap")
+        if not isinstance(ldap, LdapBackend):
+            raise ConfigError(str(config.source), ["directory.kind: 'ldap' needs [backends.ldap] enabled = true"])
+        return LdapDirectory(ldap, cache_ttl=d.cache_ttl.total_seconds())
+    return StaticDirectory.from_config(config)
 
 
 def policy_problems(policy: PolicySet, backends: Mapping[str, Backend]) -> list[str]:
@@ -96,15 +155,15 @@ def build_webhook(config: Config, environ: Mapping[str, str]) -> Webhook | None:
 def build(config: Config, *, clock: Clock = system_clock, backends: dict[str, Backend] | None = None,
           migrate: bool = True, environ: Mapping[str, str] | None = None) -> Services:
     logging.basicConfig(level=config.settings.logging.level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for noisy in ("alembic", "apscheduler"):
+    for noisy in ("alembic", "apscheduler", "botocore"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     policy = load_policy(config.policy_path)
-    backends = backends if backends is not None else build_backends(config)
+    environ = os.environ if environ is None else environ
+    backends = backends if backends is not None else build_backends(config, policy, environ)
     store = Store(config.database_url)
     if migrate:
         store.migrate()
-    directory = StaticDirectory.from_config(config)
-    environ = os.environ if environ is None else environ
+    directory = build_directory(config, backends)
     tickets = build_tickets(config, environ)
     webhook = build_webhook(config, environ)
     sn = config.settings.servicenow

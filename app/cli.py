@@ -25,6 +25,7 @@ from app.identity import IdentityError, acting_user
 from app.lifecycle import Outcome, Refused, RequestView
 from app.reconcile import exposure
 from app.store import StoreError
+from integrations.sudo import SudoBackend
 from policies.durations import format_duration, parse_duration
 from policies.loader import PolicyError, load_policy
 
@@ -137,6 +138,12 @@ def parser() -> argparse.ArgumentParser:
                    description="check the hash chain; names the first broken event")
     c = aud.add_parser("export", help="write every event as JSON lines", description="write every event")
     c.add_argument("--format", choices=("jsonl",), default="jsonl")
+
+    aws = cmd("aws", "AWS helpers").add_subparsers(dest="aws_command", required=True)
+    c = aws.add_parser("credentials", help="STS credentials for your active AWS grant (credential_process JSON)",
+                       description="STS credentials for your active AWS grant, as the AWS CLI's "
+                                   "credential_process expects: credential_process = jit aws credentials ID")
+    c.add_argument("id", type=_request_id)
 
     c = cmd("reconcile", "drift: privileges no grant backs, artifacts that outlived their grant, missing ones")
     c.add_argument("--fix", action="store_true", help="remove or restore them (security operators), audited")
@@ -264,15 +271,19 @@ def _dispatch(args: argparse.Namespace, environ: Mapping[str, str], out: TextIO,
 
 
 def _lint(files: list[str], environ: Mapping[str, str], config_path: str | None, out: TextIO, err: TextIO) -> int:
-    try:  # backends check role settings (sudo commands) when a config is at hand
-        backends = build_backends(load_config(find_config(config_path, environ, Path.cwd())))
+    try:  # the configured backends check role settings (e.g. unsafe sudo commands)
+        config = load_config(find_config(config_path, environ, Path.cwd()))
     except ConfigError:
-        from integrations.sudo import SudoBackend
-        backends = {"sudo": SudoBackend("/etc/sudoers.d")}
+        config = None
     failed = 0
     for name in files:
         try:
-            problems = policy_problems(load_policy(name), backends)
+            policy = load_policy(name)
+            if config is None:
+                backends = {"sudo": SudoBackend("/etc/sudoers.d")}
+            else:
+                backends = build_backends(config, policy, environ, for_lint=True)
+            problems = policy_problems(policy, backends)
         except PolicyError as exc:
             problems = exc.problems
         if problems:
@@ -313,6 +324,9 @@ def _run(args: argparse.Namespace, sv: Services, environ: Mapping[str, str], out
     me = acting_user(sv.config, environ)
     if cmd == "reconcile":
         return _reconcile(args, sv, me, out)
+    if cmd == "aws":
+        out.write(json.dumps(lc.aws_credentials(me, args.id)) + "\n")
+        return 0
     if cmd == "whoami":
         groups = sorted(sv.directory.groups_of(me))
         out.write(f"{me}  groups: {', '.join(groups) or '(none)'}\n")

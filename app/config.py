@@ -58,7 +58,8 @@ class Person(_Strict):
 
 
 class Directory(_Strict):
-    kind: Literal["static"] = "static"
+    kind: Literal["static", "ldap"] = "static"  # ldap: people and groups from [backends.ldap]
+    cache_ttl: Duration = timedelta(seconds=60)
     people: dict[Annotated[str, Field(pattern=PERSON)], Person] = {}
 
 
@@ -70,8 +71,55 @@ class SudoSettings(_Strict):
     runas: str = "root"
 
 
+class LdapSettings(_Strict):
+    enabled: StrictBool = False
+    uri: str = "ldaps://ad.example.internal"
+    bind_dn: str = "cn=svc-jit,ou=service,dc=example,dc=org"
+    bind_password_env: str = "JIT_LDAP_PASSWORD"  # the bind password comes from this variable...
+    bind_password_file: str = ""                  # ...or this file (chmod 600)
+    user_base: str = "ou=people,dc=example,dc=org"
+    user_attr: str = Field(default="uid", pattern=r"^[A-Za-z][A-Za-z0-9-]{0,63}$")  # AD: sAMAccountName
+    user_object_class: str = Field(default="inetOrgPerson", pattern=r"^[A-Za-z][A-Za-z0-9-]{0,63}$")
+    group_base: str = "ou=groups,dc=example,dc=org"
+    active_directory: StrictBool = False  # TTL-linked membership: AD drops it at expiry by itself
+    tls: Literal["none", "starttls", "ldaps"] = "ldaps"
+    ca_file: str = ""
+    validate_cert: StrictBool = True
+    timeout: Duration = timedelta(seconds=10)
+
+
+class AwsSettings(_Strict):
+    enabled: StrictBool = False
+    mode: Literal["role", "identity_center"] = "role"
+    region: str = Field(default="us-east-1", pattern=r"^[a-z]{2}(-[a-z]+)+-\d$")
+    endpoint_url: str = ""  # only for testing against a local endpoint (moto); credentials: boto3's chain
+    identity_center_instance_arn: str = ""
+    identity_store_id: str = ""
+    max_attempts: StrictInt = Field(default=5, ge=1, le=20)  # boto3 standard retry mode
+
+
+class WindowsSettings(_Strict):
+    enabled: StrictBool = False
+    username: str = "svc_jit"
+    password_env: str = "JIT_WINRM_PASSWORD"
+    password_file: str = ""
+    port: StrictInt = Field(default=5986, ge=1, le=65535)
+    ssl: StrictBool = True
+    cert_validation: StrictBool = True
+    auth: Literal["negotiate", "kerberos", "ntlm", "certificate", "basic"] = "negotiate"
+    domain: str = ""  # members become DOMAIN\person
+    jea_endpoint: str = "JIT"
+    timeout: Duration = timedelta(seconds=30)
+    # Accounts never granted, listed or removed in managed local groups. Windows does not record
+    # who added a member, so reconcile --fix removes every member no grant backs, except these.
+    protected_members: tuple[str, ...] = ("Administrator",)
+
+
 class Backends(_Strict):
     sudo: SudoSettings = SudoSettings()
+    ldap: LdapSettings = LdapSettings()
+    aws: AwsSettings = AwsSettings()
+    windows: WindowsSettings = WindowsSettings()
 
 
 class EngineSettings(_Strict):

@@ -4,8 +4,11 @@ Each step prints the command a person would type, then runs it through the real 
 """
 from __future__ import annotations
 
+import contextlib
 import io
+import json
 import os
+import re
 import shlex
 import subprocess
 import tempfile
@@ -13,18 +16,58 @@ from pathlib import Path
 from typing import TextIO
 
 from app.cli import main
+from app.devservers import moto, slapd
+from app.sandbox import LdapSandbox, write_sandbox
 from integrations.servicenow.simulator import Simulator, SimulatorOptions
 
 
 def run_demo(out: TextIO, directory: Path | None = None) -> int:
-    sim = Simulator(SimulatorOptions(seed="demo")).start()
-    try:
-        return _walk_through(out, directory or Path(tempfile.mkdtemp(prefix="jit-demo-")), sim)
-    finally:
-        sim.stop()
+    directory = directory or Path(tempfile.mkdtemp(prefix="jit-demo-"))
+    with contextlib.ExitStack() as stack:
+        sim = Simulator(SimulatorOptions(seed="demo")).start()
+        stack.callback(sim.stop)
+        ldap = aws = None
+        skipped = []
+        if slapd.have_slapd():
+            server = slapd.start_slapd(directory / "ldap")
+            stack.callback(server.stop)
+            ldap = (server, LdapSandbox(server.uri, server.admin_dn, server.admin_password))
+        else:
+            skipped.append("the LDAP target (slapd is not installed: apt-get install slapd ldap-utils)")
+        if moto.have_moto():
+            aws = moto.start_moto()
+            stack.callback(aws.stop)
+            _aws_world(aws)
+        else:
+            skipped.append("the AWS target (moto's server extra is not installed)")
+        if skipped:
+            out.write(f"skipped: {'; '.join(skipped)}\n")
+        return _walk_through(out, directory, sim, ldap, aws)
 
 
-def _walk_through(out: TextIO, directory: Path, sim: Simulator) -> int:
+def _aws_world(server: "moto.MotoServer") -> None:
+    """The AWS side of the sandbox in moto: the people as IAM users and the role they may assume."""
+    os.environ.update({"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                       "AWS_DEFAULT_REGION": "us-east-1"})  # moto's; this process only
+    for var in ("AWS_PROFILE", "AWS_SESSION_TOKEN"):
+        os.environ.pop(var, None)
+    iam = server.client("iam")
+    for person in ("alice", "dave"):
+        iam.create_user(UserName=person)
+    trust = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Principal": {
+        "AWS": "arn:aws:iam::123456789012:root"}, "Action": ["sts:AssumeRole", "sts:SetSourceIdentity",
+                                                          "sts:TagSession"]}]}
+    iam.create_role(RoleName="jit-admin", AssumeRolePolicyDocument=json.dumps(trust))
+
+
+def _request_id(text: str) -> int:
+    match = re.search(r"REQ-(\d+)", text)
+    if not match:
+        raise RuntimeError(f"no request id in: {text!r}")
+    return int(match.group(1))
+
+
+def _walk_through(out: TextIO, directory: Path, sim: Simulator, ldap, aws) -> int:
     config = directory / "jit.toml"
     env = {**os.environ, "JIT_CONFIG": str(config)}
     env.pop("JIT_USER", None)
@@ -33,13 +76,14 @@ def _walk_through(out: TextIO, directory: Path, sim: Simulator) -> int:
     def say(text: str) -> None:
         out.write(f"\n# {text}\n")
 
-    def run(user: str | None, line: str, expect: int = 0) -> str:
+    def run(user: str | None, line: str, expect: int = 0, quiet: bool = False) -> str:
         nonlocal failures
         out.write(f"$ {'JIT_USER=' + user + ' ' if user else ''}jit {line}\n")
         buf, ebuf = io.StringIO(), io.StringIO()
         code = main(shlex.split(line), {**env, **({"JIT_USER": user} if user else {})}, buf, ebuf)
         text = buf.getvalue() + ebuf.getvalue()
-        out.write("".join(f"  {l}\n" for l in text.rstrip().splitlines()))
+        if not quiet:
+            out.write("".join(f"  {l}\n" for l in text.rstrip().splitlines()))
         if code != expect:
             failures += 1
             out.write(f"  !! expected exit {expect}, got {code}\n")
@@ -50,7 +94,10 @@ def _walk_through(out: TextIO, directory: Path, sim: Simulator) -> int:
 
     say(f"A ServiceNow simulator with demo tickets is listening on {sim.base_url} (as `jit snow-sim --seed demo`).")
     say("A fresh sandbox: config, policy, SQLite, a sudoers.d directory, five people, ServiceNow.")
-    run(None, f"init --sandbox {directory} --force --servicenow-url {sim.base_url}")
+    write_sandbox(directory, force=True, servicenow_url=sim.base_url, ldap=ldap[1] if ldap else None,
+                  aws_endpoint=aws.endpoint_url if aws else None)
+    out.write(f"$ jit init --sandbox {directory} --servicenow-url {sim.base_url}"
+              f"{'  (+ LDAP at ' + ldap[1].uri + ')' if ldap else ''}{'  (+ AWS at ' + aws.endpoint_url + ')' if aws else ''}\n")
     say("alice (engineer) asks what production access would need, without submitting anything.")
     run("alice", "policy explain web-prod-01 service-admin --duration 2h --ticket CHG0000001 "
                  "--reason 'restart nginx after the TLS renewal'")
@@ -99,6 +146,35 @@ def _walk_through(out: TextIO, directory: Path, sim: Simulator) -> int:
     for note in sim.journal(change["sys_id"]):
         out.write(f"    - {note['value'].splitlines()[0]}\n")
     run(None, "sync status")
+    if ldap:
+        say("LDAP: alice asks to join the web-admins group in the corporate directory (production: dual).")
+        text = run("alice", "request corp-directory web-admins --duration 1h --ticket CHG0000001 "
+                            "--reason 'rotate the web server certificates'")
+        rid = _request_id(text)
+        run("bob", f"approve {rid}")
+        run("carol", f"approve {rid}")
+        conn = ldap[0].connection()
+        conn.search("cn=web-admins,ou=groups,dc=example,dc=org", "(objectClass=*)", attributes=["member"])
+        out.write("  web-admins members now: " + ", ".join(str(m) for m in conn.entries[0].member.values) + "\n")
+        conn.unbind()
+    if aws:
+        say("AWS: dave asks for the jit-admin role in production; the IAM policy carries the expiry itself.")
+        text = run("dave", "request aws-prod admin --duration 1h --ticket CHG0000001 "
+                           "--reason 'inspect the load balancer logs'")
+        rid = _request_id(text)
+        run("bob", f"approve {rid}")
+        run("carol", f"approve {rid}")
+        iam = aws.client("iam")
+        for name in iam.list_user_policies(UserName="dave")["PolicyNames"]:
+            doc = iam.get_user_policy(UserName="dave", PolicyName=name)["PolicyDocument"]
+            doc = json.loads(doc) if isinstance(doc, str) else doc
+            out.write(f"  IAM policy {name}: condition {json.dumps(doc['Statement'][0].get('Condition'))}\n")
+        say("dave takes STS credentials no longer than his grant (credential_process format; secrets hidden here).")
+        creds = run("dave", f"aws credentials {rid}", quiet=True)
+        out.write(f"  credentials issued, Expiration {json.loads(creds)['Expiration']}\n")
+    say("Drift: every artifact on every backend is backed by a live grant, and exposure now.")
+    run("erin", "reconcile")
+    run(None, "stats")
     say("The audit log is a hash chain: any edit, deletion or reordering is detected.")
     run(None, "audit verify")
     out.write(f"\nSandbox left at {directory}; try:\n  export JIT_CONFIG={config} JIT_USER=alice\n"

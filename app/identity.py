@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import getpass
 import re
-from typing import Mapping
+from typing import Mapping, Protocol
 
 from app.config import PERSON, Config
 
@@ -25,6 +25,16 @@ def acting_user(config: Config, environ: Mapping[str, str]) -> str:
     if not re.fullmatch(PERSON, person):
         raise IdentityError(f"user name {person!r} is not a valid account name")
     return person
+
+
+class Directory(Protocol):
+    """Where people's groups come from: the static table or LDAP/AD (integrations.ldap.LdapDirectory)."""
+
+    def groups_of(self, person: str) -> frozenset[str]: ...
+
+    def members_of(self, group: str) -> list[str]: ...
+
+    def people(self) -> list[str]: ...
 
 
 class StaticDirectory:

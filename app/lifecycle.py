@@ -30,7 +30,7 @@ from sqlmodel import Session, select
 from app import audit, failpoints, outbox
 from app.clock import Clock
 from app.config import PERSON, EngineSettings
-from app.identity import StaticDirectory
+from app.identity import Directory
 from app.tickets import TicketGateway
 from app.store import ApprovalRow, GrantRow, RequestRow, ReviewRow, Store
 from integrations.servicenow.tickets import Ticket
@@ -180,7 +180,7 @@ def _check_names(target: str, role: str) -> None:
 
 
 class Lifecycle:
-    def __init__(self, store: Store, policy: PolicySet, directory: StaticDirectory,
+    def __init__(self, store: Store, policy: PolicySet, directory: Directory,
                  backends: Mapping[str, Backend], clock: Clock, settings: EngineSettings | None = None, *,
                  tickets: TicketGateway | None = None, outbox: OutboxSettings | None = None) -> None:
         self.store = store
@@ -518,6 +518,29 @@ class Lifecycle:
             self._record(s, at=now, actor=actor, action="bypass.reviewed", request_id=row.id, outcome=outcome,
                          comment=comment, bypasser=rev.bypasser)
         return Outcome(self.get(request_id), f"REQ-{request_id} reviewed: {outcome}")
+
+    def aws_credentials(self, actor: str, request_id: int) -> dict[str, Any]:
+        """Short-lived STS credentials for the grantee of an active AWS role grant
+        (AWS CLI ``credential_process`` shape); never longer than what remains of the grant."""
+        with self.store.transaction() as s:
+            row = self._load(s, request_id)
+            grant = s.exec(select(GrantRow).where(GrantRow.request_id == row.id)).first()
+            if actor != row.requester:
+                raise Refused("credentials", f"only {row.requester} may take credentials for REQ-{row.id}")
+            if row.state != "active" or grant is None or grant.status != "active":
+                raise Refused("state", f"REQ-{row.id} is {row.state}, not active")
+            spec = self._spec(grant)
+        backend = self.backends.get(grant.backend)
+        if not hasattr(backend, "credentials"):
+            raise Refused("credentials", f"REQ-{row.id} is a {grant.backend} grant; credentials are for AWS role grants")
+        try:
+            creds = backend.credentials(spec)
+        except BackendError as exc:
+            raise Refused("aws", str(exc)) from None
+        with self.store.transaction() as s:  # the secret is never recorded, only that it was issued
+            self._record(s, at=self.clock(), actor=actor, action="credentials.issued", request_id=row.id,
+                         grant_id=grant.id, expiration=creds.get("Expiration"))
+        return creds
 
     def open_reviews(self) -> list[RequestView]:
         with self.store.transaction() as s:

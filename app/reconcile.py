@@ -18,7 +18,7 @@ from sqlmodel import select
 
 from app import audit
 from app.clock import Clock
-from app.identity import StaticDirectory
+from app.identity import Directory
 from app.store import GrantRow, ReviewRow, Store
 from integrations.base import Artifact, Backend, BackendError, GrantSpec
 from policies.model import PolicySet
@@ -129,7 +129,7 @@ class Exposure:
         return self.elevated_now / self.eligible if self.eligible else 0.0
 
 
-def exposure(store: Store, policy: PolicySet, directory: StaticDirectory, now: datetime) -> Exposure:
+def exposure(store: Store, policy: PolicySet, directory: Directory, now: datetime) -> Exposure:
     """The seed's measure: who holds elevated access now against who could, and for how long."""
     eligible_groups = {g for t in policy.targets.values() for r in t.roles.values() for g in r.eligible_groups}
     eligible = {p for g in eligible_groups for p in directory.members_of(g)}

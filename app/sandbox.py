@@ -1,6 +1,7 @@
 """``jit init --sandbox DIR``: a runnable, self-contained installation for trying the product."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
@@ -58,10 +59,45 @@ kind = "static"
 '''
 
 
-def write_sandbox(directory: Path, *, force: bool = False, servicenow_url: str | None = "http://127.0.0.1:8080") -> Path:
+LDAP_TARGET = '''
+[targets.corp-directory]
+description = "Web administrators group in the corporate directory (LDAP)"
+environment = "production"
+tier = "high"
+backend = "ldap"
+
+[targets.corp-directory.roles.web-admins]
+eligible_groups = ["engineers", "oncall"]
+group_dn = "cn=web-admins,ou=groups,dc=example,dc=org"
+'''
+
+AWS_TARGET = '''
+[targets.aws-prod]
+description = "Production AWS account: assume the jit-admin role"
+environment = "production"
+tier = "high"
+backend = "aws"
+
+[targets.aws-prod.roles.admin]
+eligible_groups = ["engineers", "oncall"]
+role_arn = "arn:aws:iam::123456789012:role/jit-admin"
+'''
+
+
+@dataclass(frozen=True)
+class LdapSandbox:
+    uri: str
+    bind_dn: str
+    password: str
+    base_dn: str = "dc=example,dc=org"
+
+
+def write_sandbox(directory: Path, *, force: bool = False, servicenow_url: str | None = "http://127.0.0.1:8080",
+                  ldap: LdapSandbox | None = None, aws_endpoint: str | None = None) -> Path:
     """Write DIR/jit.toml, DIR/policy.toml, DIR/sudoers.d, DIR/data; return the config path.
 
-    ``servicenow_url`` None leaves ServiceNow off."""
+    ``servicenow_url`` None leaves ServiceNow off; ``ldap`` and ``aws_endpoint`` add an LDAP
+    group target and an AWS role target backed by those servers (a local slapd, moto)."""
     directory = directory.resolve()
     config = directory / "jit.toml"
     if config.exists() and not force:
@@ -75,7 +111,7 @@ def write_sandbox(directory: Path, *, force: bool = False, servicenow_url: str |
     for old in (directory / "sudoers.d").glob("jit_g*"):
         old.unlink()
     policy = resources.files("policies").joinpath("default.toml").read_text()
-    (directory / "policy.toml").write_text(policy)
+    (directory / "policy.toml").write_text(policy + (LDAP_TARGET if ldap else "") + (AWS_TARGET if aws_endpoint else ""))
     people = "".join(f'\n[directory.people.{name}]\ndisplay_name = "{label}"\ngroups = {groups!r}\n'
                      .replace("'", '"') for name, (label, groups) in PEOPLE.items())
     secret = directory / "snow-password"
@@ -83,5 +119,15 @@ def write_sandbox(directory: Path, *, force: bool = False, servicenow_url: str |
     secret.chmod(0o600)
     secret.write_text("admin\n")
     text = CONFIG.replace("SN_ENABLED", "true" if servicenow_url else "false")
-    config.write_text(text.replace("SN_URL", servicenow_url or "http://127.0.0.1:8080") + people)
+    text = text.replace("SN_URL", servicenow_url or "http://127.0.0.1:8080")
+    if ldap:
+        (directory / "ldap-password").touch(mode=0o600)
+        (directory / "ldap-password").write_text(ldap.password + "\n")
+        text += (f'\n[backends.ldap]\nenabled = true\nuri = "{ldap.uri}"\nbind_dn = "{ldap.bind_dn}"\n'
+                 f'bind_password_file = "ldap-password"\nuser_base = "ou=people,{ldap.base_dn}"\n'
+                 f'group_base = "ou=groups,{ldap.base_dn}"\ntls = "none"   # production: ldaps or starttls\n')
+    if aws_endpoint:
+        text += (f'\n[backends.aws]\nenabled = true\nmode = "role"\nendpoint_url = "{aws_endpoint}"   '
+                 f'# a local moto server\n')
+    config.write_text(text + people)
     return config
