@@ -89,6 +89,13 @@ def _walk_through(out: TextIO, directory: Path, sim: Simulator, ldap, aws) -> in
             out.write(f"  !! expected exit {expect}, got {code}\n")
         return text
 
+    def dual_approved(user: str, line: str) -> int:
+        """Submit as ``user``; bob (manager) and carol (system owner) approve."""
+        rid = _request_id(run(user, line))
+        run("bob", f"approve {rid}")
+        run("carol", f"approve {rid}")
+        return rid
+
     def sudoers() -> list[Path]:
         return sorted((directory / "sudoers.d").glob("jit_g*"))
 
@@ -148,22 +155,16 @@ def _walk_through(out: TextIO, directory: Path, sim: Simulator, ldap, aws) -> in
     run(None, "sync status")
     if ldap:
         say("LDAP: alice asks to join the web-admins group in the corporate directory (production: dual).")
-        text = run("alice", "request corp-directory web-admins --duration 1h --ticket CHG0000001 "
-                            "--reason 'rotate the web server certificates'")
-        rid = _request_id(text)
-        run("bob", f"approve {rid}")
-        run("carol", f"approve {rid}")
+        rid = dual_approved("alice", "request corp-directory web-admins --duration 1h --ticket CHG0000001 "
+                                     "--reason 'rotate the web server certificates'")
         conn = ldap[0].connection()
         conn.search("cn=web-admins,ou=groups,dc=example,dc=org", "(objectClass=*)", attributes=["member"])
         out.write("  web-admins members now: " + ", ".join(str(m) for m in conn.entries[0].member.values) + "\n")
         conn.unbind()
     if aws:
         say("AWS: dave asks for the jit-admin role in production; the IAM policy carries the expiry itself.")
-        text = run("dave", "request aws-prod admin --duration 1h --ticket CHG0000001 "
-                           "--reason 'inspect the load balancer logs'")
-        rid = _request_id(text)
-        run("bob", f"approve {rid}")
-        run("carol", f"approve {rid}")
+        rid = dual_approved("dave", "request aws-prod admin --duration 1h --ticket CHG0000001 "
+                                    "--reason 'inspect the load balancer logs'")
         iam = aws.client("iam")
         for name in iam.list_user_policies(UserName="dave")["PolicyNames"]:
             doc = iam.get_user_policy(UserName="dave", PolicyName=name)["PolicyDocument"]

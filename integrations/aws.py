@@ -182,15 +182,6 @@ def _check_person(person: Any) -> str:
     return person
 
 
-def _check_window(grant: GrantSpec) -> None:
-    for field_name in ("starts_at", "expires_at"):
-        value = getattr(grant, field_name)
-        if not isinstance(value, datetime) or value.utcoffset() is None:
-            raise InvalidGrant(field_name, "must be a timezone-aware datetime")
-    if grant.expires_at <= grant.starts_at:
-        raise InvalidGrant("expires_at", "must be later than starts_at")
-
-
 def role_arn_error(value: Any) -> str | None:
     """Why ``value`` is not an IAM role ARN, or None."""
     if not isinstance(value, str) or not ROLE_ARN_RE.fullmatch(value):
@@ -357,7 +348,7 @@ class AwsBackend:
         person = _check_person(grant.person)
         request_id = _check_int("request_id", grant.request_id)
         role_arn = self._role_arn(grant)
-        _check_window(grant)
+        grant.check_window()
         if session_name is None:
             session_name = f"jit-{request_id}-{person}"[:64]
         elif not isinstance(session_name, str) or not SESSION_NAME_RE.fullmatch(session_name):
@@ -411,7 +402,7 @@ class AwsBackend:
         _check_int("grant_id", grant.grant_id)
         person = _check_person(grant.person)
         role_arn = self._role_arn(grant)
-        _check_window(grant)
+        grant.check_window()
         return {
             "Version": "2012-10-17",
             "Statement": [{

@@ -44,6 +44,15 @@ class GrantSpec:
     expires_at: datetime  # aware, UTC
     params: Mapping[str, Any] = field(default_factory=dict)  # the role's backend settings
 
+    def check_window(self) -> None:
+        """Raise ``InvalidGrant`` unless both ends are aware datetimes and the window is not empty."""
+        for field_name in ("starts_at", "expires_at"):
+            value = getattr(self, field_name)
+            if not isinstance(value, datetime) or value.utcoffset() is None:
+                raise InvalidGrant(field_name, "must be a timezone-aware datetime")
+        if self.expires_at <= self.starts_at:
+            raise InvalidGrant("expires_at", "must be later than starts_at")
+
 
 @dataclass(frozen=True)
 class Artifact:

@@ -248,12 +248,7 @@ class SudoBackend:
         for field_name, value, pattern, reason in checks:
             if not isinstance(value, str) or not pattern.fullmatch(value):
                 raise InvalidGrant(field_name, reason)
-        for field_name in ("starts_at", "expires_at"):
-            value = getattr(grant, field_name)
-            if not isinstance(value, datetime) or value.utcoffset() is None:
-                raise InvalidGrant(field_name, "must be a timezone-aware datetime")
-        if grant.expires_at <= grant.starts_at:
-            raise InvalidGrant("expires_at", "must be later than starts_at")
+        grant.check_window()
         commands = grant.params.get("commands") if isinstance(grant.params, Mapping) else None
         errors = commands_errors(commands)
         if errors:
