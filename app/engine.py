@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Callable
 
+import sqlalchemy as sa
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
 
@@ -22,10 +23,11 @@ from app.config import EngineSettings
 from app.lifecycle import Lifecycle
 from app.outbox import Deliverer, DeliveryReport
 from app.reconcile import Reconciler
-from app.store import StoreError
+from app.store import StoreError, SyncState
 from app.sync import SyncReport, TicketSync
 
 log = logging.getLogger("jit.engine")
+HEARTBEAT_PREFIX = "engine:"  # sync_state rows "engine:<host:pid>": when each engine was last seen
 
 
 @dataclass(frozen=True)
@@ -77,6 +79,7 @@ class Engine:
         activated = lc.activate_due(now)
         escalated, lapsed = lc.escalate_and_lapse(now)
         lc.warn_expiring(self.expiry_warning, now)
+        self.heartbeat()
         synced = self.run_sync() if self.sync is not None else None
         delivered = self.deliver() if self.deliverer is not None else None
         return PassReport(recovered, activated, expired, escalated, lapsed, synced, delivered)
@@ -153,10 +156,22 @@ class Engine:
                 log.exception("%s failed; will run again", getattr(job, "__name__", "job"))
         return run
 
+    def heartbeat(self) -> None:
+        """Say this engine is alive (the console shows it); forget engines silent for a day."""
+        now = self.clock()
+        with self.lifecycle.store.transaction() as s:
+            name = f"{HEARTBEAT_PREFIX}{self.lifecycle.owner}"
+            row = s.get(SyncState, name) or SyncState(name=name, errors=[])
+            row.last_run_at = now
+            s.add(row)
+            s.execute(sa.delete(SyncState).where(SyncState.name.like(f"{HEARTBEAT_PREFIX}%"),
+                                                 SyncState.last_run_at < now - timedelta(days=1)))
+
     def _plan(self) -> None:
         """Schedule a one-shot job at every deadline within the next two poll intervals."""
         horizon = self.clock() + self.settings.poll_interval * 2
         try:
+            self.heartbeat()
             deadlines = self.lifecycle.next_deadlines(horizon)
         except StoreError as exc:
             log.error("planning failed, will retry: %s", exc)
