@@ -85,7 +85,10 @@ def parser() -> argparse.ArgumentParser:
     c = sync.add_parser("status", help="last run, watermark and recent errors",
                         description="last run, watermark and recent errors")
     c.add_argument("--json", action="store_true")
-    cmd("demo", "narrated walk-through of every flow on a fresh sandbox")
+    c = cmd("demo", "open the console on a fresh, seeded sandbox (--narrate: a CLI walk-through instead)")
+    c.add_argument("--narrate", action="store_true", help="narrated CLI walk-through of every flow, no console")
+    c = cmd("console", "the approval console (a terminal UI)")
+    c.add_argument("--with-engine", action="store_true", help="run the engine in this process too")
     cmd("whoami", "show the acting person and their groups")
 
     pol = cmd("policy", "lint or explain policies").add_subparsers(dest="policy_command", required=True)
@@ -255,8 +258,8 @@ def _dispatch(args: argparse.Namespace, environ: Mapping[str, str], out: TextIO,
         out.write(f"sandbox written: {path}\n  try:  JIT_CONFIG={path} JIT_USER=alice jit whoami\n")
         return 0
     if args.command == "demo":
-        from app.demo import run_demo
-        return run_demo(out)
+        from app.demo import run_console_demo, run_demo
+        return run_demo(out) if args.narrate else run_console_demo(out, environ)
     if args.command == "snow-sim":
         return _snow_sim(args, environ, out)
     if args.command == "policy" and args.policy_command == "lint":
@@ -311,6 +314,8 @@ def _run(args: argparse.Namespace, sv: Services, environ: Mapping[str, str], out
             return 0
     if cmd == "sync":
         return _sync_status(args, sv, out)
+    if cmd == "console":
+        return open_console(sv, acting_user(sv.config, environ), with_engine=args.with_engine)
     if cmd == "show":
         view = lc.get(args.id)
         if args.json:
@@ -402,6 +407,15 @@ def _stats(args: argparse.Namespace, sv: Services, out: TextIO) -> int:
     out.write(f"elevated now      {e.elevated_now} of {e.eligible} eligible people ({e.ratio:.0%})\n"
               f"privilege-hours   {e.privilege_hours_7d} in 7 days, {e.privilege_hours_30d} in 30 days\n"
               f"bypass reviews    {e.bypasses_awaiting_review} awaiting\n")
+    return 0
+
+
+def open_console(sv: Services, person: str, *, with_engine: bool) -> int:
+    from app.console_data import ConsoleData
+    from app.tui.console import JitConsole  # Textual is imported only when the console opens
+    console = JitConsole(ConsoleData(sv, person), keymap=dict(sv.config.settings.console.keys),
+                         engine=sv.engine if with_engine else None)
+    console.run()
     return 0
 
 

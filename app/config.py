@@ -168,6 +168,11 @@ class Notify(_Strict):
     expiry_warning: Duration = timedelta(minutes=15)
 
 
+class Console(_Strict):
+    # binding id -> key(s), e.g. approve = "y" or revoke = "ctrl+r"; see `?` in the console for the ids
+    keys: dict[Annotated[str, Field(pattern=r"^[a-z][a-z0-9_-]{0,40}$")], str] = {}
+
+
 class Logging(_Strict):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
@@ -181,6 +186,7 @@ class Settings(_Strict):
     engine: EngineSettings = EngineSettings()
     servicenow: ServiceNow = ServiceNow()
     notify: Notify = Notify()
+    console: Console = Console()
     logging: Logging = Logging()
 
 

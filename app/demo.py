@@ -21,8 +21,21 @@ from app.sandbox import LdapSandbox, write_sandbox
 from integrations.servicenow.simulator import Simulator, SimulatorOptions
 
 
-def run_demo(out: TextIO, directory: Path | None = None) -> int:
-    directory = directory or Path(tempfile.mkdtemp(prefix="jit-demo-"))
+def seed_console(lifecycle) -> None:
+    """A live queue for the console: pending requests, active grants, a bypass awaiting review."""
+    from datetime import timedelta
+    h, m = timedelta(hours=1), timedelta(minutes=1)
+    lifecycle.submit("alice", "web-prod-01", "service-admin", 2 * h, "restart nginx after the TLS renewal",
+                     "CHG0000001")  # dual: a manager and a system owner
+    lifecycle.submit("alice", "web-dev-01", "service-admin", 2 * h, "load-test the new nginx config")  # single
+    lifecycle.submit("dave", "web-dev-01", "service-admin", 3 * h, "profile the staging cache")  # single
+    lifecycle.submit("alice", "web-dev-01", "service-admin", 10 * m, "check the nginx config on dev")  # active now
+    lifecycle.bypass("dave", "web-prod-01", "service-admin", h, "INC0000042", "nginx down, customers affected")
+
+
+@contextlib.contextmanager
+def _outside_world(directory: Path, out: TextIO):
+    """The ServiceNow simulator, and a slapd and a moto server when installed (one line says what is skipped)."""
     with contextlib.ExitStack() as stack:
         sim = Simulator(SimulatorOptions(seed="demo")).start()
         stack.callback(sim.stop)
@@ -42,6 +55,35 @@ def run_demo(out: TextIO, directory: Path | None = None) -> int:
             skipped.append("the AWS target (moto's server extra is not installed)")
         if skipped:
             out.write(f"skipped: {'; '.join(skipped)}\n")
+        write_sandbox(directory, force=True, servicenow_url=sim.base_url, ldap=ldap[1] if ldap else None,
+                      aws_endpoint=aws.endpoint_url if aws else None)
+        yield sim, ldap, aws
+
+
+def run_console_demo(out: TextIO, environ) -> int:
+    """``jit demo``: a fresh sandbox with the simulators and seeded work, then the console
+    (as $JIT_USER, default bob the manager) with the engine running in-process."""
+    from app.bootstrap import build
+    from app.cli import open_console
+    from app.config import load_config
+    directory = Path(environ.get("JIT_DEMO_DIR") or tempfile.mkdtemp(prefix="jit-demo-"))
+    with _outside_world(directory, out):
+        config = directory / "jit.toml"
+        services = build(load_config(config), environ={**environ, "JIT_CONFIG": str(config)})
+        try:
+            seed_console(services.lifecycle)
+            person = environ.get("JIT_USER") or "bob"
+            out.write(f"sandbox {directory}; opening the console as {person} (JIT_USER=erin for the security "
+                      "operator, dave for on-call)\n")
+            out.flush()
+            return open_console(services, person, with_engine=True)
+        finally:
+            services.close()
+
+
+def run_demo(out: TextIO, directory: Path | None = None) -> int:
+    directory = directory or Path(tempfile.mkdtemp(prefix="jit-demo-"))
+    with _outside_world(directory, out) as (sim, ldap, aws):
         return _walk_through(out, directory, sim, ldap, aws)
 
 
@@ -101,8 +143,6 @@ def _walk_through(out: TextIO, directory: Path, sim: Simulator, ldap, aws) -> in
 
     say(f"A ServiceNow simulator with demo tickets is listening on {sim.base_url} (as `jit snow-sim --seed demo`).")
     say("A fresh sandbox: config, policy, SQLite, a sudoers.d directory, five people, ServiceNow.")
-    write_sandbox(directory, force=True, servicenow_url=sim.base_url, ldap=ldap[1] if ldap else None,
-                  aws_endpoint=aws.endpoint_url if aws else None)
     out.write(f"$ jit init --sandbox {directory} --servicenow-url {sim.base_url}"
               f"{'  (+ LDAP at ' + ldap[1].uri + ')' if ldap else ''}{'  (+ AWS at ' + aws.endpoint_url + ')' if aws else ''}\n")
     say("alice (engineer) asks what production access would need, without submitting anything.")

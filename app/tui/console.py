@@ -1,0 +1,264 @@
+"""``JitConsole``: the approval console. Screens show; ConsoleData decides; workers do the waiting."""
+from __future__ import annotations
+
+import logging
+import sys
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any, ClassVar
+
+from textual import on, work
+from textual.actions import parse as parse_action
+from textual.app import App
+from textual.binding import Binding
+from textual.logging import TextualHandler
+from textual.message import Message
+
+from app.console_data import ConsoleData
+from app.lifecycle import Refused
+from app.tui.actions import ACTIONS, perform
+from app.tui.commands import ConsoleCommands
+from app.tui.modals import ConfirmModal
+from app.tui.offers import offered
+from app.tui.screens.audit import AuditScreen
+from app.tui.screens.base import Chrome, ConsoleScreen
+from app.tui.screens.bypass import BypassScreen
+from app.tui.screens.detail import DetailScreen
+from app.tui.screens.grants import GrantsScreen
+from app.tui.screens.health import HealthScreen
+from app.tui.screens.help import HelpScreen, KeyHelp
+from app.tui.screens.queue import QueueScreen
+from app.tui.screens.reviews import ReviewsScreen
+
+VIEWS: dict[str, type[ConsoleScreen]] = {
+    "queue": QueueScreen, "grants": GrantsScreen, "reviews": ReviewsScreen, "audit": AuditScreen,
+    "health": HealthScreen,
+}
+SCREEN_NAMES = {
+    QueueScreen: "Queue", GrantsScreen: "Active grants", ReviewsScreen: "Reviews", AuditScreen: "Audit log",
+    HealthScreen: "Health", DetailScreen: "Request detail", BypassScreen: "Emergency bypass",
+}
+
+
+class JitConsole(App[None]):
+    """The console for ``data.operator``.
+
+    ``keymap`` remaps bindings by id (``{"approve": "y", "view-grants": "g"}``); ``engine``, when given, is
+    started on mount and stopped on unmount (``jit console --with-engine``)."""
+
+    CSS_PATH = str(Path(__file__).with_name("console.tcss"))  # absolute: subclasses elsewhere find it too
+    TITLE = "JIT console"
+    COMMANDS = App.COMMANDS | {ConsoleCommands}
+    HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (100, "-wide"), (140, "-huge")]
+    POLL_SECONDS: ClassVar[float] = 1.0
+
+    BINDINGS = [
+        Binding("1", "view('queue')", "Queue", id="view-queue", show=False, tooltip="Pending requests"),
+        Binding("2", "view('grants')", "Grants", id="view-grants", show=False,
+                tooltip="Active grants with their countdown"),
+        Binding("3", "view('reviews')", "Reviews", id="view-reviews", show=False,
+                tooltip="Emergency bypasses awaiting review"),
+        Binding("4", "view('audit')", "Audit", id="view-audit", show=False, tooltip="The audit log"),
+        Binding("5", "view('health')", "Health", id="view-health", show=False,
+                tooltip="Engine, sync, exposure, audit chain"),
+        Binding("b", "bypass", "Bypass", id="bypass", tooltip="Emergency bypass: elevate at once, reviewed later"),
+        Binding("question_mark", "help", "Help", id="help", tooltip="The keys of this screen and the app"),
+        Binding("q", "quit", "Quit", id="quit", show=False, tooltip="Leave the console"),
+    ]
+
+    @dataclass
+    class TokenRead(Message):
+        """The change token, read by the poll worker (None when the read failed)."""
+
+        token: int | None
+
+    @dataclass
+    class ActionFinished(Message):
+        action: str
+        request_id: int | None
+        ok: bool
+
+    def __init__(self, data: ConsoleData, *, keymap: dict[str, str] | None = None, engine: Any = None,
+                 cursor_blink: bool = True) -> None:
+        super().__init__()
+        self.data = data
+        self.operator = data.operator
+        self.engine = engine
+        self.cursor_blink = cursor_blink
+        self.keymap = dict(keymap or {})
+        self.token: int | None = None
+        self._polling = False
+        self._moved_handlers: list[logging.Handler] = []
+        self._log_handler = TextualHandler()
+        for name, screen in VIEWS.items():
+            self.add_mode(name, partial(self._make, screen))
+
+    def _make(self, screen: type[ConsoleScreen]) -> ConsoleScreen:
+        return screen(self.data, self.chrome())
+
+    def chrome(self) -> Chrome:
+        keys = {}
+        for binding in self.BINDINGS:
+            if isinstance(binding, Binding) and binding.id and binding.id.startswith("view-"):
+                key = self.keymap.get(binding.id, binding.key).split(",")[0].strip()
+                keys[binding.id.removeprefix("view-")] = self.get_key_display(Binding(key, ""))
+        return Chrome(self.operator, keys)
+
+    # ------------------------------------------------------------ lifecycle
+    def on_mount(self) -> None:
+        self._keep_logs_off_the_screen()
+        if self.keymap:
+            self.set_keymap(self.keymap)
+        if self.engine is not None:
+            self.engine.start()
+        self.switch_mode("queue")
+        self.set_interval(self.POLL_SECONDS, self._poll)
+
+    def on_unmount(self) -> None:
+        if self.engine is not None:
+            self.engine.stop()
+        root = logging.getLogger()
+        for handler in self._moved_handlers:
+            root.addHandler(handler)
+        if self._moved_handlers:
+            root.removeHandler(self._log_handler)
+
+    def _keep_logs_off_the_screen(self) -> None:
+        """Log records written to the terminal would tear the screen (the engine's, a ServiceNow warning):
+        while the console runs, they go to Textual's log (``textual console``) instead."""
+        root = logging.getLogger()
+        terminal = (sys.__stderr__, sys.__stdout__)
+        self._moved_handlers = [h for h in root.handlers if type(h) is logging.StreamHandler and h.stream in terminal]
+        for handler in self._moved_handlers:
+            root.removeHandler(handler)
+        if self._moved_handlers:
+            self._log_handler.setFormatter(self._moved_handlers[0].formatter)
+            root.addHandler(self._log_handler)
+
+    # ------------------------------------------------------------ live updates
+    def _poll(self) -> None:
+        if not self._polling:
+            self._polling = True
+            self._read_token()
+
+    @work(thread=True, group="poll", exit_on_error=False)
+    def _read_token(self) -> None:
+        try:
+            token = self.data.change_token()
+        except Exception:  # noqa: BLE001 - the next poll tries again; the screens keep what they show
+            token = None
+        self.post_message(self.TokenRead(token))
+
+    @on(TokenRead)
+    def _token_read(self, message: TokenRead) -> None:
+        self._polling = False
+        if message.token is not None and message.token != self.token:
+            self.token = message.token
+            self.reload_visible()
+
+    def reload_visible(self) -> None:
+        """Reload the screen the operator sees (the one under a modal, if a modal is open)."""
+        for screen in reversed(self.screen_stack):
+            if isinstance(screen, ConsoleScreen):
+                screen.reload()
+                return
+
+    # ------------------------------------------------------------ navigation
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action == "bypass":
+            return offered(self.operator, "bypass")
+        return True
+
+    def action_view(self, view: str) -> None:
+        if view in VIEWS and self.current_mode != view:
+            self.switch_mode(view)
+
+    def open_request(self, request_id: int) -> None:
+        self.push_screen(DetailScreen(self.data, self.chrome(), request_id))
+
+    @on(ConsoleScreen.OpenRequested)
+    def _open_requested(self, message: ConsoleScreen.OpenRequested) -> None:
+        self.open_request(message.request_id)
+
+    def action_bypass(self) -> None:
+        if not offered(self.operator, "bypass"):
+            self.notify("the emergency bypass is for the on-call group", severity="warning", markup=False)
+            return
+        if not isinstance(self.screen, BypassScreen):
+            self.push_screen(BypassScreen(self.data, self.chrome()), callback=self._bypassed)
+
+    def _bypassed(self, message: str | None) -> None:
+        if message:
+            self.notify(message, title="Emergency bypass", markup=False)
+            self.action_view("grants")
+            self.reload_visible()
+
+    def action_help(self) -> None:
+        screen = self.screen
+        if isinstance(screen, HelpScreen):
+            return
+        name = SCREEN_NAMES.get(type(screen), type(screen).__name__)
+        self.push_screen(HelpScreen(name, self._keys_of(screen, name) + self._keys_of(self, "Everywhere")))
+
+    def _keys_of(self, node: Any, section: str) -> list[KeyHelp]:
+        """The bindings ``node`` offers now (keymap applied, those its check_action hides left out)."""
+        keys: list[KeyHelp] = []
+        seen: set[str] = set()
+        bound = node._bindings.copy()  # as Screen._binding_chain does: a copy with the keymap applied
+        if self._keymap:
+            bound.apply_keymap(self._keymap)
+        for bindings in bound.key_to_bindings.values():
+            for binding in bindings:
+                if not binding.tooltip or binding.action in seen:
+                    continue
+                _, action, params = parse_action(binding.action)
+                state = node.check_action(action, params)
+                if state is False:
+                    continue
+                seen.add(binding.action)
+                keys.append(KeyHelp(section, self.get_key_display(binding),
+                                    binding.description + ("" if state else " (nothing selected)"), binding.tooltip,
+                                    binding.id or ""))
+        return keys
+
+    # ------------------------------------------------------------ actions
+    def start_action(self, action: str, request_id: int, summary: str) -> None:
+        """Ask for confirmation (and a comment or reason), then run the action in a worker."""
+        spec = ACTIONS[action]
+        if not offered(self.operator, action):
+            self.notify(f"{spec.verb} is not offered to {self.operator.person}", severity="warning", markup=False)
+            return
+        title = f"{spec.verb} REQ-{request_id}" + (f" as {action}" if spec.verb == "Review" else "")
+        self.push_screen(ConfirmModal(title, summary, list(spec.fields), confirm=spec.confirm,
+                                      variant=spec.variant, cursor_blink=self.cursor_blink),
+                         callback=partial(self._confirmed, action, request_id))
+
+    @on(ConsoleScreen.ActionRequested)
+    def _action_requested(self, message: ConsoleScreen.ActionRequested) -> None:
+        self.start_action(message.action, message.request_id, message.summary)
+
+    def _confirmed(self, action: str, request_id: int, values: dict[str, str] | None) -> None:
+        if values is not None:
+            self._perform(action, request_id, values)
+
+    @work(thread=True, group="actions", exit_on_error=False)
+    def _perform(self, action: str, request_id: int, values: dict[str, str]) -> None:
+        label = f"REQ-{request_id}"
+        ok = False
+        try:
+            message = perform(self.data, action, request_id, values)
+        except Refused as exc:
+            self.notify(exc.message, title=f"{label} refused: {exc.rule}", severity="error", timeout=10,
+                        markup=False)
+        except Exception as exc:  # noqa: BLE001 - the operator sees it; nothing half-done is shown as done
+            self.notify(f"{type(exc).__name__}: {exc}", title=f"{label}: {action} failed", severity="error",
+                        timeout=10, markup=False)
+        else:
+            ok = True
+            self.notify(message, title=label, markup=False)
+        self.post_message(self.ActionFinished(action, request_id, ok))
+
+    @on(ActionFinished)
+    def _action_finished(self) -> None:
+        self.reload_visible()

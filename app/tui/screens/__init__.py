@@ -1,0 +1,1 @@
+"""One screen per module: queue, detail, grants, bypass, reviews, audit, health, help."""

@@ -1,0 +1,96 @@
+"""What every console screen shares: the operator bar, the view switcher, the footer, reloading."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar, Iterable
+
+from textual.app import ComposeResult
+from textual.message import Message
+from textual.screen import Screen
+from textual.widget import Widget
+from textual.widgets import Footer, Input
+
+from app.console_data import ConsoleData, Operator
+from app.tui.offers import offered
+from app.tui.widgets.nav import NavBar
+from app.tui.widgets.whoami import WhoAmI
+
+
+@dataclass(frozen=True)
+class Chrome:
+    """What the app hands every screen: who is acting and which key opens which view."""
+
+    operator: Operator
+    nav_keys: dict[str, str] = field(default_factory=dict)
+
+
+class ConsoleScreen(Screen):
+    """A console view. Subclasses compose ``body()`` and start their loading worker in ``reload()``."""
+
+    VIEW: ClassVar[str] = ""  # the NavBar entry to highlight
+    AUTO_FOCUS = "KeyedTable"
+
+    @dataclass
+    class ActionRequested(Message):
+        """The operator asked for an action on a request (the app asks for confirmation and runs it)."""
+
+        screen: "ConsoleScreen"
+        action: str  # approve | deny | revoke | extend | justified | violation
+        request_id: int
+        summary: str
+
+        @property
+        def control(self) -> "ConsoleScreen":
+            return self.screen
+
+    @dataclass
+    class OpenRequested(Message):
+        """The operator asked to see one request in detail."""
+
+        screen: "ConsoleScreen"
+        request_id: int
+
+        @property
+        def control(self) -> "ConsoleScreen":
+            return self.screen
+
+    def __init__(self, data: ConsoleData, chrome: Chrome) -> None:
+        super().__init__()
+        self.data = data
+        self.chrome = chrome
+
+    @property
+    def operator(self) -> Operator:
+        return self.chrome.operator
+
+    def compose(self) -> ComposeResult:
+        yield WhoAmI(self.operator, id="whoami")
+        yield NavBar(self.VIEW, self.chrome.nav_keys, id="nav")
+        yield from self.body()
+        yield Footer(compact=True)
+
+    def body(self) -> Iterable[Widget]:
+        return ()
+
+    def on_mount(self) -> None:
+        """Runs as well as a subclass's own ``on_mount`` (Textual dispatches along the MRO)."""
+        if not getattr(self.app, "cursor_blink", True):
+            for box in self.query(Input):
+                box.cursor_blink = False
+
+    def reload(self) -> None:
+        """Fetch what the screen shows again (in a worker) and update it in place."""
+
+    def on_screen_resume(self) -> None:
+        self.reload()
+
+    def offered(self, action: str) -> bool:
+        return offered(self.operator, action)
+
+    def request_action(self, action: str, request_id: int, summary: str) -> None:
+        self.post_message(self.ActionRequested(self, action, request_id, summary))
+
+    def failed(self, what: str, exc: BaseException) -> None:
+        """Called from a worker thread when loading failed: say so, keep what is shown."""
+        self.app.notify(f"{type(exc).__name__}: {exc}", title=f"Could not load {what}", severity="error",
+                        timeout=8, markup=False)

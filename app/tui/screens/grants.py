@@ -1,0 +1,172 @@
+"""Active grants with a live countdown to expiry; revoke and extend at hand."""
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Iterable
+
+from rich.text import Text
+from textual import on, work
+from textual.binding import Binding
+from textual.widget import Widget
+from textual.widgets import DataTable, Static
+
+from app.console_data import ActiveItem
+from app.tui import formatting as fmt
+from app.tui.screens.base import ConsoleScreen
+from app.tui.widgets.filter_bar import FilterBar
+from app.tui.widgets.keyed_table import KeyedTable
+
+# The countdown comes before the details so it stays on screen at 80 columns.
+COLUMNS = (
+    ("id", "Request", 9), ("requester", "Grantee", None), ("target", "Target", None), ("role", "Role", None),
+    ("left", "Left", fmt.COUNTDOWN_WIDTH), ("expires", "Expires", 9), ("kind", "Kind", None),
+    ("backend", "Backend", None),
+)
+LEGEND = "Left: '!' under 15 min, '!!' under 5 min, 'XX' past expiry (the engine revokes it)"
+
+
+class GrantsScreen(ConsoleScreen):
+    """Active grants, soonest expiry first. One timer a second updates only the countdown cells that changed."""
+
+    VIEW = "grants"
+    BINDINGS = [
+        Binding("enter", "open", "Open", id="open", show=False, tooltip="Open the request behind the grant"),
+        Binding("r", "revoke", "Revoke", id="revoke", tooltip="End the highlighted grant now, with a reason"),
+        Binding("e", "extend", "Extend", id="extend",
+                tooltip="Extend the highlighted grant (policy checks run again)"),
+        Binding("slash", "filter", "Filter", id="filter", tooltip="Show only rows containing some text"),
+    ]
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.items: list[ActiveItem] = []
+        self.by_key: dict[str, ActiveItem] = {}
+        self.loaded = False
+        self.filter_text = ""
+
+    def body(self) -> Iterable[Widget]:
+        yield Static("loading…", id="grants-status", classes="status")
+        yield FilterBar(id="filter")
+        yield KeyedTable(COLUMNS, unique_column="id", id="grants-table")
+        yield Static(LEGEND, id="grants-legend", classes="legend")
+
+    def on_mount(self) -> None:
+        self.set_interval(1, self._tick)
+
+    @property
+    def table(self) -> KeyedTable:
+        return self.query_one("#grants-table", KeyedTable)
+
+    @work(thread=True, exclusive=True, group="grants", exit_on_error=False)
+    def reload(self) -> None:
+        try:
+            items = self.data.active()
+        except Exception as exc:  # noqa: BLE001 - shown to the operator
+            self.failed("the active grants", exc)
+            return
+        self.app.call_from_thread(self._show, items)
+
+    def _show(self, items: list[ActiveItem]) -> None:
+        self.items = items
+        self.by_key = {str(i.id): i for i in items}
+        self.loaded = True
+        self._refresh_rows()
+
+    def shown_items(self) -> list[ActiveItem]:
+        needle = self.filter_text.lower().strip()
+        if not needle:
+            return list(self.items)
+        return [i for i in self.items
+                if needle in " ".join((i.label, i.requester, i.target, i.role, i.kind, i.backend)).lower()]
+
+    def _countdown(self, item: ActiveItem, now: datetime) -> Text:
+        text, level = fmt.countdown(item.expires_at - now)
+        colours = self.app.theme_variables
+        style = {"warning": f"bold {colours.get('warning', 'yellow')}",
+                 "error": f"bold {colours.get('error', 'red')}",
+                 "expired": f"bold reverse {colours.get('error', 'red')}"}.get(level, "")
+        return Text(text, style=style)
+
+    def _cells(self, item: ActiveItem, now: datetime) -> list[object]:
+        kind = "BYPASS" if item.kind == "bypass" else item.kind
+        return [Text(item.label), Text(item.requester), Text(item.target), Text(item.role), self._countdown(item, now),
+                Text(fmt.clock_time(item.expires_at)), Text(kind), Text(item.backend)]
+
+    def _refresh_rows(self) -> None:
+        now = self.data.clock()
+        shown = self.shown_items()
+        self.table.sync([(str(i.id), self._cells(i, now)) for i in shown])
+        soon = sum(1 for i in self.items if fmt.urgency(i.expires_at - now) != "ok")
+        parts = [f"{len(self.items)} active", f"{soon} expiring within 15 min" if soon else "none expiring soon",
+                 "times UTC"]
+        if self.filter_text:
+            parts.append(f"filter {self.filter_text!r}: {len(shown)} shown")
+        self.query_one("#grants-status", Static).update(Text(" · ".join(parts)))
+        self.refresh_bindings()
+
+    def _tick(self) -> None:
+        """``expires_at - clock()`` for each row; ``update_cell`` only where the text changed."""
+        if not self.loaded or not self.is_current:
+            return
+        now = self.data.clock()
+        with self.app.batch_update():  # visible rows only; a row scrolled into view catches up next tick
+            for key in self.table.visible_keys():
+                if item := self.by_key.get(key):
+                    self.table.set_cell(key, "left", self._countdown(item, now))
+
+    # ------------------------------------------------------------ actions
+    def current(self) -> ActiveItem | None:
+        key = self.table.current_key if self.is_mounted else None
+        return self.by_key.get(key) if key is not None else None
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action in ("revoke", "extend"):
+            if not self.offered(action):
+                return False
+            try:
+                item = self.current()
+            except Exception:  # noqa: BLE001 - not composed yet
+                return None
+            return True if item else None
+        return True
+
+    def _summary(self, item: ActiveItem) -> str:
+        return (f"{item.requester} holds {item.role} on {item.target} ({item.kind}, {item.backend}) until "
+                f"{fmt.stamp(item.expires_at)}")
+
+    def action_revoke(self) -> None:
+        if item := self.current():
+            self.request_action("revoke", item.id, self._summary(item))
+
+    def action_extend(self) -> None:
+        if item := self.current():
+            self.request_action("extend", item.id, self._summary(item))
+
+    def action_open(self) -> None:
+        if item := self.current():
+            self.post_message(self.OpenRequested(self, item.id))
+
+    @on(DataTable.RowSelected, "#grants-table")
+    def _selected(self, event: DataTable.RowSelected) -> None:
+        event.stop()
+        self.post_message(self.OpenRequested(self, int(event.row_key.value)))
+
+    @on(DataTable.RowHighlighted, "#grants-table")
+    def _highlighted(self) -> None:
+        # The footer recomposes on refresh_bindings (costly): only when a row's presence flips.
+        has_row = self.current() is not None
+        if has_row != getattr(self, "_had_row", None):
+            self._had_row = has_row
+            self.refresh_bindings()
+
+    def action_filter(self) -> None:
+        self.query_one("#filter", FilterBar).open()
+
+    @on(FilterBar.FilterChanged)
+    def _filter_changed(self, event: FilterBar.FilterChanged) -> None:
+        self.filter_text = event.text
+        self._refresh_rows()
+
+    @on(FilterBar.FilterClosed)
+    def _filter_closed(self) -> None:
+        self.table.focus()

@@ -1,0 +1,189 @@
+"""The queue: pending requests, most urgent first, with approve and deny at hand."""
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Iterable
+
+from rich.text import Text
+from textual import on, work
+from textual.binding import Binding
+from textual.widget import Widget
+from textual.widgets import DataTable, Static
+
+from app.console_data import QueueItem
+from app.tui import formatting as fmt
+from app.tui.screens.base import ConsoleScreen
+from app.tui.widgets.filter_bar import FilterBar
+from app.tui.widgets.keyed_table import KeyedTable
+
+# Most useful first: at 80 columns the table shows up to the risk; the rest scrolls into view.
+COLUMNS = (
+    ("id", "Request", 8), ("requester", "Requester", None), ("target", "Target", None), ("role", "Role", None),
+    ("age", "Age", 5), ("approvals", "Appr", 4), ("risk", "Env/risk", None), ("duration", "Dur", None),
+    ("verdict", "Verdict", None), ("ticket", "Ticket", None),
+)
+SORTS = ("urgency", "oldest", "requester", "target")
+
+
+def _text(item: QueueItem) -> str:
+    return " ".join([item.label, item.requester, item.target, item.role, item.environment, item.tier,
+                     item.ticket or "", item.verdict, *item.approvers]).lower()
+
+
+class QueueScreen(ConsoleScreen):
+    """Pending requests. Escalated ones are marked ``!`` and highlighted; ``/`` filters, ``s`` re-orders."""
+
+    VIEW = "queue"
+    BINDINGS = [
+        Binding("enter", "open", "Open", id="open", show=False,
+                tooltip="Open the request: checks, approvals, history, ticket"),
+        Binding("a", "approve", "Approve", id="approve", tooltip="Approve the highlighted request"),
+        Binding("d", "deny", "Deny", id="deny", tooltip="Deny the highlighted request, with a reason"),
+        Binding("slash", "filter", "Filter", id="filter", tooltip="Show only rows containing some text"),
+        Binding("s", "sort", "Sort", id="sort", tooltip="Order by urgency, then oldest, requester, target"),
+    ]
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.items: list[QueueItem] = []
+        self.by_key: dict[str, QueueItem] = {}
+        self.loaded = False
+        self.filter_text = ""
+        self.sort_index = 0
+
+    def body(self) -> Iterable[Widget]:
+        yield Static("loading…", id="queue-status", classes="status")
+        yield FilterBar(id="filter")
+        yield KeyedTable(COLUMNS, unique_column="id", id="queue-table")
+
+    def on_mount(self) -> None:
+        self.set_interval(1, self._tick)
+
+    @property
+    def table(self) -> KeyedTable:
+        return self.query_one("#queue-table", KeyedTable)
+
+    # ------------------------------------------------------------ loading
+    @work(thread=True, exclusive=True, group="queue", exit_on_error=False)
+    def reload(self) -> None:
+        try:
+            items = self.data.queue()
+        except Exception as exc:  # noqa: BLE001 - shown to the operator, the screen keeps its rows
+            self.failed("the queue", exc)
+            return
+        self.app.call_from_thread(self._show, items)
+
+    def _show(self, items: list[QueueItem]) -> None:
+        self.items = items
+        self.by_key = {str(i.id): i for i in items}
+        self.loaded = True
+        self._refresh_rows()
+
+    def shown_items(self) -> list[QueueItem]:
+        needle = self.filter_text.lower().strip()
+        items = [i for i in self.items if needle in _text(i)] if needle else list(self.items)
+        order = SORTS[self.sort_index]
+        if order == "oldest":
+            items.sort(key=lambda i: (i.created_at, i.id))
+        elif order == "requester":
+            items.sort(key=lambda i: (i.requester, i.created_at, i.id))
+        elif order == "target":
+            items.sort(key=lambda i: (i.target, i.role, i.created_at, i.id))
+        return items  # "urgency": as ConsoleData orders them (escalated, then oldest)
+
+    def _refresh_rows(self) -> None:
+        now = self.data.clock()
+        shown = self.shown_items()
+        self.table.sync([(str(i.id), self._cells(i, now)) for i in shown])
+        escalated = sum(1 for i in self.items if i.escalated)
+        parts = [f"{len(self.items)} pending", f"{escalated} escalated (marked !)" if escalated else "none escalated",
+                 f"order: {SORTS[self.sort_index]}"]
+        if self.filter_text:
+            parts.append(f"filter {self.filter_text!r}: {len(shown)} shown")
+        self.query_one("#queue-status", Static).update(Text(" · ".join(parts)))
+        self.refresh_bindings()
+
+    def _style(self, item: QueueItem) -> str:
+        return f"bold {self.app.theme_variables.get('warning', 'yellow')}" if item.escalated else ""
+
+    def _age(self, item: QueueItem, now: datetime) -> Text:
+        return Text(fmt.age(now - item.created_at), style=self._style(item))
+
+    def _cells(self, item: QueueItem, now: datetime) -> list[Text]:
+        style = self._style(item)
+        verdict = ("✓ " if item.verdict == "pass" else "✗ ") + item.verdict
+        first = [f"{'!' if item.escalated else ' '} {item.label}", item.requester, item.target, item.role]
+        rest = [f"{item.approvals}/{item.needed}", fmt.env_risk(item.environment, item.tier),
+                fmt.duration(item.duration), verdict, item.ticket or "-"]
+        return [*(Text(v, style=style) for v in first), self._age(item, now), *(Text(v, style=style) for v in rest)]
+
+    def _tick(self) -> None:
+        """Ages move on: update the cells whose text changed, nothing else."""
+        if not self.loaded or not self.is_current:
+            return
+        now = self.data.clock()
+        with self.app.batch_update():  # visible rows only; a row scrolled into view catches up next tick
+            for key in self.table.visible_keys():
+                if item := self.by_key.get(key):
+                    self.table.set_cell(key, "age", self._age(item, now))
+
+    # ------------------------------------------------------------ actions
+    def current(self) -> QueueItem | None:
+        key = self.table.current_key if self.is_mounted else None
+        return self.by_key.get(key) if key is not None else None
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action in ("approve", "deny"):
+            if not self.offered(action):
+                return False
+            try:
+                return True if self.current() else None
+            except Exception:  # noqa: BLE001 - not composed yet
+                return None
+        return True
+
+    def _summary(self, item: QueueItem) -> str:
+        return (f"{item.requester} asks for {item.role} on {item.target} ({fmt.env_risk(item.environment, item.tier)}) "
+                f"for {fmt.duration(item.duration)}; ticket {item.ticket or '-'}; approvals {item.approvals} of "
+                f"{item.needed} ({item.approval_model}: {', '.join(item.approver_groups) or '-'})")
+
+    def action_approve(self) -> None:
+        if item := self.current():
+            self.request_action("approve", item.id, self._summary(item))
+
+    def action_deny(self) -> None:
+        if item := self.current():
+            self.request_action("deny", item.id, self._summary(item))
+
+    def action_open(self) -> None:
+        if item := self.current():
+            self.post_message(self.OpenRequested(self, item.id))
+
+    @on(DataTable.RowSelected, "#queue-table")
+    def _selected(self, event: DataTable.RowSelected) -> None:
+        event.stop()
+        self.post_message(self.OpenRequested(self, int(event.row_key.value)))
+
+    @on(DataTable.RowHighlighted, "#queue-table")
+    def _highlighted(self) -> None:
+        # The footer recomposes on refresh_bindings (costly): only when a row's presence flips.
+        has_row = self.current() is not None
+        if has_row != getattr(self, "_had_row", None):
+            self._had_row = has_row
+            self.refresh_bindings()
+
+    def action_filter(self) -> None:
+        self.query_one("#filter", FilterBar).open()
+
+    def action_sort(self) -> None:
+        self.sort_index = (self.sort_index + 1) % len(SORTS)
+        self._refresh_rows()
+
+    @on(FilterBar.FilterChanged)
+    def _filter_changed(self, event: FilterBar.FilterChanged) -> None:
+        self.filter_text = event.text
+        self._refresh_rows()
+
+    @on(FilterBar.FilterClosed)
+    def _filter_closed(self) -> None:
+        self.table.focus()
