@@ -30,7 +30,7 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Sequence
 
 SLAPD = shutil.which("slapd") or shutil.which("slapd", path="/usr/sbin:/usr/local/sbin:/sbin") or "/usr/sbin/slapd"
 SKIP_REASON = "slapd not installed: .ci/run installs slapd and ldap-utils"

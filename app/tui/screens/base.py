@@ -2,16 +2,18 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import ClassVar, Iterable
+from typing import Any, ClassVar, Iterable
 
+from textual import on
 from textual.app import ComposeResult
 from textual.message import Message
 from textual.screen import Screen
 from textual.widget import Widget
-from textual.widgets import Footer, Input
+from textual.widgets import DataTable, Footer, Input
 
 from app.console_data import ConsoleData, Operator
 from app.tui.offers import offered
+from app.tui.widgets.keyed_table import KeyedTable
 from app.tui.widgets.nav import NavBar
 from app.tui.widgets.whoami import WhoAmI
 
@@ -94,3 +96,49 @@ class ConsoleScreen(Screen):
         """Called from a worker thread when loading failed: say so, keep what is shown."""
         self.app.notify(f"{type(exc).__name__}: {exc}", title=f"Could not load {what}", severity="error",
                         timeout=8, markup=False)
+
+
+class RowScreen(ConsoleScreen):
+    """A view over one ``KeyedTable`` of requests: the row under the cursor, the actions that need
+    one (``ROW_ACTIONS``, offered only to those allowed), and opening it in the detail view."""
+
+    ROW_ACTIONS: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, data: ConsoleData, chrome: Chrome) -> None:
+        super().__init__(data, chrome)
+        self.by_key: dict[str, Any] = {}  # row key -> item, kept by the subclass's loader
+
+    @property
+    def table(self) -> KeyedTable:
+        return self.query_one(KeyedTable)
+
+    def current(self) -> Any:
+        key = self.table.current_key if self.is_mounted else None
+        return self.by_key.get(key) if key is not None else None
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action in self.ROW_ACTIONS:
+            if not self.offered(action):
+                return False
+            try:
+                return True if self.current() else None
+            except Exception:  # noqa: BLE001 - not composed yet
+                return None
+        return True
+
+    def action_open(self) -> None:
+        if item := self.current():
+            self.post_message(self.OpenRequested(self, item.id))
+
+    @on(DataTable.RowSelected)
+    def _selected(self, event: DataTable.RowSelected) -> None:
+        event.stop()
+        self.post_message(self.OpenRequested(self, int(event.row_key.value)))
+
+    @on(DataTable.RowHighlighted)
+    def _highlighted(self) -> None:
+        # The footer recomposes on refresh_bindings (costly): only when a row's presence flips.
+        has_row = self.current() is not None
+        if has_row != getattr(self, "_had_row", None):
+            self._had_row = has_row
+            self.refresh_bindings()

@@ -8,11 +8,11 @@ from rich.text import Text
 from textual import on, work
 from textual.binding import Binding
 from textual.widget import Widget
-from textual.widgets import DataTable, Static
+from textual.widgets import Static
 
 from app.console_data import ActiveItem
 from app.tui import formatting as fmt
-from app.tui.screens.base import ConsoleScreen
+from app.tui.screens.base import RowScreen
 from app.tui.widgets.filter_bar import FilterBar
 from app.tui.widgets.keyed_table import KeyedTable
 
@@ -25,10 +25,11 @@ COLUMNS = (
 LEGEND = "Left: '!' under 15 min, '!!' under 5 min, 'XX' past expiry (the engine revokes it)"
 
 
-class GrantsScreen(ConsoleScreen):
+class GrantsScreen(RowScreen):
     """Active grants, soonest expiry first. One timer a second updates only the countdown cells that changed."""
 
     VIEW = "grants"
+    ROW_ACTIONS = ('revoke', 'extend')
     BINDINGS = [
         Binding("enter", "open", "Open", id="open", show=False, tooltip="Open the request behind the grant"),
         Binding("r", "revoke", "Revoke", id="revoke", tooltip="End the highlighted grant now, with a reason"),
@@ -53,9 +54,6 @@ class GrantsScreen(ConsoleScreen):
     def on_mount(self) -> None:
         self.set_interval(1, self._tick)
 
-    @property
-    def table(self) -> KeyedTable:
-        return self.query_one("#grants-table", KeyedTable)
 
     @work(thread=True, exclusive=True, group="grants", exit_on_error=False)
     def reload(self) -> None:
@@ -115,21 +113,6 @@ class GrantsScreen(ConsoleScreen):
                     self.table.set_cell(key, "left", self._countdown(item, now))
 
     # ------------------------------------------------------------ actions
-    def current(self) -> ActiveItem | None:
-        key = self.table.current_key if self.is_mounted else None
-        return self.by_key.get(key) if key is not None else None
-
-    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
-        if action in ("revoke", "extend"):
-            if not self.offered(action):
-                return False
-            try:
-                item = self.current()
-            except Exception:  # noqa: BLE001 - not composed yet
-                return None
-            return True if item else None
-        return True
-
     def _summary(self, item: ActiveItem) -> str:
         return (f"{item.requester} holds {item.role} on {item.target} ({item.kind}, {item.backend}) until "
                 f"{fmt.stamp(item.expires_at)}")
@@ -141,23 +124,6 @@ class GrantsScreen(ConsoleScreen):
     def action_extend(self) -> None:
         if item := self.current():
             self.request_action("extend", item.id, self._summary(item))
-
-    def action_open(self) -> None:
-        if item := self.current():
-            self.post_message(self.OpenRequested(self, item.id))
-
-    @on(DataTable.RowSelected, "#grants-table")
-    def _selected(self, event: DataTable.RowSelected) -> None:
-        event.stop()
-        self.post_message(self.OpenRequested(self, int(event.row_key.value)))
-
-    @on(DataTable.RowHighlighted, "#grants-table")
-    def _highlighted(self) -> None:
-        # The footer recomposes on refresh_bindings (costly): only when a row's presence flips.
-        has_row = self.current() is not None
-        if has_row != getattr(self, "_had_row", None):
-            self._had_row = has_row
-            self.refresh_bindings()
 
     def action_filter(self) -> None:
         self.query_one("#filter", FilterBar).open()

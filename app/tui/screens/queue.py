@@ -8,11 +8,11 @@ from rich.text import Text
 from textual import on, work
 from textual.binding import Binding
 from textual.widget import Widget
-from textual.widgets import DataTable, Static
+from textual.widgets import Static
 
 from app.console_data import QueueItem
 from app.tui import formatting as fmt
-from app.tui.screens.base import ConsoleScreen
+from app.tui.screens.base import RowScreen
 from app.tui.widgets.filter_bar import FilterBar
 from app.tui.widgets.keyed_table import KeyedTable
 
@@ -30,10 +30,11 @@ def _text(item: QueueItem) -> str:
                      item.ticket or "", item.verdict, *item.approvers]).lower()
 
 
-class QueueScreen(ConsoleScreen):
+class QueueScreen(RowScreen):
     """Pending requests. Escalated ones are marked ``!`` and highlighted; ``/`` filters, ``s`` re-orders."""
 
     VIEW = "queue"
+    ROW_ACTIONS = ('approve', 'deny')
     BINDINGS = [
         Binding("enter", "open", "Open", id="open", show=False,
                 tooltip="Open the request: checks, approvals, history, ticket"),
@@ -59,9 +60,6 @@ class QueueScreen(ConsoleScreen):
     def on_mount(self) -> None:
         self.set_interval(1, self._tick)
 
-    @property
-    def table(self) -> KeyedTable:
-        return self.query_one("#queue-table", KeyedTable)
 
     # ------------------------------------------------------------ loading
     @work(thread=True, exclusive=True, group="queue", exit_on_error=False)
@@ -128,20 +126,6 @@ class QueueScreen(ConsoleScreen):
                     self.table.set_cell(key, "age", self._age(item, now))
 
     # ------------------------------------------------------------ actions
-    def current(self) -> QueueItem | None:
-        key = self.table.current_key if self.is_mounted else None
-        return self.by_key.get(key) if key is not None else None
-
-    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
-        if action in ("approve", "deny"):
-            if not self.offered(action):
-                return False
-            try:
-                return True if self.current() else None
-            except Exception:  # noqa: BLE001 - not composed yet
-                return None
-        return True
-
     def _summary(self, item: QueueItem) -> str:
         return (f"{item.requester} asks for {item.role} on {item.target} ({fmt.env_risk(item.environment, item.tier)}) "
                 f"for {fmt.duration(item.duration)}; ticket {item.ticket or '-'}; approvals {item.approvals} of "
@@ -154,23 +138,6 @@ class QueueScreen(ConsoleScreen):
     def action_deny(self) -> None:
         if item := self.current():
             self.request_action("deny", item.id, self._summary(item))
-
-    def action_open(self) -> None:
-        if item := self.current():
-            self.post_message(self.OpenRequested(self, item.id))
-
-    @on(DataTable.RowSelected, "#queue-table")
-    def _selected(self, event: DataTable.RowSelected) -> None:
-        event.stop()
-        self.post_message(self.OpenRequested(self, int(event.row_key.value)))
-
-    @on(DataTable.RowHighlighted, "#queue-table")
-    def _highlighted(self) -> None:
-        # The footer recomposes on refresh_bindings (costly): only when a row's presence flips.
-        has_row = self.current() is not None
-        if has_row != getattr(self, "_had_row", None):
-            self._had_row = has_row
-            self.refresh_bindings()
 
     def action_filter(self) -> None:
         self.query_one("#filter", FilterBar).open()
