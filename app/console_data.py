@@ -135,7 +135,11 @@ class ConsoleData:
 
     def queue(self) -> list[QueueItem]:
         with self.services.store.transaction() as s:
-            rows = s.exec(select(RequestRow).where(RequestRow.state == "pending")).all()
+            R = RequestRow
+            rows = s.execute(sa.select(R.id, R.requester, R.target, R.role, R.environment, R.tier, R.duration_s,
+                                       R.ticket, R.created_at, R.escalated_at, R.approval_model,
+                                       R.approver_groups, R.checks)  # only what the queue shows
+                             .where(R.state == "pending")).all()
             counts: dict[int, list[str]] = {}
             if rows:
                 for rid, who in s.exec(select(ApprovalRow.request_id, ApprovalRow.approver)

@@ -112,6 +112,10 @@ class JitConsole(App[None]):
             self.set_keymap(self.keymap)
         if self.engine is not None:
             self.engine.start()
+        self._polling = True
+        self._read_token()  # the queue opens once the token is known: see _token_read
+
+    def _open_first_view(self) -> None:
         self.switch_mode("queue")
         self.set_interval(self.POLL_SECONDS, self._poll)
 
@@ -153,6 +157,12 @@ class JitConsole(App[None]):
     @on(TokenRead)
     def _token_read(self, message: TokenRead) -> None:
         self._polling = False
+        if self.current_mode == self.DEFAULT_MODE:
+            # The first read comes before the first view loads: a change after it moves the token,
+            # and the first poll does not load everything a second time.
+            self.token = message.token
+            self._open_first_view()
+            return
         if message.token is not None and message.token != self.token:
             self.token = message.token
             self.reload_visible()

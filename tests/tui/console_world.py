@@ -7,6 +7,8 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Callable
 
+from textual.css.query import NoMatches
+
 from app.bootstrap import Services, build
 from app.clock import FrozenClock
 from app.config import load_config
@@ -114,7 +116,14 @@ async def settle(pilot, rounds: int = 2) -> None:
 async def until(pilot, condition: Callable[[], object], timeout: float = 2.0, what: str = "condition") -> float:
     """Wait (polling, no fixed sleep) until ``condition()`` holds; return how long it took."""
     start = time.monotonic()
-    while not condition():
+
+    def holds() -> bool:
+        try:
+            return bool(condition())
+        except NoMatches:  # the screen it looks at is not composed yet
+            return False
+
+    while not holds():
         if time.monotonic() - start > timeout:
             raise AssertionError(f"{what} did not hold within {timeout}s")
         await pilot.pause(0.05)

@@ -7,7 +7,7 @@ from rich.text import Text
 from textual import on, work
 from textual.binding import Binding
 from textual.widget import Widget
-from textual.widgets import DataTable, Static
+from textual.widgets import Static
 
 from app.console_data import AuditItem
 from app.tui import formatting as fmt
@@ -34,13 +34,14 @@ class AuditScreen(ConsoleScreen):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.items: list[AuditItem] = []
+        self.by_seq: dict[str, AuditItem] = {}
         self.filter_text = ""
         self.chain = "verifying the chain…"
 
     def body(self) -> Iterable[Widget]:
         yield Static(self.chain, id="audit-chain", classes="status")
         yield FilterBar("search actor, action, details: Enter to keep, Escape to clear", id="filter")
-        yield KeyedTable(COLUMNS, unique_column="seq", id="audit-table")
+        yield KeyedTable(COLUMNS, id="audit-table")
 
     @property
     def table(self) -> KeyedTable:
@@ -71,10 +72,14 @@ class AuditScreen(ConsoleScreen):
         if text != self.filter_text:
             return  # an older search answered late
         self.items = items
-        self.table.sync([(str(e.seq), [Text(str(e.seq)), Text(fmt.stamp(e.at)), Text(e.actor), Text(e.action),
-                                       Text(f"REQ-{e.request_id}" if e.request_id else "-"), Text(e.summary)])
-                         for e in items])
+        self.by_seq = {str(e.seq): e for e in items}
+        self.table.sync(list(self.by_seq), self._cells_of)
         self._show_chain(None, None)
+
+    def _cells_of(self, key: str) -> list[Text]:
+        e = self.by_seq[key]
+        return [Text(str(e.seq)), Text(fmt.stamp(e.at)), Text(e.actor), Text(e.action),
+                Text(f"REQ-{e.request_id}" if e.request_id else "-"), Text(e.summary)]
 
     def _show_chain(self, ok: bool | None, message: str | None) -> None:
         colours = self.app.theme_variables
@@ -87,14 +92,14 @@ class AuditScreen(ConsoleScreen):
 
     def current(self) -> AuditItem | None:
         key = self.table.current_key if self.is_mounted else None
-        return next((e for e in self.items if str(e.seq) == key), None)
+        return self.by_seq.get(key) if key is not None else None
 
     def action_open(self) -> None:
         if (e := self.current()) and e.request_id:
             self.post_message(self.OpenRequested(self, e.request_id))
 
-    @on(DataTable.RowSelected, "#audit-table")
-    def _selected(self, event: DataTable.RowSelected) -> None:
+    @on(KeyedTable.RowSelected, "#audit-table")
+    def _selected(self, event: KeyedTable.RowSelected) -> None:
         event.stop()
         self.action_open()
 

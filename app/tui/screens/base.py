@@ -9,7 +9,7 @@ from textual.app import ComposeResult
 from textual.message import Message
 from textual.screen import Screen
 from textual.widget import Widget
-from textual.widgets import DataTable, Footer, Input
+from textual.widgets import Footer, Input
 
 from app.console_data import ConsoleData, Operator
 from app.tui.offers import offered
@@ -130,12 +130,12 @@ class RowScreen(ConsoleScreen):
         if item := self.current():
             self.post_message(self.OpenRequested(self, item.id))
 
-    @on(DataTable.RowSelected)
-    def _selected(self, event: DataTable.RowSelected) -> None:
+    @on(KeyedTable.RowSelected)
+    def _selected(self, event: KeyedTable.RowSelected) -> None:
         event.stop()
-        self.post_message(self.OpenRequested(self, int(event.row_key.value)))
+        self.post_message(self.OpenRequested(self, int(event.key)))
 
-    @on(DataTable.RowHighlighted)
+    @on(KeyedTable.RowHighlighted)
     def _highlighted(self) -> None:
         # The footer recomposes on refresh_bindings (costly): only when a row's presence flips.
         has_row = self.current() is not None

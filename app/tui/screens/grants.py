@@ -42,18 +42,18 @@ class GrantsScreen(RowScreen):
         super().__init__(*args, **kwargs)
         self.items: list[ActiveItem] = []
         self.by_key: dict[str, ActiveItem] = {}
+        self.values: dict[str, set[str]] = {}
         self.loaded = False
         self.filter_text = ""
 
     def body(self) -> Iterable[Widget]:
         yield Static("loading…", id="grants-status", classes="status")
         yield FilterBar(id="filter")
-        yield KeyedTable(COLUMNS, unique_column="id", id="grants-table")
+        yield KeyedTable(COLUMNS, id="grants-table")
         yield Static(LEGEND, id="grants-legend", classes="legend")
 
     def on_mount(self) -> None:
         self.set_interval(1, self._tick)
-
 
     @work(thread=True, exclusive=True, group="grants", exit_on_error=False)
     def reload(self) -> None:
@@ -62,10 +62,15 @@ class GrantsScreen(RowScreen):
         except Exception as exc:  # noqa: BLE001 - shown to the operator
             self.failed("the active grants", exc)
             return
-        self.app.call_from_thread(self._show, items)
+        # What each column will show is gathered here, off the UI thread; a row's cells are made
+        # only when it is drawn.
+        values = {"requester": {i.requester for i in items}, "target": {i.target for i in items},
+                  "role": {i.role for i in items}, "kind": {self._kind(i.kind) for i in items},
+                  "backend": {i.backend for i in items}}
+        self.app.call_from_thread(self._show, items, values)
 
-    def _show(self, items: list[ActiveItem]) -> None:
-        self.items = items
+    def _show(self, items: list[ActiveItem], values: dict[str, set[str]]) -> None:
+        self.items, self.values = items, values
         self.by_key = {str(i.id): i for i in items}
         self.loaded = True
         self._refresh_rows()
@@ -85,15 +90,19 @@ class GrantsScreen(RowScreen):
                  "expired": f"bold reverse {colours.get('error', 'red')}"}.get(level, "")
         return Text(text, style=style)
 
-    def _cells(self, item: ActiveItem, now: datetime) -> list[object]:
-        kind = "BYPASS" if item.kind == "bypass" else item.kind
+    @staticmethod
+    def _kind(kind: str) -> str:
+        return "BYPASS" if kind == "bypass" else kind
+
+    def _cells_of(self, key: str) -> list[object]:
+        item, now = self.by_key[key], self.data.clock()
         return [Text(item.label), Text(item.requester), Text(item.target), Text(item.role), self._countdown(item, now),
-                Text(fmt.clock_time(item.expires_at)), Text(kind), Text(item.backend)]
+                Text(fmt.clock_time(item.expires_at)), Text(self._kind(item.kind)), Text(item.backend)]
 
     def _refresh_rows(self) -> None:
         now = self.data.clock()
         shown = self.shown_items()
-        self.table.sync([(str(i.id), self._cells(i, now)) for i in shown])
+        self.table.sync([str(i.id) for i in shown], self._cells_of, self.values)
         soon = sum(1 for i in self.items if fmt.urgency(i.expires_at - now) != "ok")
         parts = [f"{len(self.items)} active", f"{soon} expiring within 15 min" if soon else "none expiring soon",
                  "times UTC"]
@@ -106,11 +115,8 @@ class GrantsScreen(RowScreen):
         """``expires_at - clock()`` for each row; ``update_cell`` only where the text changed."""
         if not self.loaded or not self.is_current:
             return
-        now = self.data.clock()
-        with self.app.batch_update():  # visible rows only; a row scrolled into view catches up next tick
-            for key in self.table.visible_keys():
-                if item := self.by_key.get(key):
-                    self.table.set_cell(key, "left", self._countdown(item, now))
+        with self.app.batch_update():  # visible rows only: the others are made when drawn
+            self.table.refresh_rows(self.table.visible_keys())
 
     # ------------------------------------------------------------ actions
     def _summary(self, item: ActiveItem) -> str:

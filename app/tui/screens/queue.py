@@ -48,6 +48,8 @@ class QueueScreen(RowScreen):
         super().__init__(*args, **kwargs)
         self.items: list[QueueItem] = []
         self.by_key: dict[str, QueueItem] = {}
+        self.texts: dict[str, str] = {}
+        self.values: dict[str, set[str]] = {}
         self.loaded = False
         self.filter_text = ""
         self.sort_index = 0
@@ -55,11 +57,10 @@ class QueueScreen(RowScreen):
     def body(self) -> Iterable[Widget]:
         yield Static("loading…", id="queue-status", classes="status")
         yield FilterBar(id="filter")
-        yield KeyedTable(COLUMNS, unique_column="id", id="queue-table")
+        yield KeyedTable(COLUMNS, id="queue-table")
 
     def on_mount(self) -> None:
         self.set_interval(1, self._tick)
-
 
     # ------------------------------------------------------------ loading
     @work(thread=True, exclusive=True, group="queue", exit_on_error=False)
@@ -69,17 +70,25 @@ class QueueScreen(RowScreen):
         except Exception as exc:  # noqa: BLE001 - shown to the operator, the screen keeps its rows
             self.failed("the queue", exc)
             return
-        self.app.call_from_thread(self._show, items)
+        # Search text and what each column will show are made here, off the UI thread; a row's
+        # cells are made only when it is drawn.
+        texts = {str(i.id): _text(i) for i in items}
+        values = {"requester": {i.requester for i in items}, "target": {i.target for i in items},
+                  "role": {i.role for i in items}, "ticket": {i.ticket or "-" for i in items},
+                  "risk": {fmt.env_risk(e, t) for e, t in {(i.environment, i.tier) for i in items}},
+                  "duration": {fmt.duration(d) for d in {i.duration for i in items}},
+                  "verdict": {self._verdict(v) for v in {i.verdict for i in items}}}
+        self.app.call_from_thread(self._show, items, texts, values)
 
-    def _show(self, items: list[QueueItem]) -> None:
-        self.items = items
+    def _show(self, items: list[QueueItem], texts: dict[str, str], values: dict[str, set[str]]) -> None:
+        self.items, self.texts, self.values = items, texts, values
         self.by_key = {str(i.id): i for i in items}
         self.loaded = True
         self._refresh_rows()
 
     def shown_items(self) -> list[QueueItem]:
         needle = self.filter_text.lower().strip()
-        items = [i for i in self.items if needle in _text(i)] if needle else list(self.items)
+        items = [i for i in self.items if needle in self.texts[str(i.id)]] if needle else list(self.items)
         order = SORTS[self.sort_index]
         if order == "oldest":
             items.sort(key=lambda i: (i.created_at, i.id))
@@ -90,9 +99,8 @@ class QueueScreen(RowScreen):
         return items  # "urgency": as ConsoleData orders them (escalated, then oldest)
 
     def _refresh_rows(self) -> None:
-        now = self.data.clock()
         shown = self.shown_items()
-        self.table.sync([(str(i.id), self._cells(i, now)) for i in shown])
+        self.table.sync([str(i.id) for i in shown], self._cells_of, self.values)
         escalated = sum(1 for i in self.items if i.escalated)
         parts = [f"{len(self.items)} pending", f"{escalated} escalated (marked !)" if escalated else "none escalated",
                  f"order: {SORTS[self.sort_index]}"]
@@ -107,9 +115,16 @@ class QueueScreen(RowScreen):
     def _age(self, item: QueueItem, now: datetime) -> Text:
         return Text(fmt.age(now - item.created_at), style=self._style(item))
 
+    @staticmethod
+    def _verdict(verdict: str) -> str:
+        return ("✓ " if verdict == "pass" else "✗ ") + verdict
+
+    def _cells_of(self, key: str) -> list[Text]:
+        return self._cells(self.by_key[key], self.data.clock())
+
     def _cells(self, item: QueueItem, now: datetime) -> list[Text]:
         style = self._style(item)
-        verdict = ("✓ " if item.verdict == "pass" else "✗ ") + item.verdict
+        verdict = self._verdict(item.verdict)
         first = [f"{'!' if item.escalated else ' '} {item.label}", item.requester, item.target, item.role]
         rest = [f"{item.approvals}/{item.needed}", fmt.env_risk(item.environment, item.tier),
                 fmt.duration(item.duration), verdict, item.ticket or "-"]
@@ -119,11 +134,8 @@ class QueueScreen(RowScreen):
         """Ages move on: update the cells whose text changed, nothing else."""
         if not self.loaded or not self.is_current:
             return
-        now = self.data.clock()
-        with self.app.batch_update():  # visible rows only; a row scrolled into view catches up next tick
-            for key in self.table.visible_keys():
-                if item := self.by_key.get(key):
-                    self.table.set_cell(key, "age", self._age(item, now))
+        with self.app.batch_update():  # visible rows only: the others are made when drawn
+            self.table.refresh_rows(self.table.visible_keys())
 
     # ------------------------------------------------------------ actions
     def _summary(self, item: QueueItem) -> str:

@@ -40,7 +40,7 @@ class ReviewsScreen(RowScreen):
 
     def body(self) -> Iterable[Widget]:
         yield Static("loading…", id="reviews-status", classes="status")
-        yield KeyedTable(COLUMNS, unique_column="id", id="reviews-table")
+        yield KeyedTable(COLUMNS, id="reviews-table")
 
 
     @work(thread=True, exclusive=True, group="reviews", exit_on_error=False)
@@ -55,13 +55,16 @@ class ReviewsScreen(RowScreen):
     def _show(self, items: list[RequestView]) -> None:
         self.items = sorted(items, key=lambda r: (r.created_at, r.id))
         self.by_key = {str(r.id): r for r in self.items}
-        self.table.sync([(str(r.id), [Text(r.label), Text(r.requester), Text(r.target), Text(r.role),
-                                      Text(r.ticket or "-"), Text(r.state), Text(fmt.short_stamp(r.created_at)),
-                                      Text(fmt.clip(r.reason, REASON_WIDTH))]) for r in self.items])
+        self.table.sync(list(self.by_key), self._cells_of)
         who = "" if self.operator.can_review else " · you are not a reviewer: view only"
         self.query_one("#reviews-status", Static).update(
             Text(f"{len(self.items)} bypass(es) awaiting review, oldest first{who}"))
         self.refresh_bindings()
+
+    def _cells_of(self, key: str) -> list[Text]:
+        r = self.by_key[key]
+        return [Text(r.label), Text(r.requester), Text(r.target), Text(r.role), Text(r.ticket or "-"), Text(r.state),
+                Text(fmt.short_stamp(r.created_at)), Text(fmt.clip(r.reason, REASON_WIDTH))]
 
     def _summary(self, r: RequestView) -> str:
         return (f"{r.requester} bypassed to {r.role} on {r.target} under {r.ticket or '-'} at "
