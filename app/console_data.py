@@ -17,10 +17,10 @@ from sqlmodel import select
 from app import audit
 from app.bootstrap import Services
 from app.lifecycle import RequestView
+from app.engine import HEARTBEAT_PREFIX
 from app.reconcile import exposure
 from app.store import ApprovalRow, AuditEvent, AuditHead, GrantRow, RequestRow, SyncState
-
-from app.engine import HEARTBEAT_PREFIX
+from policies.approvals import approvals_needed
 
 
 @dataclass(frozen=True)
@@ -148,7 +148,7 @@ class ConsoleData:
         items = []
         for r in rows:
             failed = [c["name"] for c in r.checks if not c.get("passed")]
-            needed = len(r.approver_groups) if r.approval_model == "dual" else 1
+            needed = approvals_needed(r.approval_model, tuple(r.approver_groups))
             items.append(QueueItem(
                 id=r.id, label=f"REQ-{r.id}", requester=r.requester, target=r.target, role=r.role,
                 environment=r.environment or "?", tier=r.tier or "?", duration=timedelta(seconds=r.duration_s),

@@ -31,6 +31,11 @@ def _uncovered(required: tuple[str, ...], prior: list[Approver]) -> str:
     return " or ".join(missing or required)
 
 
+def approvals_needed(model: str, required: tuple[str, ...]) -> int:
+    """How many approvals complete a request: one, or one per required group (dual)."""
+    return 1 if model in ("single", "self-service") else len(required)
+
+
 def judge(model: str, required: tuple[str, ...], requester: str, prior: list[Approver], new: Approver) -> Verdict:
     """May ``new`` approve now, and does it complete the approvals?"""
     if new.person == requester:
@@ -39,7 +44,7 @@ def judge(model: str, required: tuple[str, ...], requester: str, prior: list[App
         return Verdict(False, f"{new.person} has already approved this request; one person counts once.")
     if not set(required) & new.groups:
         return Verdict(False, f"{new.person} is in none of the approver groups ({', '.join(required)}).")
-    needed = 1 if model in ("single", "self-service") else len(required)
+    needed = approvals_needed(model, required)
     before = covered(required, prior) if model == "dual" else len(prior)
     after = covered(required, [*prior, new]) if model == "dual" else len(prior) + 1
     if after <= before:

@@ -14,6 +14,7 @@ from app.console_data import AuditItem
 from app.lifecycle import RequestView
 from app.tui import formatting as fmt
 from app.tui.screens.base import Chrome, ConsoleScreen
+from policies.approvals import approvals_needed
 
 TICKET_FIELDS = (("status", "status"), ("state", "state"), ("approval", "approval"), ("start", "start"),
                  ("end", "end"), ("assignee", "assignee"), ("group", "group"))
@@ -144,7 +145,8 @@ class DetailScreen(ConsoleScreen):
         if not v.approvals:
             text.append("\nno approvals yet")
         panel = self.query_one("#detail-approvals", Static)
-        panel.border_title = f"Approvals so far: {len(v.approvals)}"
+        needed = approvals_needed(v.approval_model, tuple(v.approver_groups))
+        panel.border_title = f"Approvals: {len(v.approvals)} of {needed}"
         panel.update(text)
 
     def _grant(self, v: RequestView) -> None:
