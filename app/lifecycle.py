@@ -908,7 +908,13 @@ class Lifecycle:
             done = s.execute(sa.update(GrantRow).where(GrantRow.id == g.id, GrantRow.version == g.version)
                              .values(owner=self.owner, lease_until=now + self.settings.lease,
                                      version=g.version + 1))
-            return done.rowcount == 1
+            if done.rowcount != 1:
+                return False
+            # Who took over from whom, and when the old claim ran out: a takeover is worth an audit line.
+            self._record(s, at=now, actor="engine", action="grant.recovered", request_id=g.request_id,
+                         grant_id=g.id, status=g.status, owner=self.owner, previous_owner=g.owner,
+                         previous_lease_until=g.lease_until.isoformat() if g.lease_until else None)
+            return True
 
     def escalate_and_lapse(self, now: datetime | None = None) -> tuple[int, int]:
         """Mark unanswered requests escalated; lapse those past their time."""
