@@ -656,7 +656,9 @@ class Lifecycle:
         result = self._call_backend(grant_id, "apply")
         now = self.clock()
         with self.store.transaction() as s:
-            grant = s.get(GrantRow, grant_id)
+            grant = s.get(GrantRow, grant_id, with_for_update=True)
+            if grant.status != "applying":  # our lease ran out and another engine finished it
+                return f"grant {grant_id} was finished by another engine: {grant.status}"
             row = s.get(RequestRow, grant.request_id)
             if not isinstance(result, BackendError):
                 ref = result
@@ -777,7 +779,7 @@ class Lifecycle:
             kept = None
         now = self.clock()
         with self.store.transaction() as s:
-            grant = s.get(GrantRow, grant_id)
+            grant = s.get(GrantRow, grant_id, with_for_update=True)  # two finishers: the second sees it done
             if grant.status != "revoking":
                 return None
             if isinstance(error, BackendError):

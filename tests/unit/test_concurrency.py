@@ -76,3 +76,27 @@ def test_revoke_release_expire_race_revokes_once(lifecycle, store, backend, cloc
     assert view.state == {"revoke": "revoked", "release": "released", "expire": "expired"}[ok[0]]
     assert backend.calls.count(("revoke", grant_id)) == 1
     assert backend.artifacts == {}
+
+
+def test_an_apply_outliving_its_lease_is_recorded_once(lifecycle, store, backend, clock):
+    """The engine applying a grant is so slow that its lease runs out; a second engine takes the
+    grant over and applies it. When the first finally returns, it must not record the grant again."""
+    from copy import copy
+
+    other = copy(lifecycle)
+    other.owner = "other-host:4242"
+    real_apply = backend.apply
+
+    def slow_apply(spec):
+        backend.apply = real_apply  # the second engine's call goes straight through
+        clock.advance(lifecycle.settings.lease + timedelta(seconds=1))
+        assert other.recover() == 1  # the lease is over: the other engine takes it and applies it
+        return real_apply(spec)
+
+    backend.apply = slow_apply
+    rid = lifecycle.submit("alice", "web-dev-01", "service-admin", timedelta(minutes=10),
+                           "check the nginx config").request.id
+    with store.transaction() as s:
+        actions = [e.action for e in s.exec(select(AuditEvent).where(AuditEvent.request_id == rid)).all()]
+    assert lifecycle.get(rid).state == "active"
+    assert actions.count("grant.recovered") == 1 and actions.count("grant.active") == 1, actions
