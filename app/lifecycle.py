@@ -815,22 +815,41 @@ class Lifecycle:
                                 .order_by(GrantRow.expires_at).limit(limit)).all()
                 if not grants:
                     return ended
+            busy = []
             for g in grants:
-                try:
-                    with self.store.transaction() as s:
-                        grant = s.get(GrantRow, g.id)
-                        if grant.status != "active":
-                            continue
-                        self._intend_revoke(s, grant, "expired", "engine", "expired", self.clock())
-                        row = s.get(RequestRow, grant.request_id)
-                        if row.state == "active":
-                            self._bump(s, row, "active", self.clock())
-                except Conflict:
-                    continue
-                self._revoke(g.id)
-                ended += 1
+                claimed = self._intend_expiry(g.id, skip_locked=True)
+                if claimed is None:
+                    busy.append(g.id)
+                elif claimed:
+                    self._revoke(g.id)
+                    ended += 1
+            for grant_id in busy:  # locked a moment ago: most are another engine's claims, now 'revoking'
+                if self._intend_expiry(grant_id, skip_locked=False):
+                    self._revoke(grant_id)
+                    ended += 1
             if len(grants) < limit:
                 return ended
+
+    def _intend_expiry(self, grant_id: int, *, skip_locked: bool) -> bool | None:
+        """Commit the expiry intent of one due grant. True: this engine revokes it; False: it is
+        no longer active or someone else changed it first; None: with ``skip_locked``, another
+        transaction holds the row (PostgreSQL's SKIP LOCKED: engines split a burst instead of
+        queueing on the same rows; SQLite ignores FOR UPDATE, its writers queue anyway)."""
+        try:
+            with self.store.transaction() as s:
+                query = select(GrantRow).where(GrantRow.id == grant_id)
+                grant = s.exec(query.with_for_update(skip_locked=True) if skip_locked else query).first()
+                if grant is None:
+                    return None
+                if grant.status != "active":
+                    return False
+                self._intend_revoke(s, grant, "expired", "engine", "expired", self.clock())
+                row = s.get(RequestRow, grant.request_id)
+                if row.state == "active":
+                    self._bump(s, row, "active", self.clock())
+            return True
+        except Conflict:
+            return False
 
     def activate_due(self, now: datetime | None = None) -> int:
         """Apply grants for approved requests whose start has come."""

@@ -14,6 +14,7 @@ Two ways the survivors learn the claim is dead (app/lifecycle.py ``_abandoned``)
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -135,11 +136,13 @@ def test_engines_share_the_work_and_take_over_a_dead_ones_claims(tmp_path, pg_ur
             assert counts == dict.fromkeys(counts, 1), (rid, counts)
         assert sorted(grants) == sorted(ids) and {g.status for g in grants.values()} == {"revoked"}
 
-        # Exactly one takeover: the dead engine's claim, freed as its owner's host allows.
-        recovered = [e for e in events if e.action == "grant.recovered"]
-        assert len(recovered) == 1, [(e.request_id, e.details) for e in recovered]
-        details = __import__("json").loads(recovered[0].details)
-        assert details["previous_owner"] == doomed_owner and details["status"] == "revoking"
+        # Exactly one takeover from the dead engine: its claim, freed as its owner's host allows.
+        # (A live engine slower than the lease could be taken over too; the counts above still hold.)
+        recovered = [e for e in events if e.action == "grant.recovered"
+                     and json.loads(e.details)["previous_owner"] == doomed_owner]
+        assert len(recovered) == 1, [(e.request_id, e.details) for e in events if e.action == "grant.recovered"]
+        details = json.loads(recovered[0].details)
+        assert details["status"] == "revoking"
         lease_until = datetime.fromisoformat(details["previous_lease_until"])
         claimed_at = lease_until - LEASE  # when the dead engine committed its intent
         taken = grants[recovered[0].request_id]
