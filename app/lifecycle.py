@@ -656,7 +656,9 @@ class Lifecycle:
         result = self._call_backend(grant_id, "apply")
         now = self.clock()
         with self.store.transaction() as s:
-            grant = s.get(GrantRow, grant_id)
+            grant = s.get(GrantRow, grant_id, with_for_update=True)
+            if grant.status != "applying":  # our lease ran out and another engine finished it
+                return f"grant {grant_id} was finished by another engine: {grant.status}"
             row = s.get(RequestRow, grant.request_id)
             if not isinstance(result, BackendError):
                 ref = result
@@ -777,7 +779,7 @@ class Lifecycle:
             kept = None
         now = self.clock()
         with self.store.transaction() as s:
-            grant = s.get(GrantRow, grant_id)
+            grant = s.get(GrantRow, grant_id, with_for_update=True)  # two finishers: the second sees it done
             if grant.status != "revoking":
                 return None
             if isinstance(error, BackendError):
@@ -813,22 +815,41 @@ class Lifecycle:
                                 .order_by(GrantRow.expires_at).limit(limit)).all()
                 if not grants:
                     return ended
+            busy = []
             for g in grants:
-                try:
-                    with self.store.transaction() as s:
-                        grant = s.get(GrantRow, g.id)
-                        if grant.status != "active":
-                            continue
-                        self._intend_revoke(s, grant, "expired", "engine", "expired", self.clock())
-                        row = s.get(RequestRow, grant.request_id)
-                        if row.state == "active":
-                            self._bump(s, row, "active", self.clock())
-                except Conflict:
-                    continue
-                self._revoke(g.id)
-                ended += 1
+                claimed = self._intend_expiry(g.id, skip_locked=True)
+                if claimed is None:
+                    busy.append(g.id)
+                elif claimed:
+                    self._revoke(g.id)
+                    ended += 1
+            for grant_id in busy:  # locked a moment ago: most are another engine's claims, now 'revoking'
+                if self._intend_expiry(grant_id, skip_locked=False):
+                    self._revoke(grant_id)
+                    ended += 1
             if len(grants) < limit:
                 return ended
+
+    def _intend_expiry(self, grant_id: int, *, skip_locked: bool) -> bool | None:
+        """Commit the expiry intent of one due grant. True: this engine revokes it; False: it is
+        no longer active or someone else changed it first; None: with ``skip_locked``, another
+        transaction holds the row (PostgreSQL's SKIP LOCKED: engines split a burst instead of
+        queueing on the same rows; SQLite ignores FOR UPDATE, its writers queue anyway)."""
+        try:
+            with self.store.transaction() as s:
+                query = select(GrantRow).where(GrantRow.id == grant_id)
+                grant = s.exec(query.with_for_update(skip_locked=True) if skip_locked else query).first()
+                if grant is None:
+                    return None
+                if grant.status != "active":
+                    return False
+                self._intend_revoke(s, grant, "expired", "engine", "expired", self.clock())
+                row = s.get(RequestRow, grant.request_id)
+                if row.state == "active":
+                    self._bump(s, row, "active", self.clock())
+            return True
+        except Conflict:
+            return False
 
     def activate_due(self, now: datetime | None = None) -> int:
         """Apply grants for approved requests whose start has come."""
@@ -908,7 +929,13 @@ class Lifecycle:
             done = s.execute(sa.update(GrantRow).where(GrantRow.id == g.id, GrantRow.version == g.version)
                              .values(owner=self.owner, lease_until=now + self.settings.lease,
                                      version=g.version + 1))
-            return done.rowcount == 1
+            if done.rowcount != 1:
+                return False
+            # Who took over from whom, and when the old claim ran out: a takeover is worth an audit line.
+            self._record(s, at=now, actor="engine", action="grant.recovered", request_id=g.request_id,
+                         grant_id=g.id, status=g.status, owner=self.owner, previous_owner=g.owner,
+                         previous_lease_until=g.lease_until.isoformat() if g.lease_until else None)
+            return True
 
     def escalate_and_lapse(self, now: datetime | None = None) -> tuple[int, int]:
         """Mark unanswered requests escalated; lapse those past their time."""

@@ -76,3 +76,52 @@ def test_revoke_release_expire_race_revokes_once(lifecycle, store, backend, cloc
     assert view.state == {"revoke": "revoked", "release": "released", "expire": "expired"}[ok[0]]
     assert backend.calls.count(("revoke", grant_id)) == 1
     assert backend.artifacts == {}
+
+
+@pytest.mark.parametrize("db_url", [pytest.param("postgresql", marks=pytest.mark.postgres)], indirect=True)
+def test_expiry_of_a_row_locked_by_someone_else_is_not_left_for_later(lifecycle, store, backend, clock, db_url):
+    """SKIP LOCKED lets engines split a burst; a row locked by a transaction that is NOT claiming it
+    (here a plain SELECT ... FOR UPDATE held for 0.5 s) must still be revoked in the same pass."""
+    import sqlalchemy as sa
+
+    rid = lifecycle.submit("alice", "web-dev-01", "service-admin", timedelta(minutes=10),
+                           "check the nginx config").request.id
+    grant_id = lifecycle.get(rid).grant.id
+    clock.advance(timedelta(minutes=11))
+    other = sa.create_engine(db_url)
+    conn = other.connect()
+    tx = conn.begin()
+    conn.execute(sa.text("SELECT id FROM grant_record WHERE id = :id FOR UPDATE"), {"id": grant_id})
+    release = threading.Timer(0.5, tx.commit)
+    release.start()
+    try:
+        assert lifecycle.expire_due() == 1
+    finally:
+        release.join()
+        conn.close()
+        other.dispose()
+    assert lifecycle.get(rid).state == "expired" and backend.calls.count(("revoke", grant_id)) == 1
+
+
+def test_an_apply_outliving_its_lease_is_recorded_once(lifecycle, store, backend, clock):
+    """The engine applying a grant is so slow that its lease runs out; a second engine takes the
+    grant over and applies it. When the first finally returns, it must not record the grant again."""
+    from copy import copy
+
+    other = copy(lifecycle)
+    other.owner = "other-host:4242"
+    real_apply = backend.apply
+
+    def slow_apply(spec):
+        backend.apply = real_apply  # the second engine's call goes straight through
+        clock.advance(lifecycle.settings.lease + timedelta(seconds=1))
+        assert other.recover() == 1  # the lease is over: the other engine takes it and applies it
+        return real_apply(spec)
+
+    backend.apply = slow_apply
+    rid = lifecycle.submit("alice", "web-dev-01", "service-admin", timedelta(minutes=10),
+                           "check the nginx config").request.id
+    with store.transaction() as s:
+        actions = [e.action for e in s.exec(select(AuditEvent).where(AuditEvent.request_id == rid)).all()]
+    assert lifecycle.get(rid).state == "active"
+    assert actions.count("grant.recovered") == 1 and actions.count("grant.active") == 1, actions
