@@ -33,6 +33,7 @@ from app.store import StoreError, SyncState
 from app.sync import SyncReport, TicketSync
 
 log = logging.getLogger("jit.engine")
+MAX_EARLY_S = 1.0  # a deadline job woken earlier than this by the clock is rescheduled, not slept through
 HEARTBEAT_PREFIX = "engine:"  # sync_state rows "engine:<host:pid>": when each engine was last seen
 
 
@@ -239,6 +240,14 @@ class Engine:
 
     def _at_deadline(self, when: datetime) -> None:
         early = (when - self.clock()).total_seconds()
+        if early > MAX_EARLY_S:  # the clock went back: never revoke early, never hold a worker that long
+            log.warning("deadline job for %s woke %.0fs early by the clock (did it jump back?); rescheduled",
+                        when, early)
+            if self._scheduler is not None:  # the scheduler counts in real seconds
+                self._scheduler.add_job(self._at_deadline, "date", args=[when], id=f"deadline-{when.timestamp()}",
+                                        run_date=datetime.now(tz=when.tzinfo) + timedelta(seconds=early),
+                                        replace_existing=True)
+            return
         if early > 0:  # the scheduler may wake a little early: never revoke before the instant
             time.sleep(early)
         try:
