@@ -176,6 +176,7 @@ def build(config: Config, *, clock: Clock = system_clock, backends: dict[str, Ba
         if (tickets or webhook) else None
     reconciler = Reconciler(store, backends, clock)
     engine = Engine(lifecycle, config.settings.engine, clock, sync=sync, deliverer=deliverer, reconciler=reconciler,
-                    sync_interval=sn.sync_interval, expiry_warning=config.settings.notify.expiry_warning)
+                    sync_interval=sn.sync_interval, expiry_warning=config.settings.notify.expiry_warning,
+                    alert=(lambda text: webhook.send({"text": text, "event": "engine.alert"})) if webhook else None)
     return Services(config, policy, store, directory, backends, lifecycle, engine, clock, tickets, sync, deliverer,
                     reconciler)

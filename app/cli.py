@@ -451,10 +451,10 @@ def _sync_status(args: argparse.Namespace, sv: Services, out: TextIO) -> int:
             "watermark": state.watermark if state else None, "behind_s": state.behind_s if state else None,
             "processed": state.processed if state else 0, "last_error": state.last_error if state else None,
             "recent_errors": list(state.errors) if state else [],
-            "circuit": sv.tickets.client.breaker.state}
+            "circuit": sv.tickets.client.breaker.state, "last_catch_up": sv.sync.last_catch_up()}
     if args.json:
         out.write(json.dumps({k: _fmt_time(v) if isinstance(v, datetime) else v for k, v in data.items()},
-                             indent=2) + "\n")
+                             indent=2, default=lambda v: _fmt_time(v) if isinstance(v, datetime) else str(v)) + "\n")
         return 0
     if state is None:
         out.write("the ServiceNow sync has not run yet (it runs in 'jit engine')\n")
@@ -462,6 +462,9 @@ def _sync_status(args: argparse.Namespace, sv: Services, out: TextIO) -> int:
     out.write(f"last run     {_fmt_time(state.last_run_at)}\nlast success {_fmt_time(state.last_ok_at)}\n"
               f"watermark    {_fmt_time(state.watermark)}\nbehind       {state.behind_s or 0:.0f}s at the last run\n"
               f"processed    {state.processed} change(s) in all\n")
+    if (c := data["last_catch_up"]) is not None:
+        out.write(f"caught up    {_fmt_time(c['at'])} after {c['down_s']:.0f}s without ServiceNow: read "
+                  f"{c['caught_up']} change(s), the oldest {c['behind_s']:.0f}s late\n")
     out.write("recent errors:\n" + "".join(f"  {e}\n" for e in state.errors) if state.errors else "no recent errors\n")
     return 0
 

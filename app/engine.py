@@ -4,6 +4,11 @@
 - a planner job every ``poll_interval`` that schedules a one-shot job at each expiry or start
   instant inside the next horizon, so a grant is revoked at its instant, not at the next poll;
 - a sweep job every ``sweep_interval``: the safety net (recovery, escalation, lapse, overdue).
+
+A database outage never stops the scheduler: each job logs the error and runs again. The
+first failure of an outage is sent to ``alert`` (the webhook) at once, as nothing can be
+written to the outbox then; the first good sweep afterwards records ``engine.database_recovered``
+in the audit, logs it and alerts again.
 """
 from __future__ import annotations
 
@@ -18,6 +23,7 @@ import sqlalchemy as sa
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
 
+from app import audit
 from app.clock import Clock
 from app.config import EngineSettings
 from app.lifecycle import Lifecycle
@@ -27,6 +33,7 @@ from app.store import StoreError, SyncState
 from app.sync import SyncReport, TicketSync
 
 log = logging.getLogger("jit.engine")
+MAX_EARLY_S = 1.0  # a deadline job woken earlier than this by the clock is rescheduled, not slept through
 HEARTBEAT_PREFIX = "engine:"  # sync_state rows "engine:<host:pid>": when each engine was last seen
 
 
@@ -60,7 +67,8 @@ class Engine:
                  sync: TicketSync | None = None, deliverer: Deliverer | None = None,
                  reconciler: Reconciler | None = None,
                  sync_interval: timedelta = timedelta(seconds=30),
-                 expiry_warning: timedelta = timedelta(minutes=15)) -> None:
+                 expiry_warning: timedelta = timedelta(minutes=15),
+                 alert: Callable[[str], None] | None = None) -> None:
         self.lifecycle = lifecycle
         self.sync, self.deliverer, self.reconciler = sync, deliverer, reconciler
         self.sync_interval, self.expiry_warning = sync_interval, expiry_warning
@@ -70,6 +78,8 @@ class Engine:
         self._planned: set[datetime] = set()
         self._lock = threading.Lock()  # guards _planned
         self._work = threading.Lock()  # one expiry/activation run at a time: each takes all that is due
+        self.alert = alert
+        self._db_down: tuple[datetime, int] | None = None  # since when, and how many jobs failed since
 
     def run_once(self) -> PassReport:
         now = self.clock()
@@ -145,6 +155,48 @@ class Engine:
                 log.info("sweep: %s", report)
         except StoreError as exc:
             log.error("sweep failed, will retry: %s", exc)
+            self._database_failed(exc)
+            return
+        self._database_ok()
+
+    def _send_alert(self, text: str) -> None:
+        if self.alert is None:
+            return
+        try:
+            self.alert(text)
+        except Exception as exc:  # noqa: BLE001 - an alert that cannot be sent must not stop the engine
+            log.error("alert not sent (%s): %s", exc, text)
+
+    def _database_failed(self, exc: StoreError) -> None:
+        with self._lock:
+            first = self._db_down is None
+            since, failures = self._db_down or (self.clock(), 0)
+            self._db_down = (since, failures + 1)
+        if first:
+            self._send_alert(f":rotating_light: JIT engine {self.lifecycle.owner}: the database is unreachable; "
+                             f"expiries wait until it is back: {exc}")
+
+    def _database_ok(self) -> None:
+        """After an outage: record it (the database answers again), log it and alert."""
+        with self._lock:
+            down, self._db_down = self._db_down, None
+        if down is None:
+            return
+        since, failures = down
+        now = self.clock()
+        try:
+            with self.lifecycle.store.transaction() as s:
+                audit.append(s, at=now, actor="engine", action="engine.database_recovered", since=since.isoformat(),
+                             down_s=round((now - since).total_seconds(), 3), failed_jobs=failures)
+        except StoreError as exc:
+            with self._lock:
+                self._db_down = down
+            log.error("database answered, then failed again: %s", exc)
+            return
+        log.warning("the database is reachable again after %.0fs (%d failed job runs)",
+                    (now - since).total_seconds(), failures)
+        self._send_alert(f":white_check_mark: JIT engine {self.lifecycle.owner}: the database is reachable again "
+                         f"after {(now - since).total_seconds():.0f}s")
 
     @staticmethod
     def _guard(job: Callable[[], object]) -> Callable[[], None]:
@@ -175,6 +227,7 @@ class Engine:
             deadlines = self.lifecycle.next_deadlines(horizon)
         except StoreError as exc:
             log.error("planning failed, will retry: %s", exc)
+            self._database_failed(exc)
             return
         with self._lock:
             self._planned = {d for d in self._planned if d > self.clock() - timedelta(minutes=5)}
@@ -187,6 +240,14 @@ class Engine:
 
     def _at_deadline(self, when: datetime) -> None:
         early = (when - self.clock()).total_seconds()
+        if early > MAX_EARLY_S:  # the clock went back: never revoke early, never hold a worker that long
+            log.warning("deadline job for %s woke %.0fs early by the clock (did it jump back?); rescheduled",
+                        when, early)
+            if self._scheduler is not None:  # the scheduler counts in real seconds
+                self._scheduler.add_job(self._at_deadline, "date", args=[when], id=f"deadline-{when.timestamp()}",
+                                        run_date=datetime.now(tz=when.tzinfo) + timedelta(seconds=early),
+                                        replace_existing=True)
+            return
         if early > 0:  # the scheduler may wake a little early: never revoke before the instant
             time.sleep(early)
         try:
@@ -196,3 +257,4 @@ class Engine:
                 self.lifecycle.activate_due(now)
         except StoreError as exc:
             log.error("deadline job at %s failed; the sweep will retry: %s", when, exc)
+            self._database_failed(exc)

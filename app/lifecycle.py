@@ -790,6 +790,9 @@ class Lifecycle:
                 s.add(grant)
                 self._record(s, at=now, actor="engine", action="grant.revoke_failed", request_id=grant.request_id,
                              grant_id=grant.id, error=str(error), attempts=grant.attempts)
+                log.error("REQ-%s: revoking grant %s failed (attempt %d), it is still on %s; retry after %s: %s",
+                          grant.request_id, grant.id, grant.attempts, grant.backend,
+                          f"{grant.next_attempt_at:%H:%M:%S} UTC", error)
                 return f"the backend still holds it, will retry: {error}"
             row = s.get(RequestRow, grant.request_id)
             grant.status, grant.revoked_at, grant.updated_at = "revoked", now, now

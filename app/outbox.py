@@ -75,7 +75,16 @@ def _webhook(event: AuditEvent, row: RequestRow | None, d: dict[str, Any]) -> st
         return f":rotating_light: EMERGENCY BYPASS {what} for incident {row.ticket}: {row.reason}"
     if event.action == "grant.expiring":
         return f":hourglass: {what} expires at {_when(row.expires_at)}"
+    if event.action == "grant.revoke_failed" and _power_of_two(d.get("attempts")):  # 1, 2, 4, 8...: no flood
+        return (f":rotating_light: REVOKE FAILING {what}: still present on {row.backend} after "
+                f"{d.get('attempts')} attempt(s), retrying: {d.get('error')}")
+    if event.action == "grant.failed":
+        return f":x: {what} could not be applied on {row.backend}: {d.get('error')}"
     return None
+
+
+def _power_of_two(n: Any) -> bool:
+    return isinstance(n, int) and n > 0 and n & (n - 1) == 0
 
 
 def entries(event: AuditEvent, row: RequestRow | None, details: dict[str, Any], *, servicenow: bool,

@@ -262,10 +262,26 @@ class Slapd:
         self.start()
 
     def pause(self) -> None:
-        """SIGSTOP: the port still accepts connections but nothing answers."""
+        """SIGSTOP: the port still accepts connections but nothing answers. Returns once every
+        thread has stopped (signal delivery is asynchronous: a busy machine could otherwise
+        still answer a request sent right after)."""
         if self._proc is not None and not self._paused:
             self._signal(self._proc, signal.SIGSTOP)
             self._paused = True
+            self._wait_stopped(self._proc.pid)
+
+    @staticmethod
+    def _wait_stopped(pid: int, timeout: float = 5.0) -> None:
+        tasks = Path(f"/proc/{pid}/task")
+        deadline = time.monotonic() + timeout
+        while tasks.is_dir() and time.monotonic() < deadline:
+            try:
+                states = [(t / "stat").read_text().rsplit(")", 1)[1].split()[0] for t in tasks.iterdir()]
+            except (OSError, IndexError):
+                return
+            if all(s in ("T", "t") for s in states):
+                return
+            time.sleep(0.005)
 
     def resume(self) -> None:
         if self._proc is not None and self._paused:
