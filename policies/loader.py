@@ -41,6 +41,8 @@ def parse_toml(path: Path) -> dict[str, Any]:
         raise PolicyError(str(path), ["file not found"]) from None
     except tomllib.TOMLDecodeError as exc:
         raise PolicyError(str(path), [f"not valid TOML: {exc}"]) from None
+    except UnicodeDecodeError as exc:  # tomllib decodes the bytes itself and lets this through
+        raise PolicyError(str(path), [f"not valid UTF-8 (byte {exc.start}): TOML files are UTF-8"]) from None
     except OSError as exc:
         raise PolicyError(str(path), [f"cannot read: {exc.strerror}"]) from None
 
