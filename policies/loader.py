@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from policies.model import PolicySet, reference_problems
+from policies.model import PolicySet, key_text, reference_problems
 
 
 class PolicyError(Exception):
@@ -23,7 +23,7 @@ def validation_problems(exc: ValidationError) -> list[str]:
     """One ``key.path: message`` per pydantic error."""
     out = []
     for err in exc.errors(include_url=False):
-        path = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        path = ".".join(key_text(p) for p in err["loc"]) or "(top level)"
         message = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             message = "unknown key"

@@ -611,9 +611,11 @@ def mutated_toml(draw, text: str) -> bytes:
     lines = text.splitlines()
     for _ in range(draw(st.integers(1, 3))):
         i = draw(st.integers(0, len(lines) - 1))
-        how = draw(st.sampled_from(["value", "line", "drop"]))
+        how = draw(st.sampled_from(["value", "line", "drop", "key"]))
         if how == "value" and "=" in lines[i]:
             lines[i] = lines[i].split("=", 1)[0] + "= " + draw(toml_values)
+        elif how == "key":  # a quoted key may hold anything, line breaks and bidi overrides included
+            lines.insert(i, f"{toml_str(draw(junk))} = 1")
         elif how == "line":
             lines[i] = draw(junk)
         else:
@@ -667,6 +669,22 @@ def test_mutated_config_file_is_refused_before_anything_is_written(tmp_path_fact
     assert "Traceback" not in err.getvalue()
     assert all(line.startswith("  ") and ": " in line for line in err.getvalue().splitlines()[1:])
     assert not (config.parent / "data" / "jit.db").exists()
+
+
+def test_odd_keys_never_split_or_disguise_a_problem_line(tmp_path):
+    """Regression: a quoted key holding a line break or a bidi override was printed raw in the problem list."""
+    config = tmp_path / "jit.toml"
+    config.write_text('"a\\nb" = 1\n[engine]\n"x\\u202ey" = 2\n')
+    out, err = io.StringIO(), io.StringIO()
+    assert main(["whoami"], {"JIT_CONFIG": str(config), "JIT_USER": "alice"}, out, err) == 2
+    assert sorted(err.getvalue().splitlines()[1:]) == ["  'a\\nb': unknown key", "  engine.'x\\u202ey': unknown key"]
+    policy = tmp_path / "p.toml"
+    policy.write_text('version = 1\n[environments.e]\nmax_duration = "1h"\n[tiers]\n[targets."t\\n1"]\n'
+                      'environment = "nope"\ntier = "low"\n')
+    with pytest.raises(PolicyError) as info:
+        load_policy(policy)
+    assert all("\n" not in p and "\u202e" not in p for p in info.value.problems)
+    assert "targets.'t\\n1'.environment: unknown environment 'nope' (known: e)" in info.value.problems
 
 
 # ------------------------------------------------------------------ the CLI, in-process
