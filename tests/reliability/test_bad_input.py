@@ -498,7 +498,10 @@ def test_sync_over_http_refuses_odd_changes_and_names_each(world):
            "CHG0000902": {"u_jit_target": "web-prod-01", "u_jit_role": "service-admin\x00"},
            "CHG0000903": {"u_jit_target": "web-prod-01", "u_jit_role": "service-admin", "start_date": "tomorrow"},
            "CHG0000904": {"u_jit_target": "web-prod-01", "u_jit_role": "x" * 5000},
-           "CHG0000905": {"u_jit_target": "web-prod-01", "u_jit_role": "service-admin\ud800"}}
+           "CHG0000905": {"u_jit_target": "web-prod-01", "u_jit_role": "service-admin\ud800"},
+           # a group reference that names no group: it used to stop every sync run at this record
+           "CHG0000906": {"u_jit_target": "web-prod-01\n", "u_jit_role": "service-admin",
+                          "assignment_group": "no such group^ORnumberISNOTEMPTY"}}
     with Simulator(SimulatorOptions(clock=lambda: T0)) as simulator:  # no seed: only these changes
         alice = simulator.insert("sys_user", {"user_name": "alice"})["sys_id"]
         for number, fields in odd.items():
@@ -514,7 +517,7 @@ def test_sync_over_http_refuses_odd_changes_and_names_each(world):
         finally:
             client.close()
     errors = "\n".join(sync.status().errors)
-    assert report.error is None
+    assert report.error is None and (report.read, report.refused) == (len(odd), len(odd))
     for number in odd:
         assert number in errors
     assert world.snapshot() == before
