@@ -44,6 +44,7 @@ from app.clock import FrozenClock  # noqa: E402
 from app.config import ConfigError, load_config  # noqa: E402
 from app.lifecycle import Refused  # noqa: E402
 from app.sandbox import write_sandbox  # noqa: E402
+from app.tickets import TicketGateway  # noqa: E402
 from integrations.base import BackendError, GrantSpec  # noqa: E402
 from integrations.ldap import LdapBackend, dn_error  # noqa: E402
 from integrations.notify import NotifyError, Webhook  # noqa: E402
@@ -124,6 +125,7 @@ class World:
         self.sim = Simulator(SimulatorOptions(seed="demo", clock=lambda: T0)).start()
         self.client = ServiceNowClient(self.sim.base_url, Credentials("admin", "admin"), retries=0, timeout=2)
         self.tickets = Tickets(self.client)
+        self.gateway = TicketGateway(self.tickets)
         self.auth = Message()
         self.auth["Authorization"] = "Basic " + base64.b64encode(b"admin:admin").decode()
         self.ldap = LdapBackend("ldap://127.0.0.1:9", "cn=svc,dc=example,dc=org", "unused", tls="none",
@@ -213,7 +215,7 @@ def entry_points(w: World, m: Mutator) -> list[tuple[str, Callable[[], Any], tup
                    "u_jit_target", "u_jit_role"]
     good = {"number": "CHG0000042", "sys_id": "0" * 31 + "1", "state": "-1", "approval": "approved",
             "type": "normal", "start_date": "2026-11-24 09:00:00", "end_date": "2026-11-24 12:00:00",
-            "assigned_to.user_name": "alice", "assignment_group": "", "assignment_group.name": "",
+            "assigned_to.user_name": "alice", "assignment_group": "a" * 32, "assignment_group.name": "ops",
             "cmdb_ci.name": "web-prod-01", "sys_updated_on": "2026-11-24 09:30:00",
             "u_jit_target": "web-prod-01", "u_jit_role": "service-admin"}
 
@@ -240,10 +242,9 @@ def entry_points(w: World, m: Mutator) -> list[tuple[str, Callable[[], Any], tup
                 row.pop(key, None)
             else:
                 row[key] = odd_value(key)
-        ticket = w.tickets._ticket("change_request", row)
-        facts = __import__("policies.decision", fromlist=["TicketFacts"]).TicketFacts(
-            number=ticket.number, status="found", kind="change", state=ticket.state, approval=ticket.approval,
-            start=ticket.start, end=ticket.end, assignee=ticket.assignee)
+        ticket = w.tickets._ticket("change_request", row)  # what the client makes of the JSON record
+        # then exactly what TicketSync.run_once does with it (a ServiceNowError here would stop the sync: a crash)
+        facts = w.gateway.from_ticket(ticket, max(T0, ticket.start or T0), ticket.end or T0)
         return lc.submit_from_ticket(ticket, facts)
 
     def sim_json() -> Any:
