@@ -50,6 +50,7 @@ TARGET_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.-]{0,252}$")
 ROLE_RE = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
 MAX_TEXT = 2000
 MAX_LEAD = timedelta(days=366)  # how far ahead a request may be scheduled
+MAX_ID = 2**31 - 1  # request ids are INTEGER keys: PostgreSQL refuses to even compare a larger one
 BIDI_CONTROLS = set("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 
 
@@ -198,10 +199,7 @@ class Lifecycle:
     # ----------------------------------------------------------------- queries
     def get(self, request_id: int) -> RequestView:
         with self.store.transaction() as s:
-            row = s.get(RequestRow, request_id)
-            if row is None:
-                raise NotFound("request", f"REQ-{request_id} does not exist")
-            return self._view(s, row)
+            return self._view(s, self._load(s, request_id))
 
     def list(self, *, state: str | None = None, requester: str | None = None,
              limit: int = 500) -> list[RequestView]:
@@ -576,7 +574,7 @@ class Lifecycle:
         return self.policy.emergency.reviewer_group if self.policy.emergency else "security"
 
     def _load(self, s: Session, request_id: int) -> RequestRow:
-        row = s.get(RequestRow, request_id)
+        row = s.get(RequestRow, request_id) if 0 < request_id <= MAX_ID else None
         if row is None:
             raise NotFound("request", f"REQ-{request_id} does not exist")
         return row

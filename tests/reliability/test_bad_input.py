@@ -33,7 +33,7 @@ from app.bootstrap import build
 from app.cli import main
 from app.clock import FrozenClock
 from app.config import ConfigError, load_config
-from app.lifecycle import Refused
+from app.lifecycle import NotFound, Refused
 from app.sandbox import write_sandbox
 from app.sync import TicketSync
 from app.tickets import TicketGateway
@@ -219,6 +219,18 @@ def test_start_outside_the_next_year_refused(world, start):
     exc = refused(world, lambda: world.lc.submit("alice", "web-dev-01", "service-admin", timedelta(minutes=10),
                                                  REASON, None, start), "start")
     assert re.search(r"in the past|more than a year ahead|out of the representable", exc.message)
+
+
+@pytest.mark.parametrize("rid", [2**31, 10**12 - 1, 0])
+def test_request_id_beyond_the_database_integer_does_not_exist(lifecycle, store, rid):
+    """Regression: on PostgreSQL, REQ-99999999999 (the CLI takes up to 12 digits) raised DataError."""
+    calls = (lambda: lifecycle.get(rid), lambda: lifecycle.approve("bob", rid),
+             lambda: lifecycle.review("erin", rid, "justified", "fine"), lambda: lifecycle.release("alice", rid))
+    for call in calls:
+        with pytest.raises(NotFound, match=f"^request: REQ-{rid} does not exist$"):
+            call()
+    with store.transaction() as s:
+        assert s.exec(sa.select(sa.func.count()).select_from(sa.table("audit_event"))).one()[0] == 0
 
 
 # ------------------------------------------------------------------ durations
