@@ -33,7 +33,7 @@ from app.config import PERSON, EngineSettings
 from app.identity import Directory
 from app.tickets import TicketGateway
 from app.store import ApprovalRow, GrantRow, RequestRow, ReviewRow, Store
-from integrations.servicenow.tickets import Ticket
+from integrations.servicenow.tickets import SYS_ID_RE, Ticket
 from integrations.base import Backend, BackendError, GrantSpec, InvalidGrant
 from policies.approvals import Approver, judge
 from policies.decision import AccessRequest, Context, Decision, Holding, TicketFacts
@@ -50,6 +50,7 @@ TARGET_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.-]{0,252}$")
 ROLE_RE = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
 MAX_TEXT = 2000
 MAX_LEAD = timedelta(days=366)  # how far ahead a request may be scheduled
+MAX_ID = 2**31 - 1  # request ids are INTEGER keys: PostgreSQL refuses to even compare a larger one
 BIDI_CONTROLS = set("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 
 
@@ -169,6 +170,8 @@ def _check_text(field_name: str, value: str | None, *, required: bool, limit: in
         raise Refused(field_name, f"is longer than {limit} characters")
     if any(c != "\t" and unicodedata.category(c) in ("Cc", "Zl", "Zp") or c in BIDI_CONTROLS for c in value):
         raise Refused(field_name, "must not contain control characters, line breaks or bidi overrides")
+    if any(unicodedata.category(c) == "Cs" for c in value):  # undecodable bytes from argv; not storable as UTF-8
+        raise Refused(field_name, "must be valid Unicode text (it holds an unpaired surrogate)")
     return value.strip()
 
 
@@ -196,10 +199,7 @@ class Lifecycle:
     # ----------------------------------------------------------------- queries
     def get(self, request_id: int) -> RequestView:
         with self.store.transaction() as s:
-            row = s.get(RequestRow, request_id)
-            if row is None:
-                raise NotFound("request", f"REQ-{request_id} does not exist")
-            return self._view(s, row)
+            return self._view(s, self._load(s, request_id))
 
     def list(self, *, state: str | None = None, requester: str | None = None,
              limit: int = 500) -> list[RequestView]:
@@ -246,7 +246,10 @@ class Lifecycle:
             return now, False
         if start.tzinfo is None:
             raise Refused("start", "needs a UTC offset, e.g. 2026-11-24T09:00:00Z")
-        start = start.astimezone(now.tzinfo)
+        try:
+            start = start.astimezone(now.tzinfo)
+        except OverflowError:  # e.g. 0001-01-01T00:00:00+14:00 lies before the first representable UTC instant
+            raise Refused("start", "is out of the representable date range") from None
         if start < now - timedelta(minutes=1):
             raise Refused("start", f"{start:%Y-%m-%d %H:%M} UTC is in the past")
         if start > now + MAX_LEAD:
@@ -283,6 +286,8 @@ class Lifecycle:
     def submit_from_ticket(self, ticket: Ticket, facts: TicketFacts) -> Outcome | None:
         """Ticket-driven elevation: an approved change carrying JIT fields becomes a request scheduled
         over the change window, clipped to policy. None when this change was already turned into one."""
+        if not SYS_ID_RE.fullmatch(ticket.sys_id or ""):  # it becomes the unique source_ref: 32 hex digits only
+            raise Refused("ticket", f"{ticket.number!r} has an invalid sys_id {ticket.sys_id[:40]!r}")
         source = f"change_request:{ticket.sys_id}"
         with self.store.transaction() as s:
             if s.exec(select(RequestRow.id).where(RequestRow.source_ref == source)).first() is not None:
@@ -569,7 +574,7 @@ class Lifecycle:
         return self.policy.emergency.reviewer_group if self.policy.emergency else "security"
 
     def _load(self, s: Session, request_id: int) -> RequestRow:
-        row = s.get(RequestRow, request_id)
+        row = s.get(RequestRow, request_id) if 0 < request_id <= MAX_ID else None
         if row is None:
             raise NotFound("request", f"REQ-{request_id} does not exist")
         return row

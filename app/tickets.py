@@ -5,7 +5,7 @@ import logging
 from datetime import datetime
 
 from integrations.servicenow.client import ServiceNowError
-from integrations.servicenow.tickets import NUMBER_RE, Ticket, Tickets
+from integrations.servicenow.tickets import NUMBER_RE, SYS_ID_RE, Ticket, Tickets
 from policies.decision import TicketFacts
 
 log = logging.getLogger("jit.tickets")
@@ -30,7 +30,8 @@ class TicketGateway:
             return TicketFacts(number=number, status="unavailable", error=str(exc))
 
     def from_ticket(self, ticket: Ticket, start: datetime, end: datetime) -> TicketFacts:
-        members = self.tickets.group_members(ticket.group) if ticket.group else set()
+        # a group reference that is no sys_id names no group: no members (asking would raise and stop the sync)
+        members = self.tickets.group_members(ticket.group) if SYS_ID_RE.fullmatch(ticket.group or "") else set()
         blackouts = tuple((name, s, e) for name, s, e, ci in self.tickets.blackouts(start, end)
                           if ci is None or ci == ticket.cmdb_ci) if ticket.table == "change_request" else ()
         return TicketFacts(number=ticket.number, status="found", kind=KINDS[ticket.table], state=ticket.state,

@@ -30,6 +30,7 @@ import math
 import re
 import ssl
 import threading
+import unicodedata
 import time
 from datetime import datetime, timezone
 from typing import Any, Callable, Mapping, Sequence, TypeVar
@@ -93,7 +94,8 @@ def _system_clock() -> datetime:
 
 
 def _has_control_chars(value: str) -> bool:
-    return any(ord(c) < 32 or ord(c) == 127 for c in value)
+    """C0 and C1 controls (NEL U+0085 included) and the Unicode line and paragraph separators."""
+    return any(unicodedata.category(c) in ("Cc", "Zl", "Zp") for c in value)
 
 
 def dn_error(value: Any) -> str | None:
@@ -122,7 +124,9 @@ def dn_key(dn: str) -> tuple[tuple[str, str], ...]:
     """A comparison key for a DN: attribute types and values lowercased, spaces around them
     stripped. Falls back to the lowercased string for values ``parse_dn`` cannot read."""
     try:
-        return tuple((a.strip().lower(), v.strip().lower()) for a, v, _ in parse_dn(dn))
+        # only ASCII spaces are insignificant in a DN (RFC 4514); str.strip() would also drop U+0085,
+        # U+00A0 or U+3000 and make 'dc=example\x85' look like 'dc=example'
+        return tuple((a.strip(" ").lower(), v.strip(" ").lower()) for a, v, _ in parse_dn(dn))
     except LDAPInvalidDnError:
         return (("", dn.strip().lower()),)
 

@@ -1,6 +1,7 @@
 """A generic JSON webhook (Slack/Teams-compatible ``{"text": ...}``) over httpx."""
 from __future__ import annotations
 
+import json
 from typing import Any, Mapping
 
 import httpx
@@ -22,8 +23,15 @@ class Webhook:
         self._client = httpx.Client(timeout=timeout, transport=transport, follow_redirects=False)
 
     def send(self, payload: Mapping[str, Any]) -> None:
+        """Post ``payload`` as JSON. Raises ``NotifyError``: transient for timeouts, 429 and 5xx;
+        permanent for other refusals and for a payload that is not JSON text (NaN, bytes, lone surrogates)."""
         try:
-            response = self._client.post(self._url, json=dict(payload))
+            body = json.dumps(dict(payload), ensure_ascii=False, allow_nan=False).encode("utf-8")
+        except (TypeError, ValueError) as exc:  # ValueError covers UnicodeEncodeError
+            raise NotifyError(f"webhook payload is not JSON text ({type(exc).__name__}: {str(exc)[:80]})",
+                              transient=False) from None
+        try:
+            response = self._client.post(self._url, content=body, headers={"Content-Type": "application/json"})
         except httpx.TimeoutException:
             raise NotifyError("webhook timed out", transient=True) from None
         except httpx.HTTPError as exc:

@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from policies.model import PolicySet, reference_problems
+from policies.model import PolicySet, key_text, reference_problems
 
 
 class PolicyError(Exception):
@@ -23,7 +23,7 @@ def validation_problems(exc: ValidationError) -> list[str]:
     """One ``key.path: message`` per pydantic error."""
     out = []
     for err in exc.errors(include_url=False):
-        path = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        path = ".".join(key_text(p) for p in err["loc"]) or "(top level)"
         message = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             message = "unknown key"
@@ -41,6 +41,8 @@ def parse_toml(path: Path) -> dict[str, Any]:
         raise PolicyError(str(path), ["file not found"]) from None
     except tomllib.TOMLDecodeError as exc:
         raise PolicyError(str(path), [f"not valid TOML: {exc}"]) from None
+    except UnicodeDecodeError as exc:  # tomllib decodes the bytes itself and lets this through
+        raise PolicyError(str(path), [f"not valid UTF-8 (byte {exc.start}): TOML files are UTF-8"]) from None
     except OSError as exc:
         raise PolicyError(str(path), [f"cannot read: {exc.strerror}"]) from None
 

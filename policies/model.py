@@ -187,6 +187,13 @@ class PolicySet(_Strict):
     targets: dict[Annotated[str, Field(pattern=TARGET)], Target] = Field(min_length=1)
 
 
+def key_text(part: object) -> str:
+    """One part of a key path as printed in a problem line: as written when it is printable, else its
+    repr, so a key holding a line break or a bidi override cannot split or disguise the line."""
+    text = str(part)
+    return text if text.isprintable() else repr(text)
+
+
 def reference_problems(data: object) -> list[str]:
     """Names that point nowhere (a target's environment or tier, a SoD rule's roles).
 
@@ -202,7 +209,8 @@ def reference_problems(data: object) -> list[str]:
         for key, known in (("environment", envs), ("tier", tiers)):
             value = target.get(key)
             if isinstance(value, str) and value not in known:
-                problems.append(f"targets.{name}.{key}: unknown {key} {value!r} (known: {', '.join(sorted(known))})")
+                problems.append(f"targets.{key_text(name)}.{key}: unknown {key} {value!r} "
+                                f"(known: {', '.join(sorted(map(key_text, known)))})")
     roles = {(t, r) for t, v in targets.items() if isinstance(v, dict) and isinstance(v.get("roles"), dict)
              for r in v["roles"]}
     rules = data.get("separation_of_duties")

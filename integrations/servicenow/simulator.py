@@ -890,7 +890,7 @@ def _json_object(body: bytes) -> dict[str, Any] | _Response:
         return {}
     try:
         parsed = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # RecursionError: nested too deep
         return _error(400, "Exception while reading request", f"Cannot decode: {exc}")
     if not isinstance(parsed, dict):
         return _error(400, "Exception while reading request", "The payload is not a JSON object")

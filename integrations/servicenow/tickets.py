@@ -19,6 +19,7 @@ NUMBER_RE = re.compile(r"^(CHG|INC|RITM)[0-9]{7}$")
 SYS_ID_RE = re.compile(r"^[0-9a-f]{32}$")
 USER_RE = re.compile(r"^[A-Za-z0-9_.@-]{1,100}$")
 FIELD_RE = re.compile(r"^u_[a-z0-9_]{1,60}$")
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 TABLES = {"CHG": "change_request", "INC": "incident", "RITM": "sc_req_item"}
 SN_TIME = "%Y-%m-%d %H:%M:%S"
 CLOSED_CHANGE = ("3", "4")  # Closed, Canceled
@@ -87,7 +88,10 @@ class Tickets:
             value = row.get(key)
             if isinstance(value, dict):
                 value = value.get("value")
-            return str(value) if value not in (None, "") else None
+            if value in (None, ""):
+                return None
+            # JSON may carry lone surrogates ("\ud800"); they cannot be stored, hashed or printed as UTF-8
+            return _LONE_SURROGATE.sub("\ufffd", str(value))
         return Ticket(number=text("number") or "", table=table, sys_id=text("sys_id") or "",
                       state=text("state") or "", approval=text("approval") or "", type=text("type") or "",
                       start=parse_sn_time(text("start_date") or ""), end=parse_sn_time(text("end_date") or ""),
