@@ -25,6 +25,7 @@ from typing import Any, Iterable, Mapping
 
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm.attributes import set_committed_value
 from sqlmodel import Session, select
 
 from app import audit, failpoints, outbox
@@ -158,6 +159,15 @@ class Outcome:
     request: RequestView
     message: str
     notes: list[str] = field(default_factory=list)
+
+
+def _committed(obj: Any, values: Mapping[str, Any]) -> None:
+    """Show on ``obj`` what an UPDATE statement just wrote, without marking it to be written again.
+
+    (The ORM's own synchronisation evaluates every object in the session for every UPDATE,
+    which made a batch of N transitions cost O(N^2).)"""
+    for key, value in values.items():
+        set_committed_value(obj, key, value)
 
 
 def _check_text(field_name: str, value: str | None, *, required: bool, limit: int = MAX_TEXT) -> str | None:
@@ -583,15 +593,14 @@ class Lifecycle:
     @staticmethod
     def _bump(s: Session, row: RequestRow, state: str, now: datetime, **values: Any) -> None:
         """The optimistic transition: changes the row only if nobody changed it since it was read."""
+        changes = dict(state=state, version=row.version + 1, updated_at=now, **values)
         done = s.execute(sa.update(RequestRow)
                          .where(RequestRow.id == row.id, RequestRow.version == row.version,
                                 RequestRow.state == row.state)
-                         .values(state=state, version=row.version + 1, updated_at=now, **values))
+                         .values(**changes).execution_options(synchronize_session=False))
         if done.rowcount != 1:
             raise Conflict("conflict", f"REQ-{row.id} was changed by someone else; nothing was done, reload it")
-        row.state, row.version = state, row.version + 1
-        for k, v in values.items():
-            setattr(row, k, v)
+        _committed(row, changes)
 
     @staticmethod
     def _no_activation_running(s: Session, row: RequestRow) -> None:
@@ -683,6 +692,9 @@ class Lifecycle:
         with self.store.transaction() as s:
             grant = s.get(GrantRow, grant_id)
             spec, backend = self._spec(grant), grant.backend
+        return self._with_backend(spec, backend, method)
+
+    def _with_backend(self, spec: GrantSpec, backend: str, method: str) -> Any:
         failpoints.hit(f"{method}.before_backend")
         result = self._with_retries(lambda: getattr(self._backend(backend), method)(spec))
         failpoints.hit(f"{method}.after_backend")
@@ -742,14 +754,16 @@ class Lifecycle:
 
     def _intend_revoke(self, s: Session, grant: GrantRow, end_state: str, actor: str, reason: str,
                        now: datetime) -> None:
+        values = dict(status="revoking", end_state=end_state, end_actor=actor, end_reason=reason,
+                      owner=self.owner, lease_until=now + self.settings.lease, updated_at=now,
+                      version=grant.version + 1)
         done = s.execute(sa.update(GrantRow)
                          .where(GrantRow.id == grant.id, GrantRow.version == grant.version,
                                 GrantRow.status == "active")
-                         .values(status="revoking", end_state=end_state, end_actor=actor, end_reason=reason,
-                                 owner=self.owner, lease_until=now + self.settings.lease, updated_at=now,
-                                 version=grant.version + 1))
+                         .values(**values).execution_options(synchronize_session=False))
         if done.rowcount != 1:
             raise Conflict("conflict", f"grant {grant.id} was changed by someone else; nothing was done")
+        _committed(grant, values)
         self._record(s, at=now, actor=actor, action="grant.revoking", request_id=grant.request_id,
                      grant_id=grant.id, end_state=end_state, reason=reason)
 
@@ -777,58 +791,87 @@ class Lifecycle:
             kept = None
         now = self.clock()
         with self.store.transaction() as s:
-            grant = s.get(GrantRow, grant_id)
-            if grant.status != "revoking":
-                return None
-            if isinstance(error, BackendError):
-                grant.attempts += 1
-                grant.last_error = str(error)
-                grant.next_attempt_at = now + self.settings.retry_backoff * min(2 ** grant.attempts, 64)
-                grant.owner, grant.lease_until, grant.version = None, None, grant.version + 1
-                s.add(grant)
-                self._record(s, at=now, actor="engine", action="grant.revoke_failed", request_id=grant.request_id,
-                             grant_id=grant.id, error=str(error), attempts=grant.attempts)
-                return f"the backend still holds it, will retry: {error}"
-            row = s.get(RequestRow, grant.request_id)
-            grant.status, grant.revoked_at, grant.updated_at = "revoked", now, now
-            grant.owner, grant.lease_until, grant.last_error, grant.version = None, None, None, grant.version + 1
+            return self._revoke_outcome(s, grant_id, error, kept, now)
+
+    def _revoke_outcome(self, s: Session, grant_id: int, error: Any, kept: int | None, now: datetime) -> str | None:
+        """Record what the backend call for a grant in 'revoking' did: revoked, or a retry later."""
+        grant = s.get(GrantRow, grant_id)
+        if grant.status != "revoking":
+            return None
+        if isinstance(error, BackendError):
+            grant.attempts += 1
+            grant.last_error = str(error)
+            grant.next_attempt_at = now + self.settings.retry_backoff * min(2 ** grant.attempts, 64)
+            grant.owner, grant.lease_until, grant.version = None, None, grant.version + 1
             s.add(grant)
-            if row.state == "active":
-                self._bump(s, row, grant.end_state or "revoked", now, closed_by=grant.end_actor,
-                           closed_reason=grant.end_reason)
-            self._record(s, at=now, actor=grant.end_actor or "engine", action=f"request.{grant.end_state}",
-                         request_id=row.id, grant_id=grant.id, reason=grant.end_reason, kept_for_grant=kept,
-                         lag_ms=round((now - grant.expires_at).total_seconds() * 1000)
-                         if grant.end_state == "expired" else None)
+            self._record(s, at=now, actor="engine", action="grant.revoke_failed", request_id=grant.request_id,
+                         grant_id=grant.id, error=str(error), attempts=grant.attempts)
+            return f"the backend still holds it, will retry: {error}"
+        row = s.get(RequestRow, grant.request_id)
+        grant.status, grant.revoked_at, grant.updated_at = "revoked", now, now
+        grant.owner, grant.lease_until, grant.last_error, grant.version = None, None, None, grant.version + 1
+        s.add(grant)
+        if row.state == "active":
+            self._bump(s, row, grant.end_state or "revoked", now, closed_by=grant.end_actor,
+                       closed_reason=grant.end_reason)
+        self._record(s, at=now, actor=grant.end_actor or "engine", action=f"request.{grant.end_state}",
+                     request_id=row.id, grant_id=grant.id, reason=grant.end_reason, kept_for_grant=kept,
+                     lag_ms=round((now - grant.expires_at).total_seconds() * 1000)
+                     if grant.end_state == "expired" else None)
         return None
 
     # ------------------------------------------------------------- engine
-    def expire_due(self, now: datetime | None = None, limit: int = 1000) -> int:
-        """Revoke every active grant whose expiry has come. Returns how many were ended."""
+    def expire_due(self, now: datetime | None = None, limit: int = 500) -> int:
+        """Revoke every active grant whose expiry has come. Returns how many were ended.
+
+        A batch at a time: one transaction commits the intent ('revoking') of every grant due,
+        the backend removes each artifact, one transaction records the outcomes. A crash in
+        between leaves grants in 'revoking' for ``recover()``, as with a single grant."""
         now = now or self.clock()
         ended = 0
         while True:
-            with self.store.transaction() as s:
-                grants = s.exec(select(GrantRow).where(GrantRow.status == "active", GrantRow.expires_at <= now)
-                                .order_by(GrantRow.expires_at).limit(limit)).all()
-                if not grants:
-                    return ended
-            for g in grants:
+            found, batch = self._intend_expiry(now, limit)
+            done = {}
+            for g in batch:
+                if g.shared_key:  # another grant may still cover the artifact: the careful path
+                    self._revoke(g.id)
+                else:
+                    done[g.id] = (self._with_backend(self._spec(g), g.backend, "revoke"), self.clock())
+            if done:
+                with self.store.transaction() as s:
+                    s.exec(select(GrantRow).where(GrantRow.id.in_(list(done)))).all()  # one query, not one each
+                    s.exec(select(RequestRow).where(RequestRow.id.in_([g.request_id for g in batch]))).all()
+                    for grant_id, (error, at) in done.items():
+                        self._revoke_outcome(s, grant_id, error, None, at)
+            ended += len(batch)
+            if found < limit:
+                return ended
+
+    def _intend_expiry(self, now: datetime, limit: int) -> tuple[int, list[GrantRow]]:
+        """Commit 'revoking' for up to ``limit`` due grants; how many were due, and those now ours."""
+        with self.store.transaction() as s:
+            q = (select(GrantRow).where(GrantRow.status == "active", GrantRow.expires_at <= now)
+                 .order_by(GrantRow.expires_at).limit(limit))
+            if self.store.dialect == "postgresql":  # another engine takes the rows we do not hold
+                q = q.with_for_update(skip_locked=True)
+            grants = s.exec(q).all()
+            if not grants:
+                return 0, []
+            rows = {r.id: r for r in s.exec(select(RequestRow).where(
+                RequestRow.id.in_([g.request_id for g in grants]))).all()}
+            at = self.clock()
+            ours = []
+            for grant in grants:
                 try:
-                    with self.store.transaction() as s:
-                        grant = s.get(GrantRow, g.id)
-                        if grant.status != "active":
-                            continue
-                        self._intend_revoke(s, grant, "expired", "engine", "expired", self.clock())
-                        row = s.get(RequestRow, grant.request_id)
+                    with s.begin_nested():
+                        self._intend_revoke(s, grant, "expired", "engine", "expired", at)
+                        row = rows[grant.request_id]
                         if row.state == "active":
-                            self._bump(s, row, "active", self.clock())
+                            self._bump(s, row, "active", at)
                 except Conflict:
                     continue
-                self._revoke(g.id)
-                ended += 1
-            if len(grants) < limit:
-                return ended
+                ours.append(grant)
+        return len(grants), ours
 
     def activate_due(self, now: datetime | None = None) -> int:
         """Apply grants for approved requests whose start has come."""
