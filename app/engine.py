@@ -1,15 +1,17 @@
 """The background engine: activation at start, revocation at expiry, escalation, lapse, recovery.
 
 ``run_once()`` is one pass of everything. ``run_forever()`` runs APScheduler with
-- a planner job every ``poll_interval`` that schedules a one-shot job at each expiry or start
-  instant inside the next horizon, so a grant is revoked at its instant, not at the next poll;
-- a sweep job every ``sweep_interval``: the safety net (recovery, escalation, lapse, overdue).
+- a planner job every ``poll_interval`` that hands each expiry or start instant inside the next
+  horizon to the precise timer, so a grant is revoked at its instant, not at the next poll;
+- a sweep job every ``sweep_interval``: the safety net (recovery, escalation, lapse, overdue);
+and the precise timer: one thread that sleeps until the earliest planned instant, then runs one
+expiry/activation pass for everything due by then (instants that pile up share one pass).
 """
 from __future__ import annotations
 
+import heapq
 import logging
 import threading
-import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Callable
@@ -68,7 +70,11 @@ class Engine:
         self.clock = clock
         self._scheduler: BackgroundScheduler | None = None
         self._planned: set[datetime] = set()
-        self._lock = threading.Lock()  # guards _planned
+        self._deadlines: list[datetime] = []  # a heap of planned instants, for the timer
+        self._lock = threading.Lock()  # guards _planned and _deadlines
+        self._wake = threading.Event()  # a new instant was planned, or the engine stops
+        self._stopping = threading.Event()
+        self._timer: threading.Thread | None = None
         self._work = threading.Lock()  # one expiry/activation run at a time: each takes all that is due
 
     def run_once(self) -> PassReport:
@@ -120,8 +126,16 @@ class Engine:
                           next_run_time=datetime.now(tz=self.clock().tzinfo))
         sched.start()
         self._scheduler = sched
+        self._stopping.clear()
+        self._timer = threading.Thread(target=self._run_timer, name="jit-expiry-timer", daemon=True)
+        self._timer.start()
 
     def stop(self) -> None:
+        self._stopping.set()
+        self._wake.set()
+        if self._timer is not None:
+            self._timer.join(timeout=60)
+            self._timer = None
         if self._scheduler is not None:
             self._scheduler.shutdown(wait=True)
             self._scheduler = None
@@ -168,7 +182,7 @@ class Engine:
                                                  SyncState.last_run_at < now - timedelta(days=1)))
 
     def _plan(self) -> None:
-        """Schedule a one-shot job at every deadline within the next two poll intervals."""
+        """Hand the timer every deadline within the next two poll intervals."""
         horizon = self.clock() + self.settings.poll_interval * 2
         try:
             self.heartbeat()
@@ -178,21 +192,35 @@ class Engine:
             return
         with self._lock:
             self._planned = {d for d in self._planned if d > self.clock() - timedelta(minutes=5)}
-            for when in deadlines:
-                if when in self._planned or self._scheduler is None:
-                    continue
+            new = [d for d in deadlines if d not in self._planned]
+            for when in new:
                 self._planned.add(when)
-                self._scheduler.add_job(self._at_deadline, "date", run_date=when, args=[when],
-                                        id=f"deadline-{when.timestamp()}", replace_existing=True)
+                heapq.heappush(self._deadlines, when)
+        if new:
+            self._wake.set()
 
-    def _at_deadline(self, when: datetime) -> None:
-        early = (when - self.clock()).total_seconds()
-        if early > 0:  # the scheduler may wake a little early: never revoke before the instant
-            time.sleep(early)
-        try:
-            with self._work:
-                now = self.clock()
-                self.lifecycle.expire_due(now)
-                self.lifecycle.activate_due(now)
-        except StoreError as exc:
-            log.error("deadline job at %s failed; the sweep will retry: %s", when, exc)
+    def _run_timer(self) -> None:
+        """Sleep until the earliest planned instant (never wake to revoke before it), then run one
+        pass for all that is due; instants reached while a pass runs are served by the next pass."""
+        while not self._stopping.is_set():
+            with self._lock:
+                first = self._deadlines[0] if self._deadlines else None
+            wait = (self.settings.poll_interval.total_seconds() if first is None
+                    else (first - self.clock()).total_seconds())
+            if wait > 0:
+                self._wake.wait(wait)
+                self._wake.clear()
+                continue
+            now = self.clock()
+            with self._lock:
+                while self._deadlines and self._deadlines[0] <= now:
+                    heapq.heappop(self._deadlines)
+            try:
+                with self._work:
+                    now = self.clock()
+                    self.lifecycle.expire_due(now)
+                    self.lifecycle.activate_due(now)
+            except StoreError as exc:
+                log.error("deadline pass at %s failed; the sweep will retry: %s", now, exc)
+            except Exception:  # noqa: BLE001 - logged with its traceback; the timer must go on
+                log.exception("deadline pass at %s failed; the sweep will retry", now)
