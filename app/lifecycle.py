@@ -290,9 +290,9 @@ class Lifecycle:
         facts = self._ticket_facts(req.ticket, req.starts_at, req.expires_at)
         return self._submit(req, scheduled, facts)
 
-    def submit_from_ticket(self, ticket: Ticket, facts: TicketFacts) -> Outcome | None:
+    def submit_from_ticket(self, ticket: Ticket, facts: TicketFacts) -> int | None:
         """Ticket-driven elevation: an approved change carrying JIT fields becomes a request scheduled
-        over the change window, clipped to policy. None when this change was already turned into one."""
+        over the change window, clipped to policy. Its id; None when this change was already turned into one."""
         source = f"change_request:{ticket.sys_id}"
         with self.store.transaction() as s:
             if s.exec(select(RequestRow.id).where(RequestRow.source_ref == source)).first() is not None:
@@ -315,11 +315,13 @@ class Lifecycle:
         tier = self.policy.tiers.get(target.tier) if target else None
         return self._submit(req, True, facts, source_ref=source,
                             servicenow_approves=bool(tier and tier.servicenow_approval_counts),
-                            actor="servicenow")
+                            actor="servicenow", view=False)
 
     def _submit(self, req: AccessRequest, scheduled: bool, facts: TicketFacts | None, *,
                 source_ref: str | None = None, servicenow_approves: bool = False,
-                actor: str | None = None) -> Outcome:
+                actor: str | None = None, view: bool = True) -> Any:
+        """Evaluate and record a request; apply it if approved and due. The Outcome, or with
+        ``view=False`` (the sync, thousands at a time) just the new request's id."""
         now = self.clock()
         person, target, role, duration = req.requester, req.target, req.role, req.duration
         with self.store.transaction() as s:
@@ -356,11 +358,16 @@ class Lifecycle:
             raise refused
         notes = []
         if approved:
-            notes.append(self._activate_if_due(request_id))
+            if req.starts_at <= self.clock():
+                notes.append(self._activate_if_due(request_id))
+            else:  # scheduled: the engine applies it at its start
+                notes.append(f"REQ-{request_id} starts at {req.starts_at:%Y-%m-%d %H:%M} UTC")
             message = f"REQ-{request_id} approved at once ({model})"
         else:
             message = (f"REQ-{request_id} submitted; needs {decision.approval} approval from "
                        f"{' and '.join(decision.approver_groups)}")
+        if not view:
+            return request_id
         return Outcome(self.get(request_id), message, [n for n in notes if n])
 
     def approve(self, actor: str, request_id: int, comment: str = "") -> Outcome:
