@@ -48,8 +48,7 @@ def append(session: Session, *, at: datetime, actor: str, action: str,
                      details=text, prev_hash=head.hash, hash=digest)
     session.add(row)
     head.seq, head.hash = seq, digest
-    session.add(head)
-    session.flush()
+    session.add(head)  # written with the next flush: a batch of events goes in one INSERT
     return row
 
 

@@ -845,40 +845,70 @@ class Lifecycle:
                 else:
                     done[g.id] = (self._with_backend(self._spec(g), g.backend, "revoke"), self.clock())
             if done:
-                with self.store.transaction() as s:
-                    s.exec(select(GrantRow).where(GrantRow.id.in_(list(done)))).all()  # one query, not one each
-                    s.exec(select(RequestRow).where(RequestRow.id.in_([g.request_id for g in batch]))).all()
-                    for grant_id, (error, at) in done.items():
-                        self._revoke_outcome(s, grant_id, error, None, at)
+                self._expiry_outcomes(done)
             ended += len(batch)
             if found < limit:
                 return ended
 
+    def _expiry_outcomes(self, done: dict[int, tuple[Any, datetime]]) -> None:
+        """Record the backend's answers for a batch of expiring grants in one transaction: the removed
+        ones revoked (one UPDATE per table, each grant with the instant its artifact went), the others
+        left for a retry, each with its audit event."""
+        pg = self.store.dialect == "postgresql"
+        with self.store.transaction() as s:
+            q = select(GrantRow).where(GrantRow.id.in_(list(done)))
+            grants = {g.id: g for g in s.exec(q.with_for_update() if pg else q).all()}
+            q = select(RequestRow).where(RequestRow.id.in_([g.request_id for g in grants.values()]))
+            rows = {r.id: r for r in s.exec(q.with_for_update() if pg else q).all()}
+            revoked, ended = [], []
+            for grant_id, (error, at) in done.items():
+                g = grants[grant_id]
+                if isinstance(error, BackendError) or g.status != "revoking":
+                    self._revoke_outcome(s, grant_id, error, None, at)
+                    continue
+                revoked.append({"id": g.id, "status": "revoked", "revoked_at": at, "updated_at": at, "owner": None,
+                                "lease_until": None, "last_error": None, "version": g.version + 1})
+                row = rows[g.request_id]
+                if row.state == "active":
+                    ended.append({"id": row.id, "state": g.end_state or "revoked", "version": row.version + 1,
+                                  "updated_at": at, "closed_by": g.end_actor, "closed_reason": g.end_reason})
+                self._record(s, at=at, actor=g.end_actor or "engine", action=f"request.{g.end_state}",
+                             request_id=row.id, grant_id=g.id, reason=g.end_reason, kept_for_grant=None,
+                             lag_ms=round((at - g.expires_at).total_seconds() * 1000)
+                             if g.end_state == "expired" else None)
+            if revoked:  # by primary key, rows read (and on PostgreSQL locked) above
+                s.execute(sa.update(GrantRow).execution_options(synchronize_session=False), revoked)
+            if ended:
+                s.execute(sa.update(RequestRow).execution_options(synchronize_session=False), ended)
+
     def _intend_expiry(self, now: datetime, limit: int) -> tuple[int, list[GrantRow]]:
-        """Commit 'revoking' for up to ``limit`` due grants; how many were due, and those now ours."""
+        """Commit 'revoking' for up to ``limit`` due grants, in one statement per table plus the audit
+        events; how many were due, and those now ours. The rows are locked (SQLite: the database) while
+        the intent is written, so the version checks of the one-at-a-time path cannot fail here."""
+        pg = self.store.dialect == "postgresql"
         with self.store.transaction() as s:
             q = (select(GrantRow).where(GrantRow.status == "active", GrantRow.expires_at <= now)
                  .order_by(GrantRow.expires_at).limit(limit))
-            if self.store.dialect == "postgresql":  # another engine takes the rows we do not hold
-                q = q.with_for_update(skip_locked=True)
-            grants = s.exec(q).all()
+            grants = s.exec(q.with_for_update(skip_locked=True) if pg else q).all()  # another engine takes the rest
             if not grants:
                 return 0, []
-            rows = {r.id: r for r in s.exec(select(RequestRow).where(
-                RequestRow.id.in_([g.request_id for g in grants]))).all()}
+            q = select(RequestRow).where(RequestRow.id.in_([g.request_id for g in grants]))
+            active = [r.id for r in s.exec(q.with_for_update() if pg else q).all() if r.state == "active"]
             at = self.clock()
-            ours = []
-            for grant in grants:
-                try:
-                    with s.begin_nested():
-                        self._intend_revoke(s, grant, "expired", "engine", "expired", at)
-                        row = rows[grant.request_id]
-                        if row.state == "active":
-                            self._bump(s, row, "active", at)
-                except Conflict:
-                    continue
-                ours.append(grant)
-        return len(grants), ours
+            done = s.execute(sa.update(GrantRow).where(GrantRow.id.in_([g.id for g in grants]),
+                                                       GrantRow.status == "active")
+                             .values(status="revoking", end_state="expired", end_actor="engine", end_reason="expired",
+                                     owner=self.owner, lease_until=at + self.settings.lease, updated_at=at,
+                                     version=GrantRow.version + 1).execution_options(synchronize_session=False))
+            bumped = s.execute(sa.update(RequestRow).where(RequestRow.id.in_(active), RequestRow.state == "active")
+                               .values(version=RequestRow.version + 1, updated_at=at)
+                               .execution_options(synchronize_session=False)) if active else None
+            if done.rowcount != len(grants) or (bumped is not None and bumped.rowcount != len(active)):
+                raise Conflict("conflict", "grants due for expiry changed while locked; nothing was done")
+            for g in grants:
+                self._record(s, at=at, actor="engine", action="grant.revoking", request_id=g.request_id,
+                             grant_id=g.id, end_state="expired", reason="expired")
+        return len(grants), list(grants)
 
     def activate_due(self, now: datetime | None = None) -> int:
         """Apply grants for approved requests whose start has come."""
