@@ -120,10 +120,10 @@ class Engine:
                           id="servicenow-sync", next_run_time=datetime.now(tz=self.clock().tzinfo))
         if self.deliverer is not None:
             sched.add_job(self._guard(self.deliver), "interval", seconds=5, id="outbox")
-        if self.reconciler is not None:
+        if self.reconciler is not None:  # first one sweep interval in: overdue expiries come before drift
             sched.add_job(self._guard(self.reconcile), "interval",
                           seconds=self.settings.reconcile_interval.total_seconds(), id="reconcile",
-                          next_run_time=datetime.now(tz=self.clock().tzinfo))
+                          next_run_time=datetime.now(tz=self.clock().tzinfo) + self.settings.sweep_interval)
         sched.start()
         self._scheduler = sched
         self._stopping.clear()
