@@ -154,7 +154,7 @@ class Engine:
                 lc = self.lifecycle
                 report = PassReport(lc.recover(now), lc.activate_due(now), lc.expire_due(now),
                                     *lc.escalate_and_lapse(now))
-                lc.warn_expiring(self.expiry_warning, now)
+            lc.warn_expiring(self.expiry_warning, now)  # not under _work: expiries at their instant go first
             if report.busy:
                 log.info("sweep: %s", report)
         except StoreError as exc:

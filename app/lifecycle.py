@@ -1045,19 +1045,27 @@ class Lifecycle:
             return sorted(set(s.exec(select(RequestRow.ticket).where(RequestRow.state.in_(OPEN_STATES),
                                                                      RequestRow.ticket.is_not(None))).all()))
 
-    def warn_expiring(self, within: timedelta, now: datetime | None = None) -> int:
-        """Record "expires soon" once per grant (the webhook hears of it through the outbox)."""
+    def warn_expiring(self, within: timedelta, now: datetime | None = None, limit: int = 200) -> int:
+        """Record "expires soon" once per grant (the webhook hears of it through the outbox).
+
+        ``limit`` grants per transaction: thousands entering the horizon at once must not hold the
+        database (on SQLite, every writer) for seconds while revocations wait."""
         now = now or self.clock()
-        with self.store.transaction() as s:
-            grants = s.exec(select(GrantRow).where(GrantRow.status == "active", GrantRow.warned_at.is_(None),
-                                                   GrantRow.expires_at <= now + within,
-                                                   GrantRow.expires_at > now)).all()
-            for g in grants:
-                g.warned_at = now
-                s.add(g)
-                self._record(s, at=now, actor="engine", action="grant.expiring", request_id=g.request_id,
-                             grant_id=g.id, expires_at=g.expires_at.isoformat())
-            return len(grants)
+        warned = 0
+        while True:
+            with self.store.transaction() as s:
+                grants = s.exec(select(GrantRow).where(GrantRow.status == "active", GrantRow.warned_at.is_(None),
+                                                       GrantRow.expires_at <= now + within,
+                                                       GrantRow.expires_at > now)
+                                .order_by(GrantRow.expires_at).limit(limit)).all()
+                for g in grants:
+                    g.warned_at = now
+                    s.add(g)
+                    self._record(s, at=now, actor="engine", action="grant.expiring", request_id=g.request_id,
+                                 grant_id=g.id, expires_at=g.expires_at.isoformat())
+            warned += len(grants)
+            if len(grants) < limit:
+                return warned
 
     def next_deadlines(self, until: datetime) -> list[datetime]:
         """Expiry and start instants before ``until``, for the precise scheduler."""
