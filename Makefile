@@ -19,7 +19,11 @@ test: $(STAMP)
 	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q
 
+# The performance figures of the README (about 15 minutes; PostgreSQL at 127.0.0.1:5432 if up).
 bench: $(STAMP)
+	$(PY) tests/benchmarks/policy_decisions.py
+	$(PY) tests/benchmarks/snow_sync.py
+	$(PY) tests/benchmarks/restart_catchup.py
 	$(PY) tests/benchmarks/revocation_lag.py
 
 clean:

@@ -17,6 +17,7 @@ from sqlmodel import Session, select
 from app.store import AuditEvent, AuditHead
 
 GENESIS = "0" * 64
+_HEAD = "jit.audit_head"  # session.info: (transaction, the head row it locked)
 
 
 def canonical(value: Any) -> str:
@@ -33,10 +34,13 @@ def event_hash(seq: int, at: datetime, actor: str, action: str, request_id: int 
 def append(session: Session, *, at: datetime, actor: str, action: str,
            request_id: int | None = None, **details: Any) -> AuditEvent:
     """Add one event to the chain within ``session``'s transaction."""
-    head = session.exec(select(AuditHead).where(AuditHead.id == 1).with_for_update()).first()
-    if head is None:
-        head = AuditHead(id=1, seq=0, hash=GENESIS)
-        session.add(head)
+    tx, head = session.info.get(_HEAD, (None, None))
+    if tx is not session.get_transaction() or head not in session:  # lock the head once per transaction
+        head = session.exec(select(AuditHead).where(AuditHead.id == 1).with_for_update()).first()
+        if head is None:
+            head = AuditHead(id=1, seq=0, hash=GENESIS)
+            session.add(head)
+        session.info[_HEAD] = (session.get_transaction(), head)
     text = canonical(details)
     seq = head.seq + 1
     digest = event_hash(seq, at, actor, action, request_id, text, head.hash)
@@ -44,8 +48,7 @@ def append(session: Session, *, at: datetime, actor: str, action: str,
                      details=text, prev_hash=head.hash, hash=digest)
     session.add(row)
     head.seq, head.hash = seq, digest
-    session.add(head)
-    session.flush()
+    session.add(head)  # written with the next flush: a batch of events goes in one INSERT
     return row
 
 

@@ -1,9 +1,13 @@
 """The background engine: activation at start, revocation at expiry, escalation, lapse, recovery.
 
 ``run_once()`` is one pass of everything. ``run_forever()`` runs APScheduler with
-- a planner job every ``poll_interval`` that schedules a one-shot job at each expiry or start
-  instant inside the next horizon, so a grant is revoked at its instant, not at the next poll;
-- a sweep job every ``sweep_interval``: the safety net (recovery, escalation, lapse, overdue).
+- a planner job every ``poll_interval`` that hands each expiry or start instant inside the next
+  horizon to the precise timer, so a grant is revoked at its instant, not at the next poll;
+- a sweep job every ``sweep_interval``: the safety net (recovery, escalation, lapse, overdue);
+and the precise timer: one thread that sleeps until the earliest planned instant, then runs one
+expiry/activation pass for everything due by then (instants that pile up share one pass). It
+sleeps at most ``MAX_SLEEP_S`` at a time and asks the clock again, so a clock that jumps (either
+way) moves the instant it acts at, and it never acts before an instant.
 
 A database outage never stops the scheduler: each job logs the error and runs again. The
 first failure of an outage is sent to ``alert`` (the webhook) at once, as nothing can be
@@ -12,9 +16,9 @@ in the audit, logs it and alerts again.
 """
 from __future__ import annotations
 
+import heapq
 import logging
 import threading
-import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Callable
@@ -33,7 +37,7 @@ from app.store import StoreError, SyncState
 from app.sync import SyncReport, TicketSync
 
 log = logging.getLogger("jit.engine")
-MAX_EARLY_S = 1.0  # a deadline job woken earlier than this by the clock is rescheduled, not slept through
+MAX_SLEEP_S = 1.0  # the timer's longest sleep before it asks the (injected) clock again
 HEARTBEAT_PREFIX = "engine:"  # sync_state rows "engine:<host:pid>": when each engine was last seen
 
 
@@ -76,7 +80,11 @@ class Engine:
         self.clock = clock
         self._scheduler: BackgroundScheduler | None = None
         self._planned: set[datetime] = set()
-        self._lock = threading.Lock()  # guards _planned
+        self._deadlines: list[datetime] = []  # a heap of planned instants, for the timer
+        self._lock = threading.Lock()  # guards _planned and _deadlines
+        self._wake = threading.Event()  # a new instant was planned, or the engine stops
+        self._stopping = threading.Event()
+        self._timer: threading.Thread | None = None
         self._work = threading.Lock()  # one expiry/activation run at a time: each takes all that is due
         self.alert = alert
         self._db_down: tuple[datetime, int] | None = None  # since when, and how many jobs failed since
@@ -124,14 +132,22 @@ class Engine:
                           id="servicenow-sync", next_run_time=datetime.now(tz=self.clock().tzinfo))
         if self.deliverer is not None:
             sched.add_job(self._guard(self.deliver), "interval", seconds=5, id="outbox")
-        if self.reconciler is not None:
+        if self.reconciler is not None:  # first one sweep interval in: overdue expiries come before drift
             sched.add_job(self._guard(self.reconcile), "interval",
                           seconds=self.settings.reconcile_interval.total_seconds(), id="reconcile",
-                          next_run_time=datetime.now(tz=self.clock().tzinfo))
+                          next_run_time=datetime.now(tz=self.clock().tzinfo) + self.settings.sweep_interval)
         sched.start()
         self._scheduler = sched
+        self._stopping.clear()
+        self._timer = threading.Thread(target=self._run_timer, name="jit-expiry-timer", daemon=True)
+        self._timer.start()
 
     def stop(self) -> None:
+        self._stopping.set()
+        self._wake.set()
+        if self._timer is not None:
+            self._timer.join(timeout=60)
+            self._timer = None
         if self._scheduler is not None:
             self._scheduler.shutdown(wait=True)
             self._scheduler = None
@@ -150,7 +166,7 @@ class Engine:
                 lc = self.lifecycle
                 report = PassReport(lc.recover(now), lc.activate_due(now), lc.expire_due(now),
                                     *lc.escalate_and_lapse(now))
-                lc.warn_expiring(self.expiry_warning, now)
+            lc.warn_expiring(self.expiry_warning, now)  # not under _work: expiries at their instant go first
             if report.busy:
                 log.info("sweep: %s", report)
         except StoreError as exc:
@@ -220,7 +236,7 @@ class Engine:
                                                  SyncState.last_run_at < now - timedelta(days=1)))
 
     def _plan(self) -> None:
-        """Schedule a one-shot job at every deadline within the next two poll intervals."""
+        """Hand the timer every deadline within the next two poll intervals."""
         horizon = self.clock() + self.settings.poll_interval * 2
         try:
             self.heartbeat()
@@ -231,30 +247,36 @@ class Engine:
             return
         with self._lock:
             self._planned = {d for d in self._planned if d > self.clock() - timedelta(minutes=5)}
-            for when in deadlines:
-                if when in self._planned or self._scheduler is None:
-                    continue
+            new = [d for d in deadlines if d not in self._planned]
+            for when in new:
                 self._planned.add(when)
-                self._scheduler.add_job(self._at_deadline, "date", run_date=when, args=[when],
-                                        id=f"deadline-{when.timestamp()}", replace_existing=True)
+                heapq.heappush(self._deadlines, when)
+        if new:
+            self._wake.set()
 
-    def _at_deadline(self, when: datetime) -> None:
-        early = (when - self.clock()).total_seconds()
-        if early > MAX_EARLY_S:  # the clock went back: never revoke early, never hold a worker that long
-            log.warning("deadline job for %s woke %.0fs early by the clock (did it jump back?); rescheduled",
-                        when, early)
-            if self._scheduler is not None:  # the scheduler counts in real seconds
-                self._scheduler.add_job(self._at_deadline, "date", args=[when], id=f"deadline-{when.timestamp()}",
-                                        run_date=datetime.now(tz=when.tzinfo) + timedelta(seconds=early),
-                                        replace_existing=True)
-            return
-        if early > 0:  # the scheduler may wake a little early: never revoke before the instant
-            time.sleep(early)
-        try:
-            with self._work:
-                now = self.clock()
-                self.lifecycle.expire_due(now)
-                self.lifecycle.activate_due(now)
-        except StoreError as exc:
-            log.error("deadline job at %s failed; the sweep will retry: %s", when, exc)
-            self._database_failed(exc)
+    def _run_timer(self) -> None:
+        """Sleep until the earliest planned instant (never wake to revoke before it), then run one
+        pass for all that is due; instants reached while a pass runs are served by the next pass."""
+        while not self._stopping.is_set():
+            with self._lock:
+                first = self._deadlines[0] if self._deadlines else None
+            wait = (self.settings.poll_interval.total_seconds() if first is None
+                    else (first - self.clock()).total_seconds())
+            if wait > 0:
+                self._wake.wait(min(wait, MAX_SLEEP_S))  # then ask the clock again: it may have jumped
+                self._wake.clear()
+                continue
+            now = self.clock()
+            with self._lock:
+                while self._deadlines and self._deadlines[0] <= now:
+                    heapq.heappop(self._deadlines)
+            try:
+                with self._work:
+                    now = self.clock()
+                    self.lifecycle.expire_due(now)
+                    self.lifecycle.activate_due(now)
+            except StoreError as exc:
+                log.error("deadline pass at %s failed; the sweep will retry: %s", now, exc)
+                self._database_failed(exc)
+            except Exception:  # noqa: BLE001 - logged with its traceback; the timer must go on
+                log.exception("deadline pass at %s failed; the sweep will retry", now)

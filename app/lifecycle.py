@@ -25,6 +25,7 @@ from typing import Any, Iterable, Mapping
 
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm.attributes import set_committed_value
 from sqlmodel import Session, select
 
 from app import audit, failpoints, outbox
@@ -161,6 +162,15 @@ class Outcome:
     notes: list[str] = field(default_factory=list)
 
 
+def _committed(obj: Any, values: Mapping[str, Any]) -> None:
+    """Show on ``obj`` what an UPDATE statement just wrote, without marking it to be written again.
+
+    (The ORM's own synchronisation evaluates every object in the session for every UPDATE,
+    which made a batch of N transitions cost O(N^2).)"""
+    for key, value in values.items():
+        set_committed_value(obj, key, value)
+
+
 def _check_text(field_name: str, value: str | None, *, required: bool, limit: int = MAX_TEXT) -> str | None:
     if value is None or not value.strip():
         if required:
@@ -283,9 +293,9 @@ class Lifecycle:
         facts = self._ticket_facts(req.ticket, req.starts_at, req.expires_at)
         return self._submit(req, scheduled, facts)
 
-    def submit_from_ticket(self, ticket: Ticket, facts: TicketFacts) -> Outcome | None:
+    def submit_from_ticket(self, ticket: Ticket, facts: TicketFacts) -> int | None:
         """Ticket-driven elevation: an approved change carrying JIT fields becomes a request scheduled
-        over the change window, clipped to policy. None when this change was already turned into one."""
+        over the change window, clipped to policy. Its id; None when this change was already turned into one."""
         if not SYS_ID_RE.fullmatch(ticket.sys_id or ""):  # it becomes the unique source_ref: 32 hex digits only
             raise Refused("ticket", f"{ticket.number!r} has an invalid sys_id {ticket.sys_id[:40]!r}")
         source = f"change_request:{ticket.sys_id}"
@@ -310,11 +320,13 @@ class Lifecycle:
         tier = self.policy.tiers.get(target.tier) if target else None
         return self._submit(req, True, facts, source_ref=source,
                             servicenow_approves=bool(tier and tier.servicenow_approval_counts),
-                            actor="servicenow")
+                            actor="servicenow", view=False)
 
     def _submit(self, req: AccessRequest, scheduled: bool, facts: TicketFacts | None, *,
                 source_ref: str | None = None, servicenow_approves: bool = False,
-                actor: str | None = None) -> Outcome:
+                actor: str | None = None, view: bool = True) -> Any:
+        """Evaluate and record a request; apply it if approved and due. The Outcome, or with
+        ``view=False`` (the sync, thousands at a time) just the new request's id."""
         now = self.clock()
         person, target, role, duration = req.requester, req.target, req.role, req.duration
         with self.store.transaction() as s:
@@ -351,11 +363,16 @@ class Lifecycle:
             raise refused
         notes = []
         if approved:
-            notes.append(self._activate_if_due(request_id))
+            if req.starts_at <= self.clock():
+                notes.append(self._activate_if_due(request_id))
+            else:  # scheduled: the engine applies it at its start
+                notes.append(f"REQ-{request_id} starts at {req.starts_at:%Y-%m-%d %H:%M} UTC")
             message = f"REQ-{request_id} approved at once ({model})"
         else:
             message = (f"REQ-{request_id} submitted; needs {decision.approval} approval from "
                        f"{' and '.join(decision.approver_groups)}")
+        if not view:
+            return request_id
         return Outcome(self.get(request_id), message, [n for n in notes if n])
 
     def approve(self, actor: str, request_id: int, comment: str = "") -> Outcome:
@@ -588,15 +605,14 @@ class Lifecycle:
     @staticmethod
     def _bump(s: Session, row: RequestRow, state: str, now: datetime, **values: Any) -> None:
         """The optimistic transition: changes the row only if nobody changed it since it was read."""
+        changes = dict(state=state, version=row.version + 1, updated_at=now, **values)
         done = s.execute(sa.update(RequestRow)
                          .where(RequestRow.id == row.id, RequestRow.version == row.version,
                                 RequestRow.state == row.state)
-                         .values(state=state, version=row.version + 1, updated_at=now, **values))
+                         .values(**changes).execution_options(synchronize_session=False))
         if done.rowcount != 1:
             raise Conflict("conflict", f"REQ-{row.id} was changed by someone else; nothing was done, reload it")
-        row.state, row.version = state, row.version + 1
-        for k, v in values.items():
-            setattr(row, k, v)
+        _committed(row, changes)
 
     @staticmethod
     def _no_activation_running(s: Session, row: RequestRow) -> None:
@@ -690,6 +706,9 @@ class Lifecycle:
         with self.store.transaction() as s:
             grant = s.get(GrantRow, grant_id)
             spec, backend = self._spec(grant), grant.backend
+        return self._with_backend(spec, backend, method)
+
+    def _with_backend(self, spec: GrantSpec, backend: str, method: str) -> Any:
         failpoints.hit(f"{method}.before_backend")
         result = self._with_retries(lambda: getattr(self._backend(backend), method)(spec))
         failpoints.hit(f"{method}.after_backend")
@@ -749,14 +768,16 @@ class Lifecycle:
 
     def _intend_revoke(self, s: Session, grant: GrantRow, end_state: str, actor: str, reason: str,
                        now: datetime) -> None:
+        values = dict(status="revoking", end_state=end_state, end_actor=actor, end_reason=reason,
+                      owner=self.owner, lease_until=now + self.settings.lease, updated_at=now,
+                      version=grant.version + 1)
         done = s.execute(sa.update(GrantRow)
                          .where(GrantRow.id == grant.id, GrantRow.version == grant.version,
                                 GrantRow.status == "active")
-                         .values(status="revoking", end_state=end_state, end_actor=actor, end_reason=reason,
-                                 owner=self.owner, lease_until=now + self.settings.lease, updated_at=now,
-                                 version=grant.version + 1))
+                         .values(**values).execution_options(synchronize_session=False))
         if done.rowcount != 1:
             raise Conflict("conflict", f"grant {grant.id} was changed by someone else; nothing was done")
+        _committed(grant, values)
         self._record(s, at=now, actor=actor, action="grant.revoking", request_id=grant.request_id,
                      grant_id=grant.id, end_state=end_state, reason=reason)
 
@@ -784,80 +805,124 @@ class Lifecycle:
             kept = None
         now = self.clock()
         with self.store.transaction() as s:
-            grant = s.get(GrantRow, grant_id, with_for_update=True)  # two finishers: the second sees it done
-            if grant.status != "revoking":
-                return None
-            if isinstance(error, BackendError):
-                grant.attempts += 1
-                grant.last_error = str(error)
-                grant.next_attempt_at = now + self.settings.retry_backoff * min(2 ** grant.attempts, 64)
-                grant.owner, grant.lease_until, grant.version = None, None, grant.version + 1
-                s.add(grant)
-                self._record(s, at=now, actor="engine", action="grant.revoke_failed", request_id=grant.request_id,
-                             grant_id=grant.id, error=str(error), attempts=grant.attempts)
-                log.error("REQ-%s: revoking grant %s failed (attempt %d), it is still on %s; retry after %s: %s",
-                          grant.request_id, grant.id, grant.attempts, grant.backend,
-                          f"{grant.next_attempt_at:%H:%M:%S} UTC", error)
-                return f"the backend still holds it, will retry: {error}"
-            row = s.get(RequestRow, grant.request_id)
-            grant.status, grant.revoked_at, grant.updated_at = "revoked", now, now
-            grant.owner, grant.lease_until, grant.last_error, grant.version = None, None, None, grant.version + 1
+            return self._revoke_outcome(s, grant_id, error, kept, now)
+
+    def _revoke_outcome(self, s: Session, grant_id: int, error: Any, kept: int | None, now: datetime) -> str | None:
+        """Record what the backend call for a grant in 'revoking' did: revoked, or a retry later."""
+        grant = s.get(GrantRow, grant_id, with_for_update=True)  # two finishers: the second sees it done
+        if grant.status != "revoking":
+            return None
+        if isinstance(error, BackendError):
+            grant.attempts += 1
+            grant.last_error = str(error)
+            grant.next_attempt_at = now + self.settings.retry_backoff * min(2 ** grant.attempts, 64)
+            grant.owner, grant.lease_until, grant.version = None, None, grant.version + 1
             s.add(grant)
-            if row.state == "active":
-                self._bump(s, row, grant.end_state or "revoked", now, closed_by=grant.end_actor,
-                           closed_reason=grant.end_reason)
-            self._record(s, at=now, actor=grant.end_actor or "engine", action=f"request.{grant.end_state}",
-                         request_id=row.id, grant_id=grant.id, reason=grant.end_reason, kept_for_grant=kept,
-                         lag_ms=round((now - grant.expires_at).total_seconds() * 1000)
-                         if grant.end_state == "expired" else None)
+            self._record(s, at=now, actor="engine", action="grant.revoke_failed", request_id=grant.request_id,
+                         grant_id=grant.id, error=str(error), attempts=grant.attempts)
+            log.error("REQ-%s: revoking grant %s failed (attempt %d), it is still on %s; retry after %s: %s",
+                      grant.request_id, grant.id, grant.attempts, grant.backend,
+                      f"{grant.next_attempt_at:%H:%M:%S} UTC", error)
+            return f"the backend still holds it, will retry: {error}"
+        row = s.get(RequestRow, grant.request_id)
+        grant.status, grant.revoked_at, grant.updated_at = "revoked", now, now
+        grant.owner, grant.lease_until, grant.last_error, grant.version = None, None, None, grant.version + 1
+        s.add(grant)
+        if row.state == "active":
+            self._bump(s, row, grant.end_state or "revoked", now, closed_by=grant.end_actor,
+                       closed_reason=grant.end_reason)
+        self._record(s, at=now, actor=grant.end_actor or "engine", action=f"request.{grant.end_state}",
+                     request_id=row.id, grant_id=grant.id, reason=grant.end_reason, kept_for_grant=kept,
+                     lag_ms=round((now - grant.expires_at).total_seconds() * 1000)
+                     if grant.end_state == "expired" else None)
         return None
 
     # ------------------------------------------------------------- engine
-    def expire_due(self, now: datetime | None = None, limit: int = 1000) -> int:
-        """Revoke every active grant whose expiry has come. Returns how many were ended."""
-        now = now or self.clock()
-        ended = 0
-        while True:
-            with self.store.transaction() as s:
-                grants = s.exec(select(GrantRow).where(GrantRow.status == "active", GrantRow.expires_at <= now)
-                                .order_by(GrantRow.expires_at).limit(limit)).all()
-                if not grants:
-                    return ended
-            busy = []
-            for g in grants:
-                claimed = self._intend_expiry(g.id, skip_locked=True)
-                if claimed is None:
-                    busy.append(g.id)
-                elif claimed:
-                    self._revoke(g.id)
-                    ended += 1
-            for grant_id in busy:  # locked a moment ago: most are another engine's claims, now 'revoking'
-                if self._intend_expiry(grant_id, skip_locked=False):
-                    self._revoke(grant_id)
-                    ended += 1
-            if len(grants) < limit:
-                return ended
+    def expire_due(self, now: datetime | None = None, limit: int = 500) -> int:
+        """Revoke every active grant whose expiry has come. Returns how many were ended.
 
-    def _intend_expiry(self, grant_id: int, *, skip_locked: bool) -> bool | None:
-        """Commit the expiry intent of one due grant. True: this engine revokes it; False: it is
-        no longer active or someone else changed it first; None: with ``skip_locked``, another
-        transaction holds the row (PostgreSQL's SKIP LOCKED: engines split a burst instead of
-        queueing on the same rows; SQLite ignores FOR UPDATE, its writers queue anyway)."""
-        try:
-            with self.store.transaction() as s:
-                query = select(GrantRow).where(GrantRow.id == grant_id)
-                grant = s.exec(query.with_for_update(skip_locked=True) if skip_locked else query).first()
-                if grant is None:
-                    return None
-                if grant.status != "active":
-                    return False
-                self._intend_revoke(s, grant, "expired", "engine", "expired", self.clock())
-                row = s.get(RequestRow, grant.request_id)
+        A batch at a time: one transaction commits the intent ('revoking') of every grant due,
+        the backend removes each artifact, one transaction records the outcomes. A crash in
+        between leaves grants in 'revoking' for ``recover()``, as with a single grant."""
+        now = now or self.clock()
+        ended, skip_locked = 0, True
+        while True:
+            found, batch = self._intend_expiry(now, limit, skip_locked)
+            done = {}
+            for g in batch:
+                if g.shared_key:  # another grant may still cover the artifact: the careful path
+                    self._revoke(g.id)
+                else:
+                    done[g.id] = (self._with_backend(self._spec(g), g.backend, "revoke"), self.clock())
+            if done:
+                self._expiry_outcomes(done)
+            ended += len(batch)
+            if found < limit:
+                if not skip_locked or self.store.dialect != "postgresql":
+                    return ended
+                # Rows skipped as locked: most are another engine's claims (now 'revoking', so no longer
+                # due); any other holder is waited for here, not left to the next sweep.
+                skip_locked = False
+
+    def _expiry_outcomes(self, done: dict[int, tuple[Any, datetime]]) -> None:
+        """Record the backend's answers for a batch of expiring grants in one transaction: the removed
+        ones revoked (one UPDATE per table, each grant with the instant its artifact went), the others
+        left for a retry, each with its audit event."""
+        pg = self.store.dialect == "postgresql"
+        with self.store.transaction() as s:
+            q = select(GrantRow).where(GrantRow.id.in_(list(done)))
+            grants = {g.id: g for g in s.exec(q.with_for_update() if pg else q).all()}
+            q = select(RequestRow).where(RequestRow.id.in_([g.request_id for g in grants.values()]))
+            rows = {r.id: r for r in s.exec(q.with_for_update() if pg else q).all()}
+            revoked, ended = [], []
+            for grant_id, (error, at) in done.items():
+                g = grants[grant_id]
+                if isinstance(error, BackendError) or g.status != "revoking":
+                    self._revoke_outcome(s, grant_id, error, None, at)
+                    continue
+                revoked.append({"id": g.id, "status": "revoked", "revoked_at": at, "updated_at": at, "owner": None,
+                                "lease_until": None, "last_error": None, "version": g.version + 1})
+                row = rows[g.request_id]
                 if row.state == "active":
-                    self._bump(s, row, "active", self.clock())
-            return True
-        except Conflict:
-            return False
+                    ended.append({"id": row.id, "state": g.end_state or "revoked", "version": row.version + 1,
+                                  "updated_at": at, "closed_by": g.end_actor, "closed_reason": g.end_reason})
+                self._record(s, at=at, actor=g.end_actor or "engine", action=f"request.{g.end_state}",
+                             request_id=row.id, grant_id=g.id, reason=g.end_reason, kept_for_grant=None,
+                             lag_ms=round((at - g.expires_at).total_seconds() * 1000)
+                             if g.end_state == "expired" else None)
+            if revoked:  # by primary key, rows read (and on PostgreSQL locked) above
+                s.execute(sa.update(GrantRow).execution_options(synchronize_session=False), revoked)
+            if ended:
+                s.execute(sa.update(RequestRow).execution_options(synchronize_session=False), ended)
+
+    def _intend_expiry(self, now: datetime, limit: int, skip_locked: bool) -> tuple[int, list[GrantRow]]:
+        """Commit 'revoking' for up to ``limit`` due grants, in one statement per table plus the audit
+        events; how many were due, and those now ours. The rows are locked (SQLite: the database) while
+        the intent is written, so the version checks of the one-at-a-time path cannot fail here."""
+        pg = self.store.dialect == "postgresql"
+        with self.store.transaction() as s:
+            q = (select(GrantRow).where(GrantRow.status == "active", GrantRow.expires_at <= now)
+                 .order_by(GrantRow.expires_at).limit(limit))
+            grants = s.exec(q.with_for_update(skip_locked=skip_locked) if pg else q).all()  # skipped: another engine's
+            if not grants:
+                return 0, []
+            q = select(RequestRow).where(RequestRow.id.in_([g.request_id for g in grants]))
+            active = [r.id for r in s.exec(q.with_for_update() if pg else q).all() if r.state == "active"]
+            at = self.clock()
+            done = s.execute(sa.update(GrantRow).where(GrantRow.id.in_([g.id for g in grants]),
+                                                       GrantRow.status == "active")
+                             .values(status="revoking", end_state="expired", end_actor="engine", end_reason="expired",
+                                     owner=self.owner, lease_until=at + self.settings.lease, updated_at=at,
+                                     version=GrantRow.version + 1).execution_options(synchronize_session=False))
+            bumped = s.execute(sa.update(RequestRow).where(RequestRow.id.in_(active), RequestRow.state == "active")
+                               .values(version=RequestRow.version + 1, updated_at=at)
+                               .execution_options(synchronize_session=False)) if active else None
+            if done.rowcount != len(grants) or (bumped is not None and bumped.rowcount != len(active)):
+                raise Conflict("conflict", "grants due for expiry changed while locked; nothing was done")
+            for g in grants:
+                self._record(s, at=at, actor="engine", action="grant.revoking", request_id=g.request_id,
+                             grant_id=g.id, end_state="expired", reason="expired")
+        return len(grants), list(grants)
 
     def activate_due(self, now: datetime | None = None) -> int:
         """Apply grants for approved requests whose start has come."""
@@ -1000,19 +1065,27 @@ class Lifecycle:
             return sorted(set(s.exec(select(RequestRow.ticket).where(RequestRow.state.in_(OPEN_STATES),
                                                                      RequestRow.ticket.is_not(None))).all()))
 
-    def warn_expiring(self, within: timedelta, now: datetime | None = None) -> int:
-        """Record "expires soon" once per grant (the webhook hears of it through the outbox)."""
+    def warn_expiring(self, within: timedelta, now: datetime | None = None, limit: int = 200) -> int:
+        """Record "expires soon" once per grant (the webhook hears of it through the outbox).
+
+        ``limit`` grants per transaction: thousands entering the horizon at once must not hold the
+        database (on SQLite, every writer) for seconds while revocations wait."""
         now = now or self.clock()
-        with self.store.transaction() as s:
-            grants = s.exec(select(GrantRow).where(GrantRow.status == "active", GrantRow.warned_at.is_(None),
-                                                   GrantRow.expires_at <= now + within,
-                                                   GrantRow.expires_at > now)).all()
-            for g in grants:
-                g.warned_at = now
-                s.add(g)
-                self._record(s, at=now, actor="engine", action="grant.expiring", request_id=g.request_id,
-                             grant_id=g.id, expires_at=g.expires_at.isoformat())
-            return len(grants)
+        warned = 0
+        while True:
+            with self.store.transaction() as s:
+                grants = s.exec(select(GrantRow).where(GrantRow.status == "active", GrantRow.warned_at.is_(None),
+                                                       GrantRow.expires_at <= now + within,
+                                                       GrantRow.expires_at > now)
+                                .order_by(GrantRow.expires_at).limit(limit)).all()
+                for g in grants:
+                    g.warned_at = now
+                    s.add(g)
+                    self._record(s, at=now, actor="engine", action="grant.expiring", request_id=g.request_id,
+                                 grant_id=g.id, expires_at=g.expires_at.isoformat())
+            warned += len(grants)
+            if len(grants) < limit:
+                return warned
 
     def next_deadlines(self, until: datetime) -> list[datetime]:
         """Expiry and start instants before ``until``, for the precise scheduler."""

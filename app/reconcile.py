@@ -64,6 +64,10 @@ class Reconciler:
         return findings
 
     def _backend(self, name: str, backend: Backend, now: datetime, fix: bool) -> list[Finding]:
+        try:  # list first, then read the grants: an artifact listed is then never newer than its grant row
+            artifacts = backend.list_managed()
+        except BackendError as exc:
+            return [Finding(name, "error", "-", None, None, f"list_managed failed: {exc}")]
         with self.store.transaction() as s:
             grants = s.exec(select(GrantRow).where(GrantRow.backend == name)).all()
         by_id = {g.id: g for g in grants}
@@ -71,10 +75,6 @@ class Reconciler:
         for g in grants:
             if g.ref:
                 by_ref.setdefault(g.ref, []).append(g)
-        try:
-            artifacts = backend.list_managed()
-        except BackendError as exc:
-            return [Finding(name, "error", "-", None, None, f"list_managed failed: {exc}")]
         out: list[Finding] = []
         for a in artifacts:
             backing = ([by_id[a.grant_id]] if a.grant_id in by_id else []) + by_ref.get(a.ref, [])
@@ -82,6 +82,11 @@ class Reconciler:
                 continue  # backed by a live grant (a revoking one is being removed right now)
             if backing:
                 g = max(backing, key=lambda g: g.id)
+                try:
+                    if backend.inspect(_spec_of(g)) is None:
+                        continue  # listed just before the engine removed it: gone now, as it should be
+                except BackendError:
+                    pass  # cannot tell: report it, and removing what is gone is harmless
                 finding = Finding(name, "outlived", a.ref, a.person, g.id,
                                   f"grant {g.id} is {g.status} but the artifact is still there")
                 spec = _spec_of(g)
@@ -99,11 +104,25 @@ class Reconciler:
                 out.append(Finding(name, "error", g.ref or "-", g.person, g.id, f"inspect failed: {exc}"))
                 continue
             if present is None:
-                finding = Finding(name, "missing", g.ref or "-", g.person, g.id,
-                                  f"grant {g.id} is active until {g.expires_at:%Y-%m-%d %H:%M} UTC "
-                                  "but its artifact is gone")
-                out.append(self._act(finding, fix, lambda g=g: backend.apply(_spec_of(g)), "restored"))
+                finding = self._missing(name, backend, g, fix)
+                if finding is not None:
+                    out.append(finding)
         return out
+
+    def _missing(self, name: str, backend: Backend, g: GrantRow, fix: bool) -> Finding | None:
+        """An active grant's artifact is gone: restore it, unless the engine ended the grant meanwhile.
+
+        The grant row stays locked while the artifact is restored, so the engine's revocation of
+        it waits and then removes what was restored, never the other way round."""
+        with self.store.transaction() as s:
+            q = select(GrantRow).where(GrantRow.id == g.id)
+            current = s.exec(q.with_for_update() if self.store.dialect == "postgresql" else q).first()
+            if current is None or current.status != "active" or current.expires_at <= self.clock():
+                return None  # revoked (or due) since it was read: nothing is missing
+            finding = Finding(name, "missing", current.ref or "-", current.person, current.id,
+                              f"grant {current.id} is active until {current.expires_at:%Y-%m-%d %H:%M} UTC "
+                              "but its artifact is gone")
+            return self._act(finding, fix, lambda: backend.apply(_spec_of(current)), "restored")
 
     @staticmethod
     def _act(finding: Finding, fix: bool, action, done: str) -> Finding:

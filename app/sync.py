@@ -75,9 +75,12 @@ class TicketSync:
         read = fresh = created = refused = ended = 0
         errors: list[str] = []
         new_mark = watermark
+        cache: dict = {"from": now}  # group members and blackouts, read once in this run
+        seen: set[str] = set()
         try:
             for ticket in self.tickets.changes_since(watermark):
                 read += 1
+                seen.add(ticket.number)
                 if ticket.updated_on is None or ticket.updated_on > watermark:  # not a re-read of the last second
                     fresh += 1
                     if fresh == 1 and ticket.updated_on:
@@ -86,7 +89,8 @@ class TicketSync:
                     ended += len(self.lifecycle.end_for_closed_ticket(ticket.number, f"{ticket.number} was closed"))
                 else:
                     try:
-                        facts = self.gateway.from_ticket(ticket, max(now, ticket.start or now), ticket.end or now)
+                        facts = self.gateway.from_ticket(ticket, max(now, ticket.start or now), ticket.end or now,
+                                                         cache)
                         if self.lifecycle.submit_from_ticket(ticket, facts) is not None:
                             created += 1
                     except Refused as exc:
@@ -94,9 +98,9 @@ class TicketSync:
                         errors.append(f"{ticket.number}: {exc.rule}: {exc.message}")
                 if ticket.updated_on and ticket.updated_on > new_mark:
                     new_mark = ticket.updated_on
-            for number in self.lifecycle.open_tickets():
-                ticket = self.tickets.find(number)
-                if ticket is not None and ticket.closed:
+            unseen = [n for n in self.lifecycle.open_tickets() if n not in seen]  # seen: handled above
+            for number, ticket in self.tickets.find_many(unseen).items():  # a query per 200, not one each
+                if ticket.closed:
                     ended += len(self.lifecycle.end_for_closed_ticket(
                         number, f"{number} was closed or cancelled in ServiceNow"))
             error = None

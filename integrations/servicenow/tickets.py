@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 import pysnow
 
@@ -107,6 +107,22 @@ class Tickets:
         q = pysnow.QueryBuilder().field("number").equals(number)
         row = self.client.find_one(table, str(q), self.FIELDS + [self.target_field, self.role_field])
         return self._ticket(table, row) if row else None
+
+    def find_many(self, numbers: Iterable[str], chunk: int = 200) -> dict[str, Ticket]:
+        """The tickets with these numbers that exist, by number: one query per table and ``chunk``
+        numbers (``numberIN...``), not one per ticket. Numbers that are not well-formed are skipped."""
+        by_table: dict[str, list[str]] = {}
+        for number in dict.fromkeys(numbers):
+            if isinstance(number, str) and NUMBER_RE.fullmatch(number):
+                by_table.setdefault(TABLES[number[:3] if number[:3] in TABLES else number[:4]], []).append(number)
+        found: dict[str, Ticket] = {}
+        for table, wanted in by_table.items():
+            for i in range(0, len(wanted), chunk):
+                q = pysnow.QueryBuilder().field("number").equals(wanted[i:i + chunk])
+                for row in self.client.query(table, str(q), self.FIELDS + [self.target_field, self.role_field]):
+                    ticket = self._ticket(table, row)
+                    found[ticket.number] = ticket
+        return found
 
     def group_members(self, group_sys_id: str) -> set[str]:
         _check(SYS_ID_RE, group_sys_id, "group sys_id")

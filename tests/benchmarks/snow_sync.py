@@ -1,0 +1,191 @@
+"""ServiceNow sync: N changed change requests through the simulator, against a bare paged fetch.
+
+The simulator (``jit snow-sim``) runs in its own process over real HTTP, loaded with N change
+requests carrying JIT fields, each for its own assignee: approved and Scheduled for a window
+tomorrow on web-prod-01 (most of them: each becomes an approved, scheduled request), a few
+closed, a few not approved (refused by policy). Each phase runs in a fresh process so its peak
+memory is its own:
+- fetch: the same client (ServiceNowClient, the configured page size) reads the same records
+  with the same query and fields as the sync, and does nothing with them;
+- sync: one TicketSync.run_once() on an empty database, then a second run over the same
+  (already handled) tickets, which must create nothing.
+Prints the time, the peak RSS of the phase, and the ratio sync / fetch.
+
+    .venv/bin/python tests/benchmarks/snow_sync.py [--tickets 10000] [--postgres URL | --postgres '']
+
+Goal (issue 6): the sync within 1.5x of the bare fetch.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchlib import PG_DEFAULT, ROOT, make_config, pg_database  # noqa: E402
+
+SN = "%Y-%m-%d %H:%M:%S"
+
+
+def _sid() -> str:
+    return uuid.uuid4().hex
+
+
+def write_data(path: Path, tickets: int, now: datetime) -> dict[str, int]:
+    """The simulator's data file: users user0..N-1, one group, one CI, N changes, one blackout."""
+    stamp = (now - timedelta(hours=1)).strftime(SN)
+
+    def rec(**fields: str) -> dict[str, str]:
+        return {"sys_id": _sid(), "sys_created_on": stamp, "sys_created_by": "admin", "sys_updated_on": stamp,
+                "sys_updated_by": "admin", "sys_mod_count": "0", **fields}
+    users = [rec(user_name=f"user{i}", name=f"User {i}", email=f"user{i}@example.com", active="true")
+             for i in range(tickets)]
+    group = rec(name="Web Operations", active="true")
+    ci = rec(name="web-prod-01")
+    members = [rec(user=u["sys_id"], group=group["sys_id"]) for u in users[:50]]
+    changes, kinds = [], {"approved": 0, "closed": 0, "not approved": 0}
+    start = now + timedelta(days=1)
+    for i, user in enumerate(users):
+        kind = "closed" if i % 20 == 7 else "not approved" if i % 20 == 13 else "approved"
+        kinds[kind] += 1
+        updated = (now - timedelta(minutes=30) + timedelta(seconds=i * 1800 / tickets)).strftime(SN)
+        changes.append(rec(
+            number=f"CHG{i + 1:07d}", short_description=f"Planned work {i}", description="", type="normal",
+            state={"approved": "-2", "closed": "3", "not approved": "-3"}[kind],
+            approval="requested" if kind == "not approved" else "approved", risk="3",
+            start_date=start.strftime(SN), end_date=(start + timedelta(hours=2)).strftime(SN),
+            assigned_to=user["sys_id"], assignment_group=group["sys_id"], cmdb_ci=ci["sys_id"],
+            close_code="", close_notes="", work_notes="", comments="", u_jit_target="web-prod-01",
+            u_jit_role="service-admin", sys_updated_on=updated))
+    blackout = rec(name="Year-end freeze", start_date=(now + timedelta(days=30)).strftime(SN),
+                   end_date=(now + timedelta(days=40)).strftime(SN), cmdb_ci="")
+    data = {"sys_user": users, "sys_user_group": [group], "sys_user_grmember": members, "cmdb_ci": [ci],
+            "change_request": changes, "cmn_schedule_blackout": [blackout],
+            "_counters": {"change_request": tickets}}
+    path.write_text(json.dumps(data))
+    return kinds
+
+
+def _rss_mib() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def phase(name: str, config: str) -> dict:
+    """In a child process: one phase, timed; its peak RSS and the RSS it started from."""
+    from app.bootstrap import build, build_tickets
+    from app.config import load_config
+    from app.store import RequestRow
+    import os
+    import sqlalchemy as sa
+    cfg = load_config(Path(config))
+    base = _rss_mib()
+    if name == "fetch":
+        tickets = build_tickets(cfg, os.environ)
+        watermark = datetime.now(timezone.utc) - cfg.settings.servicenow.initial_lookback
+        from integrations.servicenow.tickets import _utc
+        import pysnow
+        q = (pysnow.QueryBuilder().field("sys_updated_on").greater_than_or_equal(_utc(watermark)).AND()
+             .field(tickets.target_field).is_not_empty().AND().field("sys_updated_on").order_ascending())
+        fields = tickets.FIELDS + [tickets.target_field, tickets.role_field]
+        t0 = time.perf_counter()
+        count = sum(1 for _ in tickets.client.query("change_request", str(q), fields))
+        seconds = time.perf_counter() - t0
+        tickets.client.close()
+        result = {"read": count}
+    else:
+        sv = build(cfg)
+        t0 = time.perf_counter()
+        report = sv.sync.run_once()
+        seconds = time.perf_counter() - t0
+        t1 = time.perf_counter()
+        again = sv.sync.run_once()
+        with sv.store.transaction() as s:
+            made = s.exec(sa.select(sa.func.count()).select_from(RequestRow)
+                          .where(RequestRow.source_ref.is_not(None))).scalar_one()
+        result = {"read": report.read, "created": report.created, "refused": report.refused,
+                  "error": report.error, "again_s": time.perf_counter() - t1, "again_created": again.created,
+                  "again_read": again.read, "requests": made}
+        sv.close()
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {**result, "seconds": seconds, "peak_mib": peak, "base_mib": base}
+
+
+def run_phase(name: str, config: Path) -> dict:
+    out = subprocess.run([sys.executable, __file__, "--phase", name, "--config", str(config)],
+                         capture_output=True, text=True, check=False)
+    if out.returncode != 0:
+        raise SystemExit(f"{name} phase failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def run(db_label: str, db_url: str, tickets: int, page_size: int) -> dict:
+    with tempfile.TemporaryDirectory(prefix="jit-bench-snow-") as tmp:
+        data = Path(tmp) / "snow.json"
+        kinds = write_data(data, tickets, datetime.now(timezone.utc))
+        sim = subprocess.Popen([sys.executable, "-m", "app", "snow-sim", "--port", "0", "--data", str(data)],
+                               cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            line = sim.stdout.readline()
+            if "http://" not in line:
+                raise SystemExit(f"the simulator did not start: {line}{sim.stderr.read()[-2000:]}")
+            url = line.split(" on ", 1)[1].split()[0]
+            config = make_config(Path(tmp) / "sb", tickets, db_url, servicenow_url=url)
+            text = config.read_text().replace("retries = 2", f"retries = 2\npage_size = {page_size}")
+            config.write_text(text.replace("[servicenow]", "[servicenow]\ntimeout = \"60s\"", 1))
+            fetch = run_phase("fetch", config)
+            sync = run_phase("sync", config)
+        finally:
+            sim.terminate()
+            sim.wait(timeout=10)
+    return {"db": db_label, "tickets": tickets, "kinds": kinds, "fetch": fetch, "sync": sync,
+            "ratio": sync["seconds"] / fetch["seconds"]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--tickets", type=int, default=10000)
+    ap.add_argument("--page-size", type=int, default=500, help="the client's page size (as configured)")
+    ap.add_argument("--postgres", default=PG_DEFAULT, help="server for the PostgreSQL run ('' to skip)")
+    ap.add_argument("--phase", choices=("fetch", "sync"), help=argparse.SUPPRESS)
+    ap.add_argument("--config", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.phase:
+        print(json.dumps(phase(args.phase, args.config)))
+        return 0
+    if args.tickets < 20:
+        ap.error("--tickets must be at least 20 (the mix needs one of each kind)")
+    results = [run("sqlite", "", args.tickets, args.page_size)]
+    with pg_database(args.postgres) as url:
+        if url:
+            results.append(run("postgresql", url, args.tickets, args.page_size))
+    kinds = results[0]["kinds"]
+    print(f"\nServiceNow sync of {args.tickets} changed change requests through the simulator "
+          f"({kinds['approved']} approved, {kinds['closed']} closed, {kinds['not approved']} not approved; "
+          f"page size {args.page_size}) (goal: sync <= 1.5x the bare fetch)")
+    print(f"{'database':11} {'fetch s':>8} {'fetch MiB':>9} {'sync s':>8} {'sync MiB':>8} {'ratio':>6} "
+          f"{'created':>7} {'refused':>7} {'again s':>8} {'again new':>9}")
+    ok = True
+    for r in results:
+        f, s = r["fetch"], r["sync"]
+        print(f"{r['db']:11} {f['seconds']:>8.2f} {f['peak_mib']:>9.0f} {s['seconds']:>8.2f} {s['peak_mib']:>8.0f} "
+              f"{r['ratio']:>5.2f}x {s['created']:>7} {s['refused']:>7} {s['again_s']:>8.2f} {s['again_created']:>9}")
+        ok &= (f["read"] == s["read"] == r["tickets"] and s["created"] == kinds["approved"] == s["requests"]
+               and s["again_created"] == 0 and not s["error"])
+        if s["error"]:
+            print(f"  {r['db']}: the sync stopped: {s['error']}")
+    print("(MiB: peak resident memory of the phase's process, interpreter and libraries included)")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
