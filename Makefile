@@ -19,12 +19,16 @@ test: $(STAMP)
 	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q
 
-# The performance figures of the README (about 15 minutes; PostgreSQL at 127.0.0.1:5432 if up).
+# The figures of the README's "Performance" and "Reliability" (about 20 minutes; PostgreSQL at
+# 127.0.0.1:5432 if up; engines_split needs it).
 bench: $(STAMP)
 	$(PY) tests/benchmarks/policy_decisions.py
 	$(PY) tests/benchmarks/snow_sync.py
 	$(PY) tests/benchmarks/restart_catchup.py
 	$(PY) tests/benchmarks/revocation_lag.py
+	$(PY) tests/benchmarks/console_bench.py
+	$(PY) tests/benchmarks/engines_split.py
+	$(PY) tests/benchmarks/fuzz_inputs.py --inputs 10000 --seed 1
 
 clean:
 	rm -rf $(VENV) .pytest_cache *.egg-info
