@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import io
 import json
+import threading
+import time
 from datetime import timedelta
 
 import pytest
@@ -89,3 +91,32 @@ def test_export_is_json_lines_in_order(chain):
     assert [e["seq"] for e in events] == list(range(1, 9))
     assert events[0]["action"] == "request.submitted" and events[1]["actor"] == "bob"
     assert all(e["prev_hash"] == p["hash"] for p, e in zip(events, events[1:]))
+
+
+def test_two_writers_of_the_first_event_queue_on_the_head(store, clock):
+    """A new database: the second writer waits for the first's head lock and writes event 2 (it
+    used to find no head to lock, write event 1 too and fail on the key, on PostgreSQL)."""
+    first_added, errors = threading.Event(), []
+
+    def write(actor: str, hold: float) -> None:
+        try:
+            with store.transaction() as s:
+                audit.append(s, at=clock(), actor=actor, action="test.event")
+                s.flush()
+                first_added.set()
+                time.sleep(hold)
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    a = threading.Thread(target=write, args=("a", 0.5))
+    a.start()
+    assert first_added.wait(5)
+    b = threading.Thread(target=write, args=("b", 0))
+    b.start()
+    a.join(10)
+    b.join(10)
+    assert errors == []
+    result = verify(store)
+    assert result.ok and result.events == 2
+    with store.transaction() as s:
+        assert [e.actor for e in s.exec(sa.select(AuditEvent).order_by(AuditEvent.seq)).scalars()] == ["a", "b"]
