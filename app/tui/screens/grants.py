@@ -74,6 +74,7 @@ class GrantsScreen(RowScreen):
         self.by_key = {str(i.id): i for i in items}
         self.loaded = True
         self._refresh_rows()
+        self.app.first_load_shown()
 
     def shown_items(self) -> list[ActiveItem]:
         needle = self.filter_text.lower().strip()
