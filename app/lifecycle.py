@@ -838,7 +838,7 @@ class Lifecycle:
         return None
 
     # ------------------------------------------------------------- engine
-    def expire_due(self, now: datetime | None = None, limit: int = 500) -> int:
+    def expire_due(self, now: datetime | None = None, limit: int = 100) -> int:
         """Revoke every active grant whose expiry has come. Returns how many were ended.
 
         A batch at a time: one transaction commits the intent ('revoking') of every grant due,
