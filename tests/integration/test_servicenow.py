@@ -6,11 +6,8 @@ auto-creation and webhooks, all against `Simulator` on 127.0.0.1.
 """
 from __future__ import annotations
 
-import json
-import threading
 import time
 from datetime import datetime, timedelta, timezone
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from sqlmodel import select
@@ -29,6 +26,7 @@ from integrations.notify import Webhook
 from integrations.servicenow.client import CircuitBreaker, Credentials, ServiceNowClient, Unavailable
 from integrations.servicenow.simulator import Simulator, SimulatorOptions
 from integrations.servicenow.tickets import Tickets, sn_time
+from webhook_receiver import Receiver
 
 H = timedelta(hours=1)
 M = timedelta(minutes=1)
@@ -63,31 +61,6 @@ def client(sim):
 @pytest.fixture
 def tickets(client) -> Tickets:
     return Tickets(client)
-
-
-class Receiver:
-    """A webhook endpoint: records every JSON body it is sent."""
-
-    def __init__(self) -> None:
-        self.bodies: list[dict] = []
-        received = self.bodies
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):  # noqa: N802
-                received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-                self.send_response(200)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def texts(self) -> list[str]:
-        return [b["text"] for b in self.bodies]
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ front of moto that answers the first N calls with AWS's Throttling error."""
 from __future__ import annotations
 
 import http.client
-import json
 import shutil
 import socket
 import threading
@@ -17,35 +16,6 @@ def which(name: str) -> str | None:
 
 VISUDO, CVTSUDOERS = which("visudo"), which("cvtsudoers")
 NO_SUDO = "sudo's visudo and cvtsudoers are not installed (apt-get install sudo)"
-
-
-class Receiver:
-    """A webhook endpoint on 127.0.0.1: keeps every JSON body it is sent."""
-
-    def __init__(self) -> None:
-        self.bodies: list[dict] = []
-        received = self.bodies
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):  # noqa: N802
-                received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-                self.send_response(200)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def texts(self) -> list[str]:
-        return [b["text"] for b in self.bodies]
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 class TcpRelay:

@@ -34,7 +34,8 @@ from integrations.notify import Webhook
 from integrations.sudo import SudoBackend
 from policies.model import PolicySet
 
-from fault_rigs import CVTSUDOERS, NO_SUDO, VISUDO, Receiver, TcpRelay, ThrottlingProxy
+from fault_rigs import CVTSUDOERS, NO_SUDO, VISUDO, TcpRelay, ThrottlingProxy
+from webhook_receiver import Receiver
 from tests.conftest import PG_URL, T0
 
 WEB = group_dn("web-admins")

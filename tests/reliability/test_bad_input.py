@@ -10,17 +10,14 @@ directory exactly as they were. The ``@example`` inputs are regressions for cras
 """
 from __future__ import annotations
 
-import base64
 import io
 import json
 import math
 import os
 import re
 import shutil
-import threading
 import unicodedata
 from datetime import datetime, timedelta, timezone
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
@@ -44,12 +41,13 @@ from integrations.servicenow import query
 from integrations.servicenow.client import Credentials, ServiceNowClient, ServiceNowError
 from integrations.servicenow.simulator import Simulator, SimulatorOptions
 from integrations.servicenow.tickets import Tickets
-from integrations.sudo import SudoBackend, command_error
+from integrations.sudo import command_error
 from policies.decision import TicketFacts
 from policies.durations import parse_duration
 from policies.loader import PolicyError, load_policy
 
 from tests.conftest import T0
+from webhook_receiver import Receiver
 
 pytestmark = pytest.mark.skipif(shutil.which("visudo", path=os.environ["PATH"] + ":/usr/sbin") is None,
                                 reason="sudo's visudo is not installed")
@@ -536,26 +534,6 @@ def test_sync_over_http_refuses_odd_changes_and_names_each(world):
 
 
 # ------------------------------------------------------------------ webhook payloads and the simulator's inbound JSON
-class Receiver:
-    def __init__(self) -> None:
-        self.bodies: list[object] = []
-        bodies = self.bodies
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802
-                bodies.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-                self.send_response(200)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-
 @pytest.fixture(scope="module")
 def receiver():
     r = Receiver()

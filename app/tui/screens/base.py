@@ -13,6 +13,7 @@ from textual.widgets import Footer, Input
 
 from app.console_data import ConsoleData, Operator
 from app.tui.offers import offered
+from app.tui.widgets.filter_bar import FilterBar
 from app.tui.widgets.keyed_table import KeyedTable
 from app.tui.widgets.nav import NavBar
 from app.tui.widgets.whoami import WhoAmI
@@ -107,6 +108,10 @@ class RowScreen(ConsoleScreen):
     def __init__(self, data: ConsoleData, chrome: Chrome) -> None:
         super().__init__(data, chrome)
         self.by_key: dict[str, Any] = {}  # row key -> item, kept by the subclass's loader
+        self.filter_text = ""
+
+    def _refresh_rows(self) -> None:
+        """Show the loaded rows again (after a filter or order change)."""
 
     @property
     def table(self) -> KeyedTable:
@@ -142,3 +147,16 @@ class RowScreen(ConsoleScreen):
         if has_row != getattr(self, "_had_row", None):
             self._had_row = has_row
             self.refresh_bindings()
+
+    # A screen that composes a FilterBar (id "filter") and binds "filter" gets these.
+    def action_filter(self) -> None:
+        self.query_one("#filter", FilterBar).open()
+
+    @on(FilterBar.FilterChanged)
+    def _filter_changed(self, event: FilterBar.FilterChanged) -> None:
+        self.filter_text = event.text
+        self._refresh_rows()
+
+    @on(FilterBar.FilterClosed)
+    def _filter_closed(self) -> None:
+        self.table.focus()

@@ -5,7 +5,7 @@ from datetime import datetime
 from typing import Iterable
 
 from rich.text import Text
-from textual import on, work
+from textual import work
 from textual.binding import Binding
 from textual.widget import Widget
 from textual.widgets import Static
@@ -44,7 +44,6 @@ class GrantsScreen(RowScreen):
         self.by_key: dict[str, ActiveItem] = {}
         self.values: dict[str, set[str]] = {}
         self.loaded = False
-        self.filter_text = ""
 
     def body(self) -> Iterable[Widget]:
         yield Static("loading…", id="grants-status", classes="status")
@@ -131,15 +130,3 @@ class GrantsScreen(RowScreen):
     def action_extend(self) -> None:
         if item := self.current():
             self.request_action("extend", item.id, self._summary(item))
-
-    def action_filter(self) -> None:
-        self.query_one("#filter", FilterBar).open()
-
-    @on(FilterBar.FilterChanged)
-    def _filter_changed(self, event: FilterBar.FilterChanged) -> None:
-        self.filter_text = event.text
-        self._refresh_rows()
-
-    @on(FilterBar.FilterClosed)
-    def _filter_closed(self) -> None:
-        self.table.focus()

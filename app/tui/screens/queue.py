@@ -5,7 +5,7 @@ from datetime import datetime
 from typing import Iterable
 
 from rich.text import Text
-from textual import on, work
+from textual import work
 from textual.binding import Binding
 from textual.widget import Widget
 from textual.widgets import Static
@@ -51,7 +51,6 @@ class QueueScreen(RowScreen):
         self.texts: dict[str, str] = {}
         self.values: dict[str, set[str]] = {}
         self.loaded = False
-        self.filter_text = ""
         self.sort_index = 0
 
     def body(self) -> Iterable[Widget]:
@@ -152,18 +151,6 @@ class QueueScreen(RowScreen):
         if item := self.current():
             self.request_action("deny", item.id, self._summary(item))
 
-    def action_filter(self) -> None:
-        self.query_one("#filter", FilterBar).open()
-
     def action_sort(self) -> None:
         self.sort_index = (self.sort_index + 1) % len(SORTS)
         self._refresh_rows()
-
-    @on(FilterBar.FilterChanged)
-    def _filter_changed(self, event: FilterBar.FilterChanged) -> None:
-        self.filter_text = event.text
-        self._refresh_rows()
-
-    @on(FilterBar.FilterClosed)
-    def _filter_closed(self) -> None:
-        self.table.focus()
