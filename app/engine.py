@@ -16,6 +16,7 @@ in the audit, logs it and alerts again.
 """
 from __future__ import annotations
 
+import gc
 import heapq
 import logging
 import threading
@@ -154,9 +155,14 @@ class Engine:
 
     def run_forever(self, stop: threading.Event) -> None:
         self.start()
+        # What start-up built (modules, policy, pools) lives as long as the engine: out of the cyclic
+        # collector's way, a full collection no longer rescans it (it cost a 10,000-ticket sync ~0.5 s).
+        gc.collect()
+        gc.freeze()
         try:
             stop.wait()
         finally:
+            gc.unfreeze()
             self.stop()
 
     def _sweep(self) -> None:

@@ -18,10 +18,10 @@ import os
 import re
 import socket
 import time
-import unicodedata
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timedelta
-from typing import Any, Iterable, Mapping
+from types import SimpleNamespace
+from typing import Any, Iterable, Mapping, Sequence
 
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
@@ -52,7 +52,9 @@ ROLE_RE = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
 MAX_TEXT = 2000
 MAX_LEAD = timedelta(days=366)  # how far ahead a request may be scheduled
 MAX_ID = 2**31 - 1  # request ids are INTEGER keys: PostgreSQL refuses to even compare a larger one
-BIDI_CONTROLS = set("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+# Unicode's Cc (C0, DEL, C1) but tab, Zl, Zp, and the bidi embeddings, overrides and isolates
+CONTROL_RE = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+SURROGATE_RE = re.compile("[\ud800-\udfff]")  # Unicode's Cs
 
 
 class Refused(Exception):
@@ -171,6 +173,10 @@ def _committed(obj: Any, values: Mapping[str, Any]) -> None:
         set_committed_value(obj, key, value)
 
 
+def _checks(decision: Decision) -> list[dict[str, Any]]:
+    return [{"name": c.name, "passed": c.passed, "message": c.message} for c in decision.checks]
+
+
 def _check_text(field_name: str, value: str | None, *, required: bool, limit: int = MAX_TEXT) -> str | None:
     if value is None or not value.strip():
         if required:
@@ -178,9 +184,9 @@ def _check_text(field_name: str, value: str | None, *, required: bool, limit: in
         return None
     if len(value) > limit:
         raise Refused(field_name, f"is longer than {limit} characters")
-    if any(c != "\t" and unicodedata.category(c) in ("Cc", "Zl", "Zp") or c in BIDI_CONTROLS for c in value):
+    if CONTROL_RE.search(value):
         raise Refused(field_name, "must not contain control characters, line breaks or bidi overrides")
-    if any(unicodedata.category(c) == "Cs" for c in value):  # undecodable bytes from argv; not storable as UTF-8
+    if SURROGATE_RE.search(value):  # undecodable bytes from argv; not storable as UTF-8
         raise Refused(field_name, "must be valid Unicode text (it holds an unpaired surrogate)")
     return value.strip()
 
@@ -293,20 +299,37 @@ class Lifecycle:
         facts = self._ticket_facts(req.ticket, req.starts_at, req.expires_at)
         return self._submit(req, scheduled, facts)
 
-    def submit_from_ticket(self, ticket: Ticket, facts: TicketFacts) -> int | None:
-        """Ticket-driven elevation: an approved change carrying JIT fields becomes a request scheduled
-        over the change window, clipped to policy. Its id; None when this change was already turned into one."""
-        if not SYS_ID_RE.fullmatch(ticket.sys_id or ""):  # it becomes the unique source_ref: 32 hex digits only
-            raise Refused("ticket", f"{ticket.number!r} has an invalid sys_id {ticket.sys_id[:40]!r}")
-        source = f"change_request:{ticket.sys_id}"
-        with self.store.transaction() as s:
-            if s.exec(select(RequestRow.id).where(RequestRow.source_ref == source)).first() is not None:
-                return None
+    def submit_from_tickets(self, items: Sequence[tuple[Ticket, TicketFacts]]) -> list[int | Refused | None]:
+        """Ticket-driven elevation for a page of changes at once: each approved change carrying JIT
+        fields becomes a request scheduled over its change window, clipped to policy.
+
+        Per change, in order: the new request's id; None when that change was already turned into
+        a request; or the Refused (a policy refusal is audited, as for any request). One transaction
+        for the page: one query for the changes already handled and one for the requesters'
+        holdings, which then also count the requests made earlier in the same page."""
+        results: list[int | Refused | None] = [None] * len(items)
+        due: list[int] = []
+        try:
+            with self.store.transaction() as s:
+                due = self._submit_tickets(s, items, results)
+        except IntegrityError:  # another engine's sync turned one of these changes into a request first?
+            if len(items) > 1:
+                return [self.submit_from_tickets([item])[0] for item in items]
+            with self.store.transaction() as s:
+                source = f"change_request:{items[0][0].sys_id}"
+                if s.exec(select(RequestRow.id).where(RequestRow.source_ref == source)).first() is None:
+                    raise  # some other constraint: not a race to swallow
+            return [None]
+        for request_id in due:  # approved and already started: apply now
+            self._activate_if_due(request_id)
+        return results
+
+    def _ticket_request(self, ticket: Ticket, now: datetime) -> tuple[AccessRequest, bool]:
+        """The request a change asks for, and whether ServiceNow's approval counts for its tier."""
         if not (ticket.assignee and ticket.jit_target and ticket.jit_role):
             raise Refused("ticket", f"{ticket.number} needs an assignee and both JIT fields")
         if ticket.start is None or ticket.end is None:
             raise Refused("change_window", f"{ticket.number} has no planned start and end dates")
-        now = self.clock()
         start, end = max(now, ticket.start), ticket.end
         if end <= start:
             raise Refused("change_window", f"the window of {ticket.number} ended at {end:%Y-%m-%d %H:%M} UTC")
@@ -316,11 +339,88 @@ class Lifecycle:
         req, _ = self._access_request(ticket.assignee, ticket.jit_target, ticket.jit_role, end - start, reason,
                                       ticket.number, start)
         window = end - req.starts_at  # from the start as resolved, to the end of the change
-        req = replace(req, duration=min(window, env.max_duration) if env else window)  # clipped to policy
+        duration = min(window, env.max_duration) if env else window  # clipped to policy
+        if duration != req.duration:
+            req = replace(req, duration=duration)
         tier = self.policy.tiers.get(target.tier) if target else None
-        return self._submit(req, True, facts, source_ref=source,
-                            servicenow_approves=bool(tier and tier.servicenow_approval_counts),
-                            actor="servicenow", view=False)
+        return req, bool(tier and tier.servicenow_approval_counts)
+
+    def _submit_tickets(self, s: Session, items: Sequence[tuple[Ticket, TicketFacts]],
+                        results: list[int | Refused | None]) -> list[int]:
+        """The page's decisions and rows in ``s``; fills ``results``; returns the requests due now."""
+        now = self.clock()
+        sources = {}  # index -> source_ref
+        for i, (ticket, _) in enumerate(items):
+            if SYS_ID_RE.fullmatch(ticket.sys_id or ""):  # it becomes the unique source_ref: 32 hex digits only
+                sources[i] = f"change_request:{ticket.sys_id}"
+            else:
+                results[i] = Refused("ticket", f"{ticket.number!r} has an invalid sys_id {ticket.sys_id[:40]!r}")
+        handled = set(s.exec(select(RequestRow.source_ref)
+                             .where(RequestRow.source_ref.in_(set(sources.values())))).all()) if sources else set()
+        wanted = []  # (index, request, servicenow approves, facts)
+        for i, source in sources.items():
+            if source in handled:
+                continue  # this change was turned into a request before (or earlier in this page)
+            handled.add(source)
+            try:
+                wanted.append((i, *self._ticket_request(items[i][0], now), items[i][1]))
+            except Refused as exc:
+                results[i] = exc
+        people = {req.requester for _, req, _, _ in wanted}
+        holdings: dict[str, list[Holding]] = {p: [] for p in people}
+        if people:  # (open bypass reviews are not read: only evaluate_bypass() weighs them)
+            for r in s.exec(select(RequestRow.requester, RequestRow.target, RequestRow.role, RequestRow.starts_at,
+                                   RequestRow.expires_at).where(RequestRow.requester.in_(people),
+                                                                RequestRow.state.in_(HOLDING_STATES))):
+                holdings[r.requester].append(Holding(r.target, r.role, r.starts_at, r.expires_at))
+        decided, rows = [], []
+        for i, req, servicenow_approves, facts in wanted:
+            person = req.requester
+            ctx = Context(groups=self.directory.groups_of(person), holdings=tuple(holdings[person]), ticket=facts)
+            decision = evaluate(self.policy, req, ctx)
+            allowed = decision.allowed
+            approved = allowed and (servicenow_approves or decision.auto_approved)
+            row = None
+            if allowed:
+                row = dict(
+                    kind="request", requester=person, target=req.target, role=req.role,
+                    environment=decision.environment, tier=decision.tier, backend=decision.backend,
+                    params=decision.params, reason=req.reason, ticket=req.ticket,
+                    state="approved" if approved else "pending", source_ref=sources[i],
+                    approval_model="servicenow" if approved and not decision.auto_approved else decision.approval,
+                    approver_groups=list(decision.approver_groups), checks=_checks(decision), scheduled=True,
+                    duration_s=int(req.duration.total_seconds()), starts_at=req.starts_at,
+                    expires_at=req.expires_at, created_at=now, updated_at=now, escalated_at=None,
+                    closed_by=None, closed_reason=None, version=1)
+                rows.append(row)
+                if approved:  # later requests in this page see it, as they would see it committed
+                    holdings[person].append(Holding(req.target, req.role, req.starts_at, req.expires_at))
+            decided.append((i, req, decision, approved, row))
+        if rows:  # one executemany, then the ids by source_ref (RETURNING over many rows is slow on psycopg)
+            s.connection().execute(RequestRow.__table__.insert(), rows)
+            ids = dict(s.exec(select(RequestRow.source_ref, RequestRow.id)
+                              .where(RequestRow.source_ref.in_([row["source_ref"] for row in rows]))).all())
+            for row in rows:
+                row["id"] = ids[row["source_ref"]]
+        events = []
+        for i, req, decision, approved, row in decided:
+            duration = format_duration(req.duration)
+            if row is None:
+                events.append(("request.refused", None, None, dict(
+                    target=req.target, role=req.role, requester=req.requester, duration=duration,
+                    ticket=req.ticket, checks=_checks(decision))))
+                results[i] = Refused("policy", decision.refusal())
+                continue
+            events.append(("request.submitted", row, row["id"], dict(
+                target=req.target, role=req.role, duration=duration, ticket=req.ticket,
+                approval=decision.approval, checks=row["checks"])))
+            if approved:
+                why = ("self-service within the auto-approval threshold" if decision.auto_approved
+                       else f"the approved change {req.ticket} counts as the approval for this tier")
+                events.append(("request.approved", row, row["id"], dict(model=row["approval_model"], reason=why)))
+            results[i] = row["id"]
+        self._record_many(s, now, "servicenow", events)
+        return [row["id"] for _, req, _, approved, row in decided if approved and req.starts_at <= now]
 
     def _submit(self, req: AccessRequest, scheduled: bool, facts: TicketFacts | None, *,
                 source_ref: str | None = None, servicenow_approves: bool = False,
@@ -332,7 +432,7 @@ class Lifecycle:
         with self.store.transaction() as s:
             ctx = self._context(s, person)
             decision = evaluate(self.policy, req, replace(ctx, ticket=facts))
-            checks = [asdict(c) for c in decision.checks]
+            checks = _checks(decision)
             approved = decision.auto_approved or (decision.allowed and servicenow_approves)
             if not decision.allowed:
                 self._record(s, at=now, actor=actor or person, action="request.refused", target=target, role=role,
@@ -453,7 +553,7 @@ class Lifecycle:
             decision = evaluate(self.policy, req, self._context(s, row.requester, exclude=row.id))
             if not decision.allowed:
                 self._record(s, at=now, actor=actor, action="extension.refused", request_id=row.id,
-                             by=format_duration(by), checks=[asdict(c) for c in decision.checks])
+                             by=format_duration(by), checks=_checks(decision))
                 refusal = Refused("policy", decision.refusal())
             elif actor == row.requester and not decision.auto_approved:
                 refusal = Refused("approval", f"extending to {format_duration(req.duration)} needs "
@@ -471,7 +571,7 @@ class Lifecycle:
                     s.add(grant)
                 self._record(s, at=now, actor=actor, action="request.extended", request_id=row.id,
                              by=format_duration(by), expires_at=new_expiry.isoformat(), reason=reason,
-                             checks=[asdict(c) for c in decision.checks])
+                             checks=_checks(decision))
                 grant_id = grant.id if grant is not None and grant.status == "active" else None
         if refusal:
             raise refusal
@@ -489,7 +589,7 @@ class Lifecycle:
         now = self.clock()
         with self.store.transaction() as s:
             decision = evaluate_bypass(self.policy, req, replace(self._context(s, person), ticket=facts))
-            checks = [asdict(c) for c in decision.checks]
+            checks = _checks(decision)
             if not decision.allowed:
                 self._record(s, at=now, actor=person, action="bypass.refused", target=target, role=role,
                              checks=checks)
@@ -580,6 +680,18 @@ class Lifecycle:
             for item in outbox.entries(event, row, details, servicenow=o.servicenow, webhook=o.webhook,
                                        create_change=o.create_change):
                 s.add(item)
+
+    def _record_many(self, s: Session, at: datetime, actor: str,
+                     events: Iterable[tuple[str, dict | None, int | None, dict[str, Any]]]) -> None:
+        """``_record`` for many events ``(action, the request's new row values or None, request id,
+        details)``: one INSERT of events, without loading the rows back."""
+        events = list(events)
+        written = audit.append_many(s, ((at, actor, action, rid, d) for action, _, rid, d in events))
+        o = self.outbox
+        if o.servicenow or o.webhook:
+            for event, (_, row, _, details) in zip(written, events):
+                s.add_all(outbox.entries(event, SimpleNamespace(**row) if row else None, details,
+                                         servicenow=o.servicenow, webhook=o.webhook, create_change=o.create_change))
 
     def _ticket_facts(self, number: str | None, start: datetime, end: datetime) -> TicketFacts | None:
         """ServiceNow's facts for the ticket (fetched outside any transaction), when configured."""
@@ -1042,21 +1154,26 @@ class Lifecycle:
                 continue
         return escalated, lapsed
 
-    def end_for_closed_ticket(self, number: str, why: str) -> list[int]:
-        """The linked ticket was closed or cancelled: end its open requests now, with a note."""
+    def end_for_closed_tickets(self, numbers: Iterable[str], why: str) -> list[int]:
+        """The linked tickets were closed or cancelled: end their open requests now, each with the
+        note "<number> <why>". One query for the lot; the ids ended."""
+        numbers = sorted(set(numbers))
+        rows = []
         with self.store.transaction() as s:
-            rows = s.exec(select(RequestRow).where(RequestRow.ticket == number,
-                                                   RequestRow.state.in_(OPEN_STATES))).all()
+            for i in range(0, len(numbers), 500):
+                rows += s.exec(select(RequestRow).where(RequestRow.ticket.in_(numbers[i:i + 500]),
+                                                        RequestRow.state.in_(OPEN_STATES))).all()
         ended = []
-        for r in rows:
+        for r in sorted(rows, key=lambda r: r.id):
+            reason = f"{r.ticket} {why}"
             try:
                 if r.state == "active":
-                    self._end("servicenow", r.id, "revoked", "revoke", why, lambda row: None)
+                    self._end("servicenow", r.id, "revoked", "revoke", reason, lambda row: None)
                 else:
-                    self._close("servicenow", r.id, OPEN_STATES[:2], "cancelled", "cancel", why, lambda row: None)
+                    self._close("servicenow", r.id, OPEN_STATES[:2], "cancelled", "cancel", reason, lambda row: None)
                 ended.append(r.id)
             except Refused as exc:
-                log.warning("REQ-%s not ended for closed ticket %s: %s", r.id, number, exc)
+                log.warning("REQ-%s not ended for closed ticket %s: %s", r.id, r.ticket, exc)
         return ended
 
     def open_tickets(self) -> list[str]:

@@ -37,14 +37,15 @@ class TicketGateway:
         members = cache.get(key) if cache is not None else None
         if members is None:
             # a group reference that is no sys_id names no group: no members (asking would raise and stop the sync)
-            members = self.tickets.group_members(ticket.group) if SYS_ID_RE.fullmatch(ticket.group or "") else set()
+            members = frozenset(self.tickets.group_members(ticket.group)
+                                if SYS_ID_RE.fullmatch(ticket.group or "") else ())
             if cache is not None:
                 cache[key] = members
         blackouts = tuple((name, s, e) for name, s, e, ci in self._blackouts(start, end, cache)
                           if ci is None or ci == ticket.cmdb_ci) if ticket.table == "change_request" else ()
         return TicketFacts(number=ticket.number, status="found", kind=KINDS[ticket.table], state=ticket.state,
                            approval=ticket.approval, start=ticket.start, end=ticket.end, assignee=ticket.assignee,
-                           group_name=ticket.group_name, group_members=frozenset(members), blackouts=blackouts)
+                           group_name=ticket.group_name, group_members=members, blackouts=blackouts)
 
     def _blackouts(self, start: datetime, end: datetime, cache: dict | None) -> list:
         """Blackouts overlapping [start, end): from the run's one read of every blackout ahead of the

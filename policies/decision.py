@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from datetime import datetime, timedelta
 
 
@@ -82,7 +83,7 @@ class Decision:
     backend: str | None = None
     params: dict = field(default_factory=dict)
 
-    @property
+    @cached_property  # frozen: the checks never change
     def allowed(self) -> bool:
         return all(c.passed for c in self.checks)
 

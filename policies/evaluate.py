@@ -40,7 +40,7 @@ def evaluate(policy: PolicySet, req: AccessRequest, ctx: Context) -> Decision:
         environment=target.environment if target else None,
         tier=target.tier if target else None,
         backend=target.backend if target else None,
-        params=role.params if role else {},
+        params=dict(role.params) if role else {},
     )
 
 
@@ -66,5 +66,5 @@ def evaluate_bypass(policy: PolicySet, req: AccessRequest, ctx: Context) -> Deci
         environment=target.environment if target else None,
         tier=target.tier if target else None,
         backend=target.backend if target else None,
-        params=role.params if role else {},
+        params=dict(role.params) if role else {},
     )

@@ -6,6 +6,7 @@ with its key path (``targets.web-prod-01.tier: unknown tier 'hihg'``).
 from __future__ import annotations
 
 import re
+from functools import cached_property
 from datetime import time, timedelta
 from typing import Annotated, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -80,7 +81,7 @@ class Environment(_Strict):
         _parse_hours(value)
         return value
 
-    @property
+    @cached_property  # the model is frozen: parsed once
     def window(self) -> tuple[time, time | None]:
         return _parse_hours(self.hours)
 
@@ -145,7 +146,7 @@ class Role(_Strict):
     jea_role: str | None = None                    # windows JEA: the role capability name...
     jea_commands: tuple[str, ...] | None = None    # ...and the commands it allows
 
-    @property
+    @cached_property  # the model is frozen: computed once; evaluate() hands out copies
     def params(self) -> dict[str, object]:
         """The settings handed to the target's backend."""
         fields = ("commands", "group_dn", "role_arn", "account_id", "permission_set_arn", "local_group",

@@ -15,7 +15,7 @@ INCIDENT_STATES = {"1": "New", "2": "In Progress", "3": "On Hold", "6": "Resolve
 
 
 def _utc(value) -> str:
-    return f"{value.astimezone(timezone.utc):%Y-%m-%d %H:%M} UTC"
+    return f"{value.astimezone(timezone.utc).isoformat(' ', 'minutes')[:16]} UTC"  # as %Y-%m-%d %H:%M, faster
 
 
 def ticket_checks(req: AccessRequest, facts: TicketFacts) -> list[Check]:
@@ -38,10 +38,10 @@ def ticket_checks(req: AccessRequest, facts: TicketFacts) -> list[Check]:
     found.append(Check("change_approved", approved,
                        f"change {facts.number} is {label} with approval '{facts.approval}'" +
                        ("." if approved else "; it must be approved and Scheduled or Implement.")))
-    people = {facts.assignee} | set(facts.group_members)
-    found.append(Check("change_assignee", req.requester in people,
+    assigned = req.requester == facts.assignee or req.requester in facts.group_members
+    found.append(Check("change_assignee", assigned,
                        f"{req.requester} is the assignee or in the assignment group of {facts.number}."
-                       if req.requester in people else
+                       if assigned else
                        f"{req.requester} is neither the assignee ({facts.assignee or 'nobody'}) nor in the "
                        f"assignment group ({facts.group_name or 'none'}) of {facts.number}."))
     if facts.start is None or facts.end is None:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Callable, Iterable, Sequence, TypeVar
 
 T = TypeVar("T")
@@ -174,6 +175,12 @@ def _compare(a: str, b: str) -> int:
     return (a > b) - (a < b)
 
 
+@lru_cache(maxsize=64)
+def _listed(value: str) -> frozenset[str]:
+    """The values of an ``IN`` list, split once per query rather than once per record."""
+    return frozenset(v.strip() for v in value.split(","))
+
+
 def _test(op: str, actual: str, value: str) -> bool:
     if op == "=":
         return actual == value
@@ -186,7 +193,7 @@ def _test(op: str, actual: str, value: str) -> bool:
     if op == "ENDSWITH":
         return actual.casefold().endswith(value.casefold())
     if op in ("IN", "NOT IN"):
-        return (actual in {v.strip() for v in value.split(",")}) == (op == "IN")
+        return (actual in _listed(value)) == (op == "IN")
     if op == "ISEMPTY":
         return actual == ""
     if op == "ISNOTEMPTY":

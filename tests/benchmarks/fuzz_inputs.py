@@ -245,7 +245,10 @@ def entry_points(w: World, m: Mutator) -> list[tuple[str, Callable[[], Any], tup
         ticket = w.tickets._ticket("change_request", row)  # what the client makes of the JSON record
         # then exactly what TicketSync.run_once does with it (a ServiceNowError here would stop the sync: a crash)
         facts = w.gateway.from_ticket(ticket, max(T0, ticket.start or T0), ticket.end or T0)
-        return lc.submit_from_ticket(ticket, facts)
+        [result] = lc.submit_from_tickets([(ticket, facts)])
+        if isinstance(result, Refused):
+            raise result
+        return result
 
     def sim_json() -> Any:
         body = m.mutate(['{"short_description": "x", "u_jit_target": "web-prod-01"}', '{"state": 3}',

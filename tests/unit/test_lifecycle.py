@@ -335,3 +335,30 @@ def test_releasing_the_longer_grant_restores_the_shorter_ones_terms(lifecycle, b
     assert backend.artifacts[key].not_after == lifecycle.get(short).expires_at  # e.g. the AD TTL shortened
     lifecycle.release("alice", short)
     assert backend.artifacts == {}
+
+
+def test_text_check_patterns_match_unicode_categories():
+    """The free-text check's two patterns are exactly the Unicode categories they stand for, over
+    every code point: Cc (tab allowed), Zl, Zp and the bidi controls; and Cs."""
+    import sys
+    import unicodedata
+    from app.lifecycle import CONTROL_RE, SURROGATE_RE
+    bidi = set("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+    for code in range(sys.maxunicode + 1):
+        c = chr(code)
+        category = unicodedata.category(c)
+        assert bool(CONTROL_RE.match(c)) == (c != "\t" and category in ("Cc", "Zl", "Zp") or c in bidi), hex(code)
+        assert bool(SURROGATE_RE.match(c)) == (category == "Cs"), hex(code)
+
+
+@pytest.mark.parametrize("text", ["2026-11-24 09:05:00", "2026-02-29 00:00:00", "2024-02-29 23:59:59",
+                                  "2026-1-5 1:02:03", "2026-11-24T09:05:00", "2026-11-24 09:05:00+01:00",
+                                  "2026-11-24", "", "２０２６-11-24 09:05:00", "2026-11-24 24:00:00"])
+def test_servicenow_time_fast_path_agrees_with_strptime(text):
+    from datetime import datetime, timezone
+    from integrations.servicenow.tickets import SN_TIME, parse_sn_time
+    try:
+        expected = datetime.strptime(text, SN_TIME).replace(tzinfo=timezone.utc)
+    except ValueError:
+        expected = None
+    assert parse_sn_time(text) == expected
