@@ -66,7 +66,7 @@ class RequestRow(SQLModel, table=True):
     backend: Optional[str] = None
     params: dict = _json(default_factory=dict)
     reason: str
-    ticket: Optional[str] = None
+    ticket: Optional[str] = Field(default=None, index=True)  # migration 0005
     state: str = Field(index=True)
     approval_model: str
     approver_groups: list = _json(default_factory=list)
