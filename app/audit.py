@@ -12,8 +12,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Iterable, Iterator, NamedTuple
 
-import sqlalchemy as sa
-
 from sqlmodel import Session, select
 
 from app.store import AuditEvent, AuditHead

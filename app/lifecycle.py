@@ -50,6 +50,7 @@ FINAL_STATES = ("expired", "released", "revoked", "denied", "cancelled", "lapsed
 TARGET_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.-]{0,252}$")
 ROLE_RE = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
 MAX_TEXT = 2000
+AUTO_APPROVED = "self-service within the auto-approval threshold"
 MAX_LEAD = timedelta(days=366)  # how far ahead a request may be scheduled
 MAX_ID = 2**31 - 1  # request ids are INTEGER keys: PostgreSQL refuses to even compare a larger one
 # Unicode's Cc (C0, DEL, C1) but tab, Zl, Zp, and the bidi embeddings, overrides and isolates
@@ -295,9 +296,52 @@ class Lifecycle:
     # ------------------------------------------------------------- use-cases
     def submit(self, person: str, target: str, role: str, duration: timedelta, reason: str,
                ticket: str | None = None, start: datetime | None = None) -> Outcome:
+        """Evaluate and record a request; apply it if approved and due."""
         req, scheduled = self._access_request(person, target, role, duration, reason, ticket, start)
         facts = self._ticket_facts(req.ticket, req.starts_at, req.expires_at)
-        return self._submit(req, scheduled, facts)
+        now = self.clock()
+        with self.store.transaction() as s:
+            ctx = self._context(s, person)
+            decision = evaluate(self.policy, req, replace(ctx, ticket=facts))
+            checks = _checks(decision)
+            approved = decision.auto_approved
+            if not decision.allowed:
+                self._record(s, at=now, actor=person, action="request.refused", target=target, role=role,
+                             requester=person, duration=format_duration(duration), ticket=req.ticket, checks=checks)
+                refused = Refused("policy", decision.refusal())
+            else:
+                refused = None
+                model = decision.approval
+                row = RequestRow(
+                    requester=person, target=target, role=role, environment=decision.environment,
+                    tier=decision.tier, backend=decision.backend, params=decision.params, reason=req.reason,
+                    ticket=req.ticket, state="approved" if approved else "pending",
+                    approval_model=model, approver_groups=list(decision.approver_groups),
+                    checks=checks, scheduled=scheduled, duration_s=int(duration.total_seconds()),
+                    starts_at=req.starts_at, expires_at=req.expires_at, created_at=now, updated_at=now)
+                s.add(row)
+                s.flush()
+                self._record(s, at=now, actor=person, action="request.submitted", request_id=row.id,
+                             target=target, role=role, duration=format_duration(duration), ticket=req.ticket,
+                             approval=decision.approval, checks=checks)
+                if approved:
+                    self._record(s, at=now, actor="policy", action="request.approved", request_id=row.id,
+                                 model=model, reason=AUTO_APPROVED)
+                request_id = row.id
+        if refused:  # raised after the commit: the refusal itself stays audited
+            raise refused
+        notes = []
+        if approved:
+            if req.starts_at <= self.clock():
+                notes.append(self._activate_if_due(request_id))
+            else:  # scheduled: the engine applies it at its start
+                notes.append(f"REQ-{request_id} starts at {req.starts_at:%Y-%m-%d %H:%M} UTC")
+            message = f"REQ-{request_id} approved at once ({model})"
+        else:
+            message = (f"REQ-{request_id} submitted; needs {decision.approval} approval from "
+                       f"{' and '.join(decision.approver_groups)}")
+        return Outcome(self.get(request_id), message, [n for n in notes if n])
+
 
     def submit_from_tickets(self, items: Sequence[tuple[Ticket, TicketFacts]]) -> list[int | Refused | None]:
         """Ticket-driven elevation for a page of changes at once: each approved change carrying JIT
@@ -406,74 +450,22 @@ class Lifecycle:
         for i, req, decision, approved, row in decided:
             duration = format_duration(req.duration)
             if row is None:
-                events.append(("request.refused", None, None, dict(
+                events.append(("servicenow", "request.refused", None, None, dict(
                     target=req.target, role=req.role, requester=req.requester, duration=duration,
                     ticket=req.ticket, checks=_checks(decision))))
                 results[i] = Refused("policy", decision.refusal())
                 continue
-            events.append(("request.submitted", row, row["id"], dict(
+            events.append(("servicenow", "request.submitted", row, row["id"], dict(
                 target=req.target, role=req.role, duration=duration, ticket=req.ticket,
                 approval=decision.approval, checks=row["checks"])))
             if approved:
-                why = ("self-service within the auto-approval threshold" if decision.auto_approved
+                why = (AUTO_APPROVED if decision.auto_approved
                        else f"the approved change {req.ticket} counts as the approval for this tier")
-                events.append(("request.approved", row, row["id"], dict(model=row["approval_model"], reason=why)))
+                events.append(("policy", "request.approved", row, row["id"], dict(model=row["approval_model"],
+                                                                                  reason=why)))
             results[i] = row["id"]
-        self._record_many(s, now, "servicenow", events)
+        self._record_many(s, now, events)
         return [row["id"] for _, req, _, approved, row in decided if approved and req.starts_at <= now]
-
-    def _submit(self, req: AccessRequest, scheduled: bool, facts: TicketFacts | None, *,
-                source_ref: str | None = None, servicenow_approves: bool = False,
-                actor: str | None = None, view: bool = True) -> Any:
-        """Evaluate and record a request; apply it if approved and due. The Outcome, or with
-        ``view=False`` (the sync, thousands at a time) just the new request's id."""
-        now = self.clock()
-        person, target, role, duration = req.requester, req.target, req.role, req.duration
-        with self.store.transaction() as s:
-            ctx = self._context(s, person)
-            decision = evaluate(self.policy, req, replace(ctx, ticket=facts))
-            checks = _checks(decision)
-            approved = decision.auto_approved or (decision.allowed and servicenow_approves)
-            if not decision.allowed:
-                self._record(s, at=now, actor=actor or person, action="request.refused", target=target, role=role,
-                             requester=person, duration=format_duration(duration), ticket=req.ticket, checks=checks)
-                refused = Refused("policy", decision.refusal())
-            else:
-                refused = None
-                model = "servicenow" if approved and not decision.auto_approved else decision.approval
-                row = RequestRow(
-                    requester=person, target=target, role=role, environment=decision.environment,
-                    tier=decision.tier, backend=decision.backend, params=decision.params, reason=req.reason,
-                    ticket=req.ticket, state="approved" if approved else "pending", source_ref=source_ref,
-                    approval_model=model, approver_groups=list(decision.approver_groups),
-                    checks=checks, scheduled=scheduled, duration_s=int(duration.total_seconds()),
-                    starts_at=req.starts_at, expires_at=req.expires_at, created_at=now, updated_at=now)
-                s.add(row)
-                s.flush()
-                self._record(s, at=now, actor=actor or person, action="request.submitted", request_id=row.id,
-                             target=target, role=role, duration=format_duration(duration), ticket=req.ticket,
-                             approval=decision.approval, checks=checks)
-                if approved:
-                    why = ("self-service within the auto-approval threshold" if decision.auto_approved
-                           else f"the approved change {req.ticket} counts as the approval for this tier")
-                    self._record(s, at=now, actor="policy", action="request.approved", request_id=row.id,
-                                 model=model, reason=why)
-                request_id = row.id
-        if refused:  # raised after the commit: the refusal itself stays audited
-            raise refused
-        notes = []
-        if approved:
-            if req.starts_at <= self.clock():
-                notes.append(self._activate_if_due(request_id))
-            else:  # scheduled: the engine applies it at its start
-                notes.append(f"REQ-{request_id} starts at {req.starts_at:%Y-%m-%d %H:%M} UTC")
-            message = f"REQ-{request_id} approved at once ({model})"
-        else:
-            message = (f"REQ-{request_id} submitted; needs {decision.approval} approval from "
-                       f"{' and '.join(decision.approver_groups)}")
-        if not view:
-            return request_id
-        return Outcome(self.get(request_id), message, [n for n in notes if n])
 
     def approve(self, actor: str, request_id: int, comment: str = "") -> Outcome:
         comment = _check_text("comment", comment, required=False) or ""
@@ -681,15 +673,15 @@ class Lifecycle:
                                        create_change=o.create_change):
                 s.add(item)
 
-    def _record_many(self, s: Session, at: datetime, actor: str,
-                     events: Iterable[tuple[str, dict | None, int | None, dict[str, Any]]]) -> None:
-        """``_record`` for many events ``(action, the request's new row values or None, request id,
-        details)``: one INSERT of events, without loading the rows back."""
+    def _record_many(self, s: Session, at: datetime,
+                     events: Iterable[tuple[str, str, dict | None, int | None, dict[str, Any]]]) -> None:
+        """``_record`` for many events ``(actor, action, the request's new row values or None,
+        request id, details)``: one INSERT of events, without loading the rows back."""
         events = list(events)
-        written = audit.append_many(s, ((at, actor, action, rid, d) for action, _, rid, d in events))
+        written = audit.append_many(s, ((at, actor, action, rid, d) for actor, action, _, rid, d in events))
         o = self.outbox
         if o.servicenow or o.webhook:
-            for event, (_, row, _, details) in zip(written, events):
+            for event, (_, _, row, _, details) in zip(written, events):
                 s.add_all(outbox.entries(event, SimpleNamespace(**row) if row else None, details,
                                          servicenow=o.servicenow, webhook=o.webhook, create_change=o.create_change))
 

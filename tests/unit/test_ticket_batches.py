@@ -66,6 +66,11 @@ def test_a_page_becomes_requests_with_their_events_in_order(lifecycle, store):
         ("request.submitted", third), ("request.approved", third)]
     refusal = events(store)[2][2]
     assert refusal["requester"] == "bob" and refusal["ticket"] == page[1][0].number
+    with store.transaction() as s:  # the same actors as a request submitted on its own
+        actors = s.exec(sa.select(AuditEvent.actor).order_by(AuditEvent.seq)).scalars().all()
+    assert actors == ["servicenow", "policy", "servicenow", "servicenow", "policy"]
+    assert events(store)[1][2] == {"model": "servicenow", "reason": f"the approved change {page[0][0].number} "
+                                                                     "counts as the approval for this tier"}
     assert lifecycle.get(first).checks == tuple(rows[0].checks)
 
 
