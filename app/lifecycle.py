@@ -33,7 +33,7 @@ from app.clock import Clock
 from app.config import PERSON, EngineSettings
 from app.identity import Directory
 from app.tickets import TicketGateway
-from app.store import ApprovalRow, GrantRow, RequestRow, ReviewRow, Store
+from app.store import ApprovalRow, GrantRow, OutboxRow, RequestRow, ReviewRow, Store
 from integrations.servicenow.tickets import SYS_ID_RE, Ticket
 from integrations.base import Backend, BackendError, GrantSpec, InvalidGrant
 from policies.approvals import Approver, judge
@@ -671,19 +671,23 @@ class Lifecycle:
             row = s.get(RequestRow, request_id) if request_id is not None else None
             for item in outbox.entries(event, row, details, servicenow=o.servicenow, webhook=o.webhook,
                                        create_change=o.create_change):
-                s.add(item)
+                s.add(OutboxRow(**item))
 
     def _record_many(self, s: Session, at: datetime,
                      events: Iterable[tuple[str, str, dict | None, int | None, dict[str, Any]]]) -> None:
         """``_record`` for many events ``(actor, action, the request's new row values or None,
-        request id, details)``: one INSERT of events, without loading the rows back."""
+        request id, details)``: one INSERT of events and one of the messages they owe, without
+        loading the rows back."""
         events = list(events)
         written = audit.append_many(s, ((at, actor, action, rid, d) for actor, action, _, rid, d in events))
         o = self.outbox
         if o.servicenow or o.webhook:
-            for event, (_, _, row, _, details) in zip(written, events):
-                s.add_all(outbox.entries(event, SimpleNamespace(**row) if row else None, details,
-                                         servicenow=o.servicenow, webhook=o.webhook, create_change=o.create_change))
+            owed = [item for event, (_, _, row, _, details) in zip(written, events)
+                    for item in outbox.entries(event, SimpleNamespace(**row) if row else None, details,
+                                               servicenow=o.servicenow, webhook=o.webhook,
+                                               create_change=o.create_change)]
+            if owed:
+                s.connection().execute(OutboxRow.__table__.insert(), owed)
 
     def _ticket_facts(self, number: str | None, start: datetime, end: datetime) -> TicketFacts | None:
         """ServiceNow's facts for the ticket (fetched outside any transaction), when configured."""

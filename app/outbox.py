@@ -87,29 +87,28 @@ def _power_of_two(n: Any) -> bool:
     return isinstance(n, int) and n > 0 and n & (n - 1) == 0
 
 
-def entries(event: AuditEvent, row: RequestRow | None, details: dict[str, Any], *, servicenow: bool,
-            webhook: bool, create_change: bool) -> list[OutboxRow]:
-    """The outbox rows an audit event owes."""
+def entries(event: AuditEvent | audit.Appended, row: RequestRow | None, details: dict[str, Any], *,
+            servicenow: bool, webhook: bool, create_change: bool) -> list[dict[str, Any]]:
+    """The outbox rows an audit event owes, as column values (``OutboxRow(**values)``)."""
     out = []
+
+    def owed(key: str, channel: str, request_id: int | None, payload: dict, ticket: str | None = None) -> None:
+        out.append({"key": key, "channel": channel, "request_id": request_id, "ticket": ticket,
+                    "payload": payload, "next_attempt_at": event.at, "created_at": event.at})
     ticket = (row.ticket if row is not None else details.get("ticket")) or None
     if servicenow and ticket and NUMBER_RE.fullmatch(ticket):
         text = _note(event, row, details)
         if text:
             marker = f"[jit:{'req-%d.' % row.id if row else ''}ev-{event.seq}]"
-            out.append(OutboxRow(key=f"sn:{event.seq}", channel="servicenow", request_id=event.request_id,
-                                 ticket=ticket, payload={"text": text, "marker": marker},
-                                 next_attempt_at=event.at, created_at=event.at))
+            owed(f"sn:{event.seq}", "servicenow", event.request_id, {"text": text, "marker": marker}, ticket)
     if servicenow and create_change and row is not None and event.action in ("request.submitted", "bypass.used") \
             and (row.kind == "bypass" or not row.ticket):
-        out.append(OutboxRow(key=f"chg:{row.id}", channel="create_change", request_id=row.id,
-                             payload={"marker": f"[jit:req-{row.id}.change]"}, next_attempt_at=event.at,
-                             created_at=event.at))
+        owed(f"chg:{row.id}", "create_change", row.id, {"marker": f"[jit:req-{row.id}.change]"})
     if webhook:
         text = _webhook(event, row, details)
         if text:
-            out.append(OutboxRow(key=f"wh:{event.seq}", channel="webhook", request_id=event.request_id,
-                                 payload={"text": text, "event": event.action, "request_id": event.request_id},
-                                 next_attempt_at=event.at, created_at=event.at))
+            owed(f"wh:{event.seq}", "webhook", event.request_id,
+                 {"text": text, "event": event.action, "request_id": event.request_id})
     return out
 
 
@@ -193,7 +192,7 @@ class Deliverer:
                                  request_id=req.id, change=change.number)
             for item in entries(event, req, {"change": change.number}, servicenow=True, webhook=False,
                                 create_change=False):
-                s.add(item)
+                s.add(OutboxRow(**item))
 
     def _finish(self, row: OutboxRow, *, error: str | None = None, permanent: bool = False) -> None:
         now = self.clock()
