@@ -14,7 +14,7 @@ from typing import Any, Iterable, Iterator, NamedTuple
 
 from sqlmodel import Session, select
 
-from app.store import AuditEvent, AuditHead
+from app.store import AuditEvent, AuditHead, insert_rows
 
 GENESIS = "0" * 64
 _HEAD = "jit.audit_head"  # session.info: (transaction, the head row it locked)
@@ -93,7 +93,7 @@ def append_many(session: Session, events: Iterable[tuple[datetime, str, str, int
         prev = digest
     if rows:
         session.flush()  # events appended one by one before these go first
-        session.connection().execute(AuditEvent.__table__.insert(), rows)
+        insert_rows(session, AuditEvent.__table__, rows)
         head.seq, head.hash = seq, prev
         session.add(head)
     return out

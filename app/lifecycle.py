@@ -33,7 +33,7 @@ from app.clock import Clock
 from app.config import PERSON, EngineSettings
 from app.identity import Directory
 from app.tickets import TicketGateway
-from app.store import ApprovalRow, GrantRow, OutboxRow, RequestRow, ReviewRow, Store
+from app.store import ApprovalRow, GrantRow, OutboxRow, RequestRow, ReviewRow, Store, insert_rows
 from integrations.servicenow.tickets import SYS_ID_RE, Ticket
 from integrations.base import Backend, BackendError, GrantSpec, InvalidGrant
 from policies.approvals import Approver, judge
@@ -440,8 +440,8 @@ class Lifecycle:
                 if approved:  # later requests in this page see it, as they would see it committed
                     holdings[person].append(Holding(req.target, req.role, req.starts_at, req.expires_at))
             decided.append((i, req, decision, approved, row))
-        if rows:  # one executemany, then the ids by source_ref (RETURNING over many rows is slow on psycopg)
-            s.connection().execute(RequestRow.__table__.insert(), rows)
+        if rows:  # one insert, then the ids by source_ref (RETURNING over many rows is slow on psycopg)
+            insert_rows(s, RequestRow.__table__, rows)
             ids = dict(s.exec(select(RequestRow.source_ref, RequestRow.id)
                               .where(RequestRow.source_ref.in_([row["source_ref"] for row in rows]))).all())
             for row in rows:

@@ -197,6 +197,33 @@ class AuditHead(SQLModel, table=True):
     hash: str
 
 
+def insert_rows(session: Session, table: sa.Table, rows: list[dict[str, Any]]) -> None:
+    """INSERT many rows of one table (dicts with the same keys, every NOT NULL column given) in
+    ``session``'s transaction: COPY on PostgreSQL, one ``executemany`` on SQLite, each value
+    converted by its column's type as an ORM insert would. For pages of thousands of rows:
+    psycopg's ``executemany`` spends ~30 us a row in Python, SQLAlchemy's own ~10 us."""
+    if not rows:
+        return
+    conn = session.connection()
+    names = list(rows[0])
+    convert = [(name, table.c[name].type.dialect_impl(conn.dialect).bind_processor(conn.dialect)) for name in names]
+    values = [tuple(f(row[name]) if f else row[name] for name, f in convert) for row in rows]
+    if conn.dialect.name != "postgresql":  # the names are the table's own columns, never outside text
+        conn.exec_driver_sql(f"INSERT INTO {table.name} ({', '.join(names)}) VALUES "
+                             f"({', '.join('?' * len(names))})", values)
+        return
+    from psycopg import sql
+    statement = sql.SQL("COPY {} ({}) FROM STDIN").format(
+        sql.Identifier(table.name), sql.SQL(", ").join(sql.Identifier(n) for n in names))
+    dbapi = conn.dialect.loaded_dbapi
+    try:
+        with conn.connection.driver_connection.cursor() as cursor, cursor.copy(statement) as copy:
+            for value in values:
+                copy.write_row(value)
+    except dbapi.Error as exc:  # as SQLAlchemy would raise it: IntegrityError, OperationalError...
+        raise sa.exc.DBAPIError.instance(f"COPY {table.name}", None, exc, dbapi.Error) from exc
+
+
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 
