@@ -6,6 +6,7 @@ audit head row is locked ``FOR UPDATE`` so the hash chain stays linear.
 """
 from __future__ import annotations
 
+import operator
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
@@ -206,8 +207,14 @@ def insert_rows(session: Session, table: sa.Table, rows: list[dict[str, Any]]) -
         return
     conn = session.connection()
     names = list(rows[0])
-    convert = [(name, table.c[name].type.dialect_impl(conn.dialect).bind_processor(conn.dialect)) for name in names]
-    values = [tuple(f(row[name]) if f else row[name] for name, f in convert) for row in rows]
+    convert = [(i, f) for i, f in enumerate(table.c[name].type.dialect_impl(conn.dialect)
+                                            .bind_processor(conn.dialect) for name in names) if f]
+    values, pick = [], operator.itemgetter(*names)
+    for row in rows:
+        value = list(pick(row)) if len(names) > 1 else [pick(row)]
+        for i, f in convert:
+            value[i] = f(value[i])
+        values.append(tuple(value))
     if conn.dialect.name != "postgresql":  # the names are the table's own columns, never outside text
         conn.exec_driver_sql(f"INSERT INTO {table.name} ({', '.join(names)}) VALUES "
                              f"({', '.join('?' * len(names))})", values)

@@ -34,6 +34,7 @@ from app.store import AuditEvent, Store, SyncState
 from app.tickets import TicketGateway
 from integrations.servicenow.client import ServiceNowError
 from integrations.servicenow.tickets import Ticket, Tickets
+from policies.decision import TicketFacts
 
 log = logging.getLogger("jit.sync")
 NAME = "servicenow"
@@ -75,6 +76,8 @@ class _Run:
     behind: float = 0.0  # how old the oldest change this run had to catch up on was
     errors: list[str] = field(default_factory=list)
     cache: dict = field(init=False)  # group members and blackouts, read once per run
+    linked: set[str] = field(default_factory=set)  # tickets open requests depended on when the run began
+    seen: set[str] = field(default_factory=set)  # tickets this run read
 
     def __post_init__(self) -> None:
         self.mark = self.watermark
@@ -102,14 +105,13 @@ class TicketSync:
         now = self.clock()
         state = self.status()
         run = _Run(now, state.watermark if state and state.watermark else now - self.initial_lookback)
-        seen: set[str] = set()
+        run.linked = set(self.lifecycle.open_tickets())
         error = None
         try:
-            for page in read_ahead(self.tickets.changes_since(run.watermark), PAGE):
-                seen.update(t.number for t in page)
+            for page in read_ahead(self._read(run), PAGE):
                 self._handle(run, page)
-            unseen = [n for n in self.lifecycle.open_tickets() if n not in seen]  # seen: handled above
-            closed = [n for n, t in self.tickets.find_many(unseen).items() if t.closed]  # a query per 200
+            unseen = sorted(run.linked - run.seen)  # the rest: checked 200 per query
+            closed = [n for n, t in self.tickets.find_many(unseen).items() if t.closed]
             run.ended += len(self.lifecycle.end_for_closed_tickets(closed, "was closed or cancelled in ServiceNow"))
         except ServiceNowError as exc:
             error = str(exc)
@@ -118,26 +120,35 @@ class TicketSync:
         down = self._save(now, run.mark, error, run.errors, run.read, run.fresh, run.behind)
         return SyncReport(run.read, run.created, run.refused, run.ended, run.behind, error, down)
 
-    def _handle(self, run: _Run, page: list[Ticket]) -> None:
+    def _read(self, run: _Run) -> Iterator[tuple[Ticket, TicketFacts | None]]:
+        """The changes since the watermark, each with ServiceNow's facts for the policy (None for a
+        closed one). Runs in the read-ahead thread, so the group and blackout lookups do too."""
+        now = run.now
+        for t in self.tickets.changes_since(run.watermark):
+            yield t, None if t.closed else self.gateway.from_ticket(t, max(now, t.start or now), t.end or now,
+                                                                     run.cache)
+
+    def _handle(self, run: _Run, page: list[tuple[Ticket, TicketFacts | None]]) -> None:
         """Decide a page of changes: end the requests of closed ones, turn the others into requests
         (one transaction for the page); then move the run's watermark past them."""
-        now = run.now
-        facts = [(t, self.gateway.from_ticket(t, max(now, t.start or now), t.end or now, run.cache))
-                 for t in page if not t.closed]  # may raise before anything is written: the page is read again
-        for ticket in page:
+        for ticket, _ in page:
             run.read += 1
             if ticket.updated_on is None or ticket.updated_on > run.watermark:  # not a re-read of the last second
                 run.fresh += 1
                 if run.fresh == 1 and ticket.updated_on:
-                    run.behind = max(0.0, (now - ticket.updated_on).total_seconds())
-        run.ended += len(self.lifecycle.end_for_closed_tickets([t.number for t in page if t.closed], "was closed"))
-        for (ticket, _), result in zip(facts, self.lifecycle.submit_from_tickets(facts)):
+                    run.behind = max(0.0, (run.now - ticket.updated_on).total_seconds())
+        run.seen.update(t.number for t, _ in page)
+        closed = [t.number for t, facts in page if facts is None and t.number in run.linked]
+        if closed:
+            run.ended += len(self.lifecycle.end_for_closed_tickets(closed, "was closed"))
+        wanted = [(t, facts) for t, facts in page if facts is not None]
+        for (ticket, _), result in zip(wanted, self.lifecycle.submit_from_tickets(wanted)):
             if isinstance(result, Refused):
                 run.refused += 1
                 run.errors.append(f"{ticket.number}: {result.rule}: {result.message}")
             elif result is not None:
                 run.created += 1
-        run.mark = max([run.mark] + [t.updated_on for t in page if t.updated_on])
+        run.mark = max([run.mark] + [t.updated_on for t, _ in page if t.updated_on])
 
     def _save(self, now: datetime, mark: datetime, error: str | None, errors: list[str], read: int,
               fresh: int, behind: float) -> float | None:
