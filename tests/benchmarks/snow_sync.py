@@ -7,11 +7,13 @@ closed, a few not approved (refused by policy). Each phase runs in a fresh proce
 memory is its own:
 - fetch: the same client (ServiceNowClient, the configured page size) reads the same records
   with the same query and fields as the sync, and does nothing with them;
-- sync: one TicketSync.run_once() on an empty database, then a second run over the same
+- sync: one TicketSync.run_once() on an empty database (after start-up, as `jit engine` does, what
+  start-up built is frozen out of the cyclic collector's way), then a second run over the same
   (already handled) tickets, which must create nothing.
-Prints the time, the peak RSS of the phase, and the ratio sync / fetch.
+Each round is a fetch then a sync; ``--repeat`` rounds (3) per database. Prints each round's times,
+the peak RSS of each phase, and the ratio sync / fetch of each round and of the medians.
 
-    .venv/bin/python tests/benchmarks/snow_sync.py [--tickets 10000] [--postgres URL | --postgres '']
+    .venv/bin/python tests/benchmarks/snow_sync.py [--tickets 10000] [--repeat 3] [--postgres URL | --postgres '']
 
 Goal (issue 6): the sync within 1.5x of the bare fetch.
 """
@@ -21,11 +23,13 @@ import argparse
 import gc
 import json
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
+from contextlib import nullcontext
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -131,7 +135,11 @@ def run_phase(name: str, config: Path) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def run(db_label: str, db_url: str, tickets: int, page_size: int) -> dict:
+def run(db_label: str, server: str | None, tickets: int, page_size: int, repeat: int) -> dict:
+    """``repeat`` rounds against one simulator, each a fetch then a sync on a new empty database
+    (SQLite file, or a database created on ``server``): rounds alternate, so a slow spell of the
+    machine hits both phases alike."""
+    rounds = []
     with tempfile.TemporaryDirectory(prefix="jit-bench-snow-") as tmp:
         data = Path(tmp) / "snow.json"
         kinds = write_data(data, tickets, datetime.now(timezone.utc))
@@ -142,22 +150,26 @@ def run(db_label: str, db_url: str, tickets: int, page_size: int) -> dict:
             if "http://" not in line:
                 raise SystemExit(f"the simulator did not start: {line}{sim.stderr.read()[-2000:]}")
             url = line.split(" on ", 1)[1].split()[0]
-            config = make_config(Path(tmp) / "sb", tickets, db_url, servicenow_url=url)
-            text = config.read_text().replace("retries = 2", f"retries = 2\npage_size = {page_size}")
-            config.write_text(text.replace("[servicenow]", "[servicenow]\ntimeout = \"60s\"", 1))
-            fetch = run_phase("fetch", config)
-            sync = run_phase("sync", config)
+            for k in range(repeat):
+                with (pg_database(server) if server else nullcontext("")) as db_url:
+                    config = make_config(Path(tmp) / f"sb{k}", tickets, db_url, servicenow_url=url)
+                    text = config.read_text().replace("retries = 2", f"retries = 2\npage_size = {page_size}")
+                    config.write_text(text.replace("[servicenow]", "[servicenow]\ntimeout = \"60s\"", 1))
+                    rounds.append((run_phase("fetch", config), run_phase("sync", config)))
         finally:
             sim.terminate()
             sim.wait(timeout=10)
-    return {"db": db_label, "tickets": tickets, "kinds": kinds, "fetch": fetch, "sync": sync,
-            "ratio": sync["seconds"] / fetch["seconds"]}
+    fetch_s = statistics.median(f["seconds"] for f, _ in rounds)
+    sync_s = statistics.median(s["seconds"] for _, s in rounds)
+    return {"db": db_label, "tickets": tickets, "kinds": kinds, "rounds": rounds, "fetch_s": fetch_s,
+            "sync_s": sync_s, "ratio": sync_s / fetch_s}
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tickets", type=int, default=10000)
     ap.add_argument("--page-size", type=int, default=500, help="the client's page size (as configured)")
+    ap.add_argument("--repeat", type=int, default=3, help="rounds of fetch then sync; the medians are compared")
     ap.add_argument("--postgres", default=PG_DEFAULT, help="server for the PostgreSQL run ('' to skip)")
     ap.add_argument("--phase", choices=("fetch", "sync"), help=argparse.SUPPRESS)
     ap.add_argument("--config", help=argparse.SUPPRESS)
@@ -167,26 +179,30 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.tickets < 20:
         ap.error("--tickets must be at least 20 (the mix needs one of each kind)")
-    results = [run("sqlite", "", args.tickets, args.page_size)]
-    with pg_database(args.postgres) as url:
-        if url:
-            results.append(run("postgresql", url, args.tickets, args.page_size))
+    results = [run("sqlite", None, args.tickets, args.page_size, args.repeat)]
+    with pg_database(args.postgres) as probe:  # reachable? (prints why not)
+        reachable = probe is not None
+    if reachable:
+        results.append(run("postgresql", args.postgres, args.tickets, args.page_size, args.repeat))
     kinds = results[0]["kinds"]
     print(f"\nServiceNow sync of {args.tickets} changed change requests through the simulator "
           f"({kinds['approved']} approved, {kinds['closed']} closed, {kinds['not approved']} not approved; "
-          f"page size {args.page_size}) (goal: sync <= 1.5x the bare fetch)")
-    print(f"{'database':11} {'fetch s':>8} {'fetch MiB':>9} {'sync s':>8} {'sync MiB':>8} {'ratio':>6} "
+          f"page size {args.page_size}; {args.repeat} round(s) each) (goal: sync <= 1.5x the bare fetch)")
+    print(f"{'database':11} {'round':>5} {'fetch s':>8} {'fetch MiB':>9} {'sync s':>8} {'sync MiB':>8} {'ratio':>6} "
           f"{'created':>7} {'refused':>7} {'again s':>8} {'again new':>9}")
     ok = True
     for r in results:
-        f, s = r["fetch"], r["sync"]
-        print(f"{r['db']:11} {f['seconds']:>8.2f} {f['peak_mib']:>9.0f} {s['seconds']:>8.2f} {s['peak_mib']:>8.0f} "
-              f"{r['ratio']:>5.2f}x {s['created']:>7} {s['refused']:>7} {s['again_s']:>8.2f} {s['again_created']:>9}")
-        ok &= (f["read"] == s["read"] == r["tickets"] and s["created"] == kinds["approved"] == s["requests"]
-               and s["again_created"] == 0 and not s["error"])
-        if s["error"]:
-            print(f"  {r['db']}: the sync stopped: {s['error']}")
-    print("(MiB: peak resident memory of the phase's process, interpreter and libraries included)")
+        for k, (f, s) in enumerate(r["rounds"], 1):
+            print(f"{r['db']:11} {k:>5} {f['seconds']:>8.2f} {f['peak_mib']:>9.0f} {s['seconds']:>8.2f} "
+                  f"{s['peak_mib']:>8.0f} {s['seconds'] / f['seconds']:>5.2f}x {s['created']:>7} {s['refused']:>7} "
+                  f"{s['again_s']:>8.2f} {s['again_created']:>9}")
+            ok &= (f["read"] == s["read"] == r["tickets"] and s["created"] == kinds["approved"] == s["requests"]
+                   and s["again_created"] == 0 and not s["error"])
+            if s["error"]:
+                print(f"  {r['db']}: the sync stopped: {s['error']}")
+        print(f"{r['db']:11} {'median':>5} {r['fetch_s']:>8.2f} {'':>9} {r['sync_s']:>8.2f} {'':>8} {r['ratio']:>5.2f}x")
+    print("(ratio of the medians on the median line; MiB: peak resident memory of the phase's process,\n"
+          " interpreter and libraries included)")
     return 0 if ok else 1
 
 
