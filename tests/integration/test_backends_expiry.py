@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 import json
 import re
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 
 import ldap3
 import pytest
@@ -172,9 +172,15 @@ def test_aws_credentials_for_the_grantee_only(moto, store, policy):
     from app.lifecycle import Refused
     with pytest.raises(Refused, match="only alice"):
         lc.aws_credentials("dave", rid)
+    asked = datetime.now(timezone.utc).replace(microsecond=0)
     creds = lc.aws_credentials("alice", rid)
+    answered = datetime.now(timezone.utc)
     assert creds["Version"] == 1 and {"AccessKeyId", "SecretAccessKey", "SessionToken", "Expiration"} <= creds.keys()
-    assert creds["Expiration"] <= lc.get(rid).expires_at.strftime("%Y-%m-%dT%H:%M:%SZ")
+    # moto stamps Expiration with the real clock, the grant runs on the frozen one: compare durations.
+    # Asked for what remains of the grant (20 min) less the 5 s skew margin, never more.
+    expiration = datetime.strptime(creds["Expiration"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)
+    remaining = lc.get(rid).expires_at - clock()
+    assert asked + remaining - timedelta(seconds=10) <= expiration <= answered + remaining
     with store.transaction() as s:
         issued = s.exec(select(AuditEvent).where(AuditEvent.action == "credentials.issued")).one()
     assert creds["SecretAccessKey"] not in issued.details and creds["SessionToken"] not in issued.details
