@@ -174,6 +174,11 @@ def _committed(obj: Any, values: Mapping[str, Any]) -> None:
         set_committed_value(obj, key, value)
 
 
+def _source_ref(ticket: Ticket) -> str:
+    """A ticket-driven request's unique reference to the change it came from."""
+    return f"change_request:{ticket.sys_id}"
+
+
 def _checks(decision: Decision) -> list[dict[str, Any]]:
     return [{"name": c.name, "passed": c.passed, "message": c.message} for c in decision.checks]
 
@@ -360,7 +365,7 @@ class Lifecycle:
             if len(items) > 1:
                 return [self.submit_from_tickets([item])[0] for item in items]
             with self.store.transaction() as s:
-                source = f"change_request:{items[0][0].sys_id}"
+                source = _source_ref(items[0][0])
                 if s.exec(select(RequestRow.id).where(RequestRow.source_ref == source)).first() is None:
                     raise  # some other constraint: not a race to swallow
             return [None]
@@ -396,7 +401,7 @@ class Lifecycle:
         sources = {}  # index -> source_ref
         for i, (ticket, _) in enumerate(items):
             if SYS_ID_RE.fullmatch(ticket.sys_id or ""):  # it becomes the unique source_ref: 32 hex digits only
-                sources[i] = f"change_request:{ticket.sys_id}"
+                sources[i] = _source_ref(ticket)
             else:
                 results[i] = Refused("ticket", f"{ticket.number!r} has an invalid sys_id {ticket.sys_id[:40]!r}")
         handled = set(s.exec(select(RequestRow.source_ref)

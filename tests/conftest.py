@@ -77,6 +77,15 @@ def store(db_url: str):
 
 
 @pytest.fixture
+def sqlite_store(tmp_path: Path):
+    """One SQLite database, for tests about something else than the database (backends, time)."""
+    s = Store(f"sqlite:///{tmp_path / 'jit.db'}")
+    s.migrate()
+    yield s
+    s.dispose()
+
+
+@pytest.fixture
 def backend() -> FakeBackend:
     return FakeBackend("sudo")
 

@@ -26,28 +26,12 @@ from app.sandbox import PEOPLE
 from app.store import AuditEvent
 from integrations.aws import AwsBackend
 from integrations.ldap import LdapBackend
-from policies.model import PolicySet
 
-from slapd import GROUPS_DN, PEOPLE_DN, Slapd, group_dn, slapd_server, user_dn  # noqa: F401 (fixture)
+from slapd import GROUPS_DN, PEOPLE_DN, Slapd, slapd_server, user_dn  # noqa: F401 (fixture)
 from moto_server import have_moto, scrub_aws_env, start_moto
+from backend_targets import ROLE_ARN, TRUST, WEB, policy_with_targets
 
 from tests.conftest import T0
-
-WEB = group_dn("web-admins")
-ROLE_ARN = "arn:aws:iam::123456789012:role/jit-admin"
-TRUST = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Principal": {"AWS": "arn:aws:iam::123456789012:root"},
-                                                 "Action": ["sts:AssumeRole", "sts:SetSourceIdentity", "sts:TagSession"]}]}
-
-
-def policy_with_targets(base: PolicySet) -> PolicySet:
-    data = base.model_dump(mode="python")
-    data["targets"]["corp-ldap"] = {"environment": "production", "tier": "low", "backend": "ldap", "roles": {
-        "web-admins": {"eligible_groups": ["engineers"], "group_dn": WEB}}}
-    data["targets"]["aws-prod"] = {"environment": "production", "tier": "low", "backend": "aws", "roles": {
-        "admin": {"eligible_groups": ["engineers"], "role_arn": ROLE_ARN}}}
-    data["tiers"]["low"] = {**data["tiers"]["low"], "auto_approve_up_to": timedelta(minutes=30)}
-    return PolicySet.model_validate(data)
-
 
 class RecordingConnection(ldap3.Connection):
     """Records each modify (what AD would receive), then hands slapd the plain DN (slapd has no TTLs)."""

@@ -21,7 +21,7 @@ from sqlmodel import select
 from app.clock import FrozenClock, system_clock
 from app.config import EngineSettings
 from app.devservers.moto import have_moto, scrub_aws_env, start_moto
-from app.devservers.slapd import GROUPS_DN, PEOPLE_DN, SKIP_REASON, group_dn, have_slapd, start_slapd, user_dn
+from app.devservers.slapd import GROUPS_DN, PEOPLE_DN, SKIP_REASON, have_slapd, start_slapd, user_dn
 from app.engine import Engine
 from app.identity import StaticDirectory
 from app.lifecycle import Lifecycle, OutboxSettings
@@ -35,35 +35,13 @@ from integrations.sudo import SudoBackend
 from policies.model import PolicySet
 
 from fault_rigs import CVTSUDOERS, NO_SUDO, VISUDO, TcpRelay, ThrottlingProxy
+from backend_targets import TRUST, WEB, policy_with_targets
 from webhook_receiver import Receiver
 from tests.conftest import PG_URL, T0
 
-WEB = group_dn("web-admins")
 ALICE = user_dn("alice")
-ROLE_ARN = "arn:aws:iam::123456789012:role/jit-admin"
-TRUST = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Principal": {"AWS": "arn:aws:iam::123456789012:root"},
-                                                 "Action": ["sts:AssumeRole", "sts:SetSourceIdentity", "sts:TagSession"]}]}
 BACKOFF = timedelta(milliseconds=200)  # the engine's retry_backoff: between tries, and 2^attempts x it to the next pass
 DIRECTORY = StaticDirectory({name: frozenset(groups) for name, (_, groups) in PEOPLE.items()})
-
-
-def with_targets(base: PolicySet) -> PolicySet:
-    data = base.model_dump(mode="python")
-    data["targets"]["corp-ldap"] = {"environment": "production", "tier": "low", "backend": "ldap", "roles": {
-        "web-admins": {"eligible_groups": ["engineers"], "group_dn": WEB}}}
-    data["targets"]["aws-prod"] = {"environment": "production", "tier": "low", "backend": "aws", "roles": {
-        "admin": {"eligible_groups": ["engineers"], "role_arn": ROLE_ARN}}}
-    data["tiers"]["low"] = {**data["tiers"]["low"], "auto_approve_up_to": timedelta(minutes=30)}
-    return PolicySet.model_validate(data)
-
-
-@pytest.fixture
-def sqlite_store(tmp_path):
-    """The backend tests are about the backend: one database is enough (PostgreSQL has its own test below)."""
-    s = Store(f"sqlite:///{tmp_path / 'jit.db'}")
-    s.migrate()
-    yield s
-    s.dispose()
 
 
 @pytest.fixture
@@ -80,7 +58,7 @@ class World:
         self.clock = FrozenClock(T0)
         self.store = store
         self.settings = EngineSettings(retry_backoff=BACKOFF, apply_attempts=2)
-        self.lc = Lifecycle(store, with_targets(policy), DIRECTORY, backends, self.clock, self.settings,
+        self.lc = Lifecycle(store, policy_with_targets(policy), DIRECTORY, backends, self.clock, self.settings,
                             outbox=OutboxSettings(webhook=True))
         self.webhook = Webhook(receiver.url, timeout=2)
         self.engine = Engine(self.lc, self.settings, self.clock,

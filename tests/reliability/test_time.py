@@ -20,7 +20,6 @@ from app.engine import Engine
 from app.identity import StaticDirectory
 from app.lifecycle import Lifecycle
 from app.sandbox import PEOPLE
-from app.store import Store
 from integrations.sudo import SudoBackend
 from policies.model import PolicySet
 
@@ -135,14 +134,6 @@ def wait_for(condition, seconds: float) -> bool:
             return True
         time.sleep(0.02)
     return condition()
-
-
-@pytest.fixture
-def sqlite_store(tmp_path):
-    s = Store(f"sqlite:///{tmp_path / 'jit.db'}")
-    s.migrate()
-    yield s
-    s.dispose()
 
 
 FAST = dict(sweep_interval=timedelta(milliseconds=300), poll_interval=timedelta(milliseconds=500))
