@@ -14,7 +14,7 @@ from typing import Any, Iterable, Iterator, NamedTuple
 
 from sqlmodel import Session, select
 
-from app.store import AuditEvent, AuditHead, insert_rows
+from app.store import AuditEvent, AuditHead, JSONText, insert_rows
 
 GENESIS = "0" * 64
 _HEAD = "jit.audit_head"  # session.info: (transaction, the head row it locked)
@@ -24,8 +24,14 @@ _CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_asci
 _TEXT = json.encoder.encode_basestring  # how that encoder writes a string (ensure_ascii=False)
 
 
-def canonical(value: Any) -> str:
-    return _CANONICAL.encode(value)
+def canonical(value: Any) -> JSONText:
+    """The one JSON form events are hashed in: sorted keys, no spaces, text as it is. In a dict,
+    a ``JSONText`` value (written by this function before) is embedded as it is, so a request's
+    checks, stored with it and in its event, are written out once."""
+    if type(value) is dict and any(type(v) is JSONText for v in value.values()):
+        return JSONText("{%s}" % ",".join(f"{_TEXT(k)}:{v if type(v) is JSONText else _CANONICAL.encode(v)}"
+                                          for k, v in sorted(value.items())))
+    return JSONText(_CANONICAL.encode(value))
 
 
 def event_hash(seq: int, at: datetime, actor: str, action: str, request_id: int | None,

@@ -33,7 +33,7 @@ from app.clock import Clock
 from app.config import PERSON, EngineSettings
 from app.identity import Directory
 from app.tickets import TicketGateway
-from app.store import ApprovalRow, GrantRow, OutboxRow, RequestRow, ReviewRow, Store, insert_rows
+from app.store import ApprovalRow, GrantRow, OutboxRow, RequestRow, ReviewRow, Store, among, insert_rows, next_ids
 from integrations.servicenow.tickets import SYS_ID_RE, Ticket
 from integrations.base import Backend, BackendError, GrantSpec, InvalidGrant
 from policies.approvals import Approver, judge
@@ -405,7 +405,7 @@ class Lifecycle:
             else:
                 results[i] = Refused("ticket", f"{ticket.number!r} has an invalid sys_id {ticket.sys_id[:40]!r}")
         handled = set(s.exec(select(RequestRow.source_ref)
-                             .where(RequestRow.source_ref.in_(set(sources.values())))).all()) if sources else set()
+                             .where(among(s, RequestRow.source_ref, set(sources.values())))).all()) if sources else set()
         wanted = []  # (index, request, servicenow approves, facts)
         for i, source in sources.items():
             if source in handled:
@@ -419,7 +419,7 @@ class Lifecycle:
         holdings: dict[str, list[Holding]] = {p: [] for p in people}
         if people:  # (open bypass reviews are not read: only evaluate_bypass() weighs them)
             for r in s.exec(select(RequestRow.requester, RequestRow.target, RequestRow.role, RequestRow.starts_at,
-                                   RequestRow.expires_at).where(RequestRow.requester.in_(people),
+                                   RequestRow.expires_at).where(among(s, RequestRow.requester, people),
                                                                 RequestRow.state.in_(HOLDING_STATES))):
                 holdings[r.requester].append(Holding(r.target, r.role, r.starts_at, r.expires_at))
         decided, rows = [], []
@@ -437,7 +437,8 @@ class Lifecycle:
                     params=decision.params, reason=req.reason, ticket=req.ticket,
                     state="approved" if approved else "pending", source_ref=sources[i],
                     approval_model="servicenow" if approved and not decision.auto_approved else decision.approval,
-                    approver_groups=list(decision.approver_groups), checks=_checks(decision), scheduled=True,
+                    approver_groups=list(decision.approver_groups), checks=audit.canonical(_checks(decision)),
+                    scheduled=True,
                     duration_s=int(req.duration.total_seconds()), starts_at=req.starts_at,
                     expires_at=req.expires_at, created_at=now, updated_at=now, escalated_at=None,
                     closed_by=None, closed_reason=None, version=1)
@@ -445,12 +446,10 @@ class Lifecycle:
                 if approved:  # later requests in this page see it, as they would see it committed
                     holdings[person].append(Holding(req.target, req.role, req.starts_at, req.expires_at))
             decided.append((i, req, decision, approved, row))
-        if rows:  # one insert, then the ids by source_ref (RETURNING over many rows is slow on psycopg)
+        if rows:  # ids first, then one insert (RETURNING over many rows is slow on psycopg)
+            for row, request_id in zip(rows, next_ids(s, RequestRow.__table__, len(rows))):
+                row["id"] = request_id
             insert_rows(s, RequestRow.__table__, rows)
-            ids = dict(s.exec(select(RequestRow.source_ref, RequestRow.id)
-                              .where(RequestRow.source_ref.in_([row["source_ref"] for row in rows]))).all())
-            for row in rows:
-                row["id"] = ids[row["source_ref"]]
         events = []
         for i, req, decision, approved, row in decided:
             duration = format_duration(req.duration)

@@ -146,6 +146,22 @@ def test_event_hash_is_the_canonical_json_hash(seq, at, actor, action, request_i
             == _reference_hash(seq, at, actor, action, request_id, details, prev))
 
 
+json_values = st.recursive(st.none() | st.booleans() | st.integers() | text_values,
+                           lambda inner: st.lists(inner, max_size=4) | st.dictionaries(text_values, inner, max_size=4),
+                           max_leaves=12)
+
+
+@settings(max_examples=300, deadline=None)
+@given(details=st.dictionaries(text_values, json_values, max_size=6), data=st.data())
+def test_canonical_embeds_text_it_wrote_before_as_if_it_wrote_it_now(details, data):
+    """A request's checks are written out once, for its row and its event: the event's text and
+    hash must be those of the checks written out in place."""
+    written = {k: audit.canonical(v) if data.draw(st.booleans(), label=f"pre-encode {k!r}") else v
+               for k, v in details.items()}
+    assert audit.canonical(written) == audit.canonical(details)
+    assert json.loads(audit.canonical(written)) == details
+
+
 def test_append_many_continues_the_chain_that_append_started(store, clock):
     """Events written one by one and a batch in the same transaction form one chain, in order."""
     with store.transaction() as s:
