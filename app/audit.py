@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+
+import orjson
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Iterable, Iterator, NamedTuple
@@ -32,6 +34,17 @@ def canonical(value: Any) -> JSONText:
         return JSONText("{%s}" % ",".join(f"{_TEXT(k)}:{v if type(v) is JSONText else _CANONICAL.encode(v)}"
                                           for k, v in sorted(value.items())))
     return JSONText(_CANONICAL.encode(value))
+
+
+def canonical_plain(value: Any) -> JSONText:
+    """``canonical(value)`` for a value of dicts with text keys, lists, text, booleans and None only
+    (a decision's checks), written by orjson: the sync writes one per change, and orjson takes a
+    fifth of the time. For such values orjson writes what ``canonical`` writes (property-tested over
+    all of Unicode); text orjson refuses (a lone surrogate) goes to ``canonical``."""
+    try:
+        return JSONText(orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode())
+    except TypeError:
+        return canonical(value)
 
 
 def event_hash(seq: int, at: datetime, actor: str, action: str, request_id: int | None,

@@ -437,7 +437,7 @@ class Lifecycle:
                     params=decision.params, reason=req.reason, ticket=req.ticket,
                     state="approved" if approved else "pending", source_ref=sources[i],
                     approval_model="servicenow" if approved and not decision.auto_approved else decision.approval,
-                    approver_groups=list(decision.approver_groups), checks=audit.canonical(_checks(decision)),
+                    approver_groups=list(decision.approver_groups), checks=audit.canonical_plain(_checks(decision)),
                     scheduled=True,
                     duration_s=int(req.duration.total_seconds()), starts_at=req.starts_at,
                     expires_at=req.expires_at, created_at=now, updated_at=now, escalated_at=None,
@@ -686,10 +686,17 @@ class Lifecycle:
         written = audit.append_many(s, ((at, actor, action, rid, d) for actor, action, _, rid, d in events))
         o = self.outbox
         if o.servicenow or o.webhook:
+            views: dict[int, SimpleNamespace] = {}  # a row's events share one view of it
+
+            def view(row: dict | None) -> SimpleNamespace | None:
+                if row is None:
+                    return None
+                if id(row) not in views:
+                    views[id(row)] = SimpleNamespace(**row)
+                return views[id(row)]
             owed = [item for event, (_, _, row, _, details) in zip(written, events)
-                    for item in outbox.entries(event, SimpleNamespace(**row) if row else None, details,
-                                               servicenow=o.servicenow, webhook=o.webhook,
-                                               create_change=o.create_change)]
+                    for item in outbox.entries(event, view(row), details, servicenow=o.servicenow,
+                                               webhook=o.webhook, create_change=o.create_change)]
             if owed:
                 s.connection().execute(OutboxRow.__table__.insert(), owed)
 

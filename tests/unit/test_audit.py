@@ -162,6 +162,25 @@ def test_canonical_embeds_text_it_wrote_before_as_if_it_wrote_it_now(details, da
     assert json.loads(audit.canonical(written)) == details
 
 
+any_text = st.text(alphabet=st.characters(exclude_categories=("Cs",)), max_size=40)
+plain_values = st.recursive(st.none() | st.booleans() | any_text,
+                            lambda inner: st.lists(inner, max_size=4) | st.dictionaries(any_text, inner, max_size=4),
+                            max_leaves=12)
+
+
+@settings(max_examples=500, deadline=None)
+@given(value=plain_values)
+def test_canonical_plain_writes_what_canonical_writes(value):
+    """orjson writes a decision's checks: it must write the very text json would (the hash is of it)."""
+    assert audit.canonical_plain(value) == audit.canonical(value)
+
+
+@pytest.mark.parametrize("text", ["\x00\x1f\x7f\u2028\u2029\ufeff \"\\/", "\U0001f510 é", "\ud800 lone"])
+def test_canonical_plain_on_control_characters_and_lone_surrogates(text):
+    value = [{"name": "business_need", "passed": False, "message": text}]
+    assert audit.canonical_plain(value) == audit.canonical(value)
+
+
 def test_append_many_continues_the_chain_that_append_started(store, clock):
     """Events written one by one and a batch in the same transaction form one chain, in order."""
     with store.transaction() as s:
