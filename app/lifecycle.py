@@ -697,8 +697,7 @@ class Lifecycle:
             owed = [item for event, (_, _, row, _, details) in zip(written, events)
                     for item in outbox.entries(event, view(row), details, servicenow=o.servicenow,
                                                webhook=o.webhook, create_change=o.create_change)]
-            if owed:
-                s.connection().execute(OutboxRow.__table__.insert(), owed)
+            insert_rows(s, OutboxRow.__table__, [{**item, "state": "pending", "attempts": 0} for item in owed])
 
     def _ticket_facts(self, number: str | None, start: datetime, end: datetime) -> TicketFacts | None:
         """ServiceNow's facts for the ticket (fetched outside any transaction), when configured."""

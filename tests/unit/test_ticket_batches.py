@@ -14,8 +14,8 @@ import pytest
 import sqlalchemy as sa
 
 from app import audit
-from app.lifecycle import Refused
-from app.store import AuditEvent, RequestRow
+from app.lifecycle import OutboxSettings, Refused
+from app.store import AuditEvent, OutboxRow, RequestRow
 from integrations.servicenow.tickets import Ticket
 from policies.decision import TicketFacts
 from tests.conftest import T0
@@ -147,3 +147,16 @@ def test_bad_changes_in_a_page_are_refused_each_with_its_reason(lifecycle, store
     results = lifecycle.submit_from_tickets([no_role, bad_id, ended, good])
     assert [r.rule if isinstance(r, Refused) else "ok" for r in results] == ["ticket", "ticket", "change_window", "ok"]
     assert [r.requester for r in requests(store)] == ["dave"]
+
+
+def test_a_page_owes_its_work_notes_and_webhooks_once(lifecycle, store):
+    """The notes and webhooks a page's events owe go into the outbox with the page, pending."""
+    lifecycle.outbox = OutboxSettings(servicenow=True, webhook=True, create_change=False)
+    page = [change("alice"), change("bob")]  # bob is not eligible: refused, noted on his ticket
+    lifecycle.submit_from_tickets(page)
+    with store.transaction() as s:
+        owed = s.exec(sa.select(OutboxRow).order_by(OutboxRow.id)).scalars().all()
+    assert [(o.channel, o.ticket, o.state, o.attempts, o.next_attempt_at) for o in owed] == [
+        ("servicenow", page[1][0].number, "pending", 0, T0)]
+    assert "was refused by policy. Failing checks: privilege_appropriate" in owed[0].payload["text"]
+    assert owed[0].payload["marker"].startswith("[jit:ev-")
