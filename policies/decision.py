@@ -1,9 +1,9 @@
-"""Inputs and outputs of a policy evaluation: plain frozen dataclasses, no I/O."""
+"""Inputs and outputs of a policy evaluation: plain frozen dataclasses and named tuples, no I/O."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from functools import cached_property
 from datetime import datetime, timedelta
+from typing import NamedTuple
 
 
 @dataclass(frozen=True)
@@ -66,8 +66,7 @@ class Context:
     ticket: TicketFacts | None = None  # None: no ServiceNow configured, only the format is checked
 
 
-@dataclass(frozen=True)
-class Check:
+class Check(NamedTuple):  # (a frozen dataclass took 5 us to build; the sync builds 11 per change)
     name: str
     passed: bool
     message: str
@@ -82,10 +81,10 @@ class Decision:
     tier: str | None = None
     backend: str | None = None
     params: dict = field(default_factory=dict)
+    allowed: bool = field(init=False)  # every check passed (computed once: the checks never change)
 
-    @cached_property  # frozen: the checks never change
-    def allowed(self) -> bool:
-        return all(c.passed for c in self.checks)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "allowed", all(c.passed for c in self.checks))
 
     @property
     def failures(self) -> tuple[Check, ...]:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import re
 from datetime import timedelta
+from functools import lru_cache
 
 # Units in order, each at most once, ASCII digits only: '1h30m' yes, '1h1h' or '30m1h' no.
 _FORMAT = re.compile(r"(?:([0-9]+)d)?(?:([0-9]+)h)?(?:([0-9]+)m)?(?:([0-9]+)s)?", re.ASCII)
@@ -26,6 +27,7 @@ def parse_duration(text: str) -> timedelta:
     return timedelta(seconds=seconds)
 
 
+@lru_cache(maxsize=4096)  # pure, and called for every decision with a handful of distinct values
 def format_duration(delta: timedelta) -> str:
     """``timedelta(hours=1, minutes=30)`` -> ``1h30m``."""
     seconds = int(delta.total_seconds())
