@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 
 import pytest
 import sqlalchemy as sa
@@ -35,17 +36,24 @@ def test_next_ids_are_new_ascending_and_not_handed_out_again(store):
     assert len(set(ids)) == 5 and after.id in ids and after.id > max(first)
 
 
-def test_json_text_goes_in_as_written_and_a_plain_string_is_still_encoded(store):
+def test_rows_read_back_as_written_and_a_plain_string_is_still_encoded_as_json(store):
+    """Every kind of column the sync writes (binary COPY on PostgreSQL), with text COPY would escape."""
     checks = [{"name": "business_need", "passed": True, "message": "é \"quoted\" \u2028"}]
+    odd = "tab\there\nnew line \\N back\\slash \U0001f510 é"
+    later = T0 + timedelta(hours=2, microseconds=7)
     with store.transaction() as s:
         [n, m] = next_ids(s, RequestRow.__table__, 2)
         insert_rows(s, RequestRow.__table__, [
-            _row(1, id=n, checks=JSONText(json.dumps(checks)), params={"commands": ["/usr/bin/id"]}),
+            _row(1, id=n, checks=JSONText(json.dumps(checks)), params={"commands": ["/usr/bin/id", odd]},
+                 reason=odd, expires_at=later, escalated_at=later, scheduled=True, duration_s=2**31 - 1),
             _row(2, id=m, checks="[not json, a string]", approver_groups=["security"])])
     with store.transaction() as s:
         one, two = s.exec(sa.select(RequestRow).order_by(RequestRow.id)).scalars().all()
-    assert one.checks == checks and one.params == {"commands": ["/usr/bin/id"]}
+    assert one.checks == checks and one.params == {"commands": ["/usr/bin/id", odd]} and one.reason == odd
+    assert (one.starts_at, one.expires_at, one.escalated_at, one.scheduled, one.duration_s) == (
+        T0, later, later, True, 2**31 - 1)
     assert two.checks == "[not json, a string]" and two.approver_groups == ["security"]
+    assert (two.escalated_at, two.closed_by, two.scheduled) == (None, None, False)
 
 
 @pytest.mark.parametrize("wanted", [[], ["user2"], ["user1", "user3", "nobody", "o'brien"]])
