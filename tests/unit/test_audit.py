@@ -1,7 +1,6 @@
 """The audit chain detects every edit, deletion and reordering, and names the first broken event."""
 from __future__ import annotations
 
-import io
 import json
 import threading
 import time
