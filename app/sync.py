@@ -8,7 +8,7 @@ outage mid-run loses nothing; re-reading the same second again is harmless.
 Changes are decided a page (``PAGE``) at a time, one transaction per page
 (``Lifecycle.submit_from_tickets``), while a thread reads the next page from ServiceNow
 (``read_ahead``), which also reads the groups and blackouts the policy needs: a 10,000-change
-backlog costs 1.4 times the bare paged fetch, not 27-47 times (``tests/benchmarks/snow_sync.py``).
+backlog costs 1.3-1.5 times the bare paged fetch, not 27-47 times (``tests/benchmarks/snow_sync.py``).
 
 The first good run after failed ones says how far behind it was: an audit event
 ``sync.caught_up`` and a log line with how long ServiceNow could not be read (since the
