@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-
-import orjson
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Iterable, Iterator, NamedTuple
 
+import orjson
 from sqlmodel import Session, select
 
 from app.store import AuditEvent, AuditHead, JSONText, insert_rows

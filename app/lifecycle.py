@@ -686,17 +686,11 @@ class Lifecycle:
         written = audit.append_many(s, ((at, actor, action, rid, d) for actor, action, _, rid, d in events))
         o = self.outbox
         if o.servicenow or o.webhook:
-            views: dict[int, SimpleNamespace] = {}  # a row's events share one view of it
-
-            def view(row: dict | None) -> SimpleNamespace | None:
-                if row is None:
-                    return None
-                if id(row) not in views:
-                    views[id(row)] = SimpleNamespace(**row)
-                return views[id(row)]
+            views = {id(row): SimpleNamespace(**row) for _, _, row, _, _ in events if row}  # one per row
             owed = [item for event, (_, _, row, _, details) in zip(written, events)
-                    for item in outbox.entries(event, view(row), details, servicenow=o.servicenow,
-                                               webhook=o.webhook, create_change=o.create_change)]
+                    for item in outbox.entries(event, views[id(row)] if row else None, details,
+                                               servicenow=o.servicenow, webhook=o.webhook,
+                                               create_change=o.create_change)]
             insert_rows(s, OutboxRow.__table__, [{**item, "state": "pending", "attempts": 0} for item in owed])
 
     def _ticket_facts(self, number: str | None, start: datetime, end: datetime) -> TicketFacts | None:
