@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test bench lint clean
+.PHONY: demo test stress bench lint clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,6 +18,14 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q
+
+# The concurrency proofs under load: two busy loops hold both cores for the whole run, three
+# rounds in a row (about 15 minutes; the PostgreSQL part needs 127.0.0.1:5432).
+stress: $(STAMP)
+	for round in 1 2 3; do \
+	  echo "== round $$round of 3, with 2 CPU-bound processes"; \
+	  $(PY) -m pytest -q --cpu-load 2 tests/reliability tests/unit/test_concurrency.py || exit 1; \
+	done
 
 # The figures of the README's "Performance" and "Reliability" (about 20 minutes; PostgreSQL at
 # 127.0.0.1:5432 if up; engines_split needs it).

@@ -2,14 +2,21 @@
 escalate, lapse, bypass, review; the state machine; the audit of every decision.
 
 Request: pending -> approved -> active -> expired | released | revoked;
-         pending -> denied | cancelled | lapsed;  approved -> cancelled | lapsed;
-         approved -> failed (the backend refused after retries).
+         pending -> denied | cancelled | lapsed;  approved -> cancelled | lapsed | revoked;
+         approved -> failed (the backend refused after retries).  (``NEXT_STATES``)
 Grant:   applying -> active -> revoking -> revoked;  applying -> failed.
 
 Every transition is one transaction with an optimistic version check: the UPDATE names the
 version it read, so of two concurrent transitions exactly one changes the row. The grant's
 intent is committed before the backend is called and its outcome after, so a crash in
 between is finished by ``recover()`` on the next pass.
+
+One winner per race, by construction: the approval that completes a request (and a submit or
+bypass approved at once) claims its activation, the grant row in 'applying', in the same
+transaction, so a cancel, deny or revoke racing it finds either the request still pending (and
+then exactly one of the two version-checked UPDATEs succeeds) or an activation running; the
+loser gets ``Conflict`` (exit 4) with nothing done. A grant's claim is kept by ``Leases`` while
+its backend call runs; an outcome is written only while the claim is still this process's.
 """
 from __future__ import annotations
 
@@ -32,6 +39,7 @@ from app import audit, failpoints, outbox
 from app.clock import Clock
 from app.config import PERSON, EngineSettings
 from app.identity import Directory
+from app.leases import Leases
 from app.tickets import TicketGateway
 from app.store import ApprovalRow, GrantRow, OutboxRow, RequestRow, ReviewRow, Store, among, insert_rows, next_ids
 from integrations.servicenow.tickets import SYS_ID_RE, Ticket
@@ -47,6 +55,11 @@ log = logging.getLogger("jit.lifecycle")
 OPEN_STATES = ("pending", "approved", "active")
 HOLDING_STATES = ("approved", "active")
 FINAL_STATES = ("expired", "released", "revoked", "denied", "cancelled", "lapsed", "failed")
+# Where each open state may go next. An action finding the request moved one step on from a state
+# it accepts lost a race (or acted on what it saw before someone else did): Conflict, exit 4.
+NEXT_STATES = {"pending": ("approved", "denied", "cancelled", "lapsed"),
+               "approved": ("active", "cancelled", "lapsed", "revoked", "failed"),
+               "active": ("expired", "released", "revoked")}
 TARGET_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.-]{0,252}$")
 ROLE_RE = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
 MAX_TEXT = 2000
@@ -207,7 +220,8 @@ def _check_names(target: str, role: str) -> None:
 class Lifecycle:
     def __init__(self, store: Store, policy: PolicySet, directory: Directory,
                  backends: Mapping[str, Backend], clock: Clock, settings: EngineSettings | None = None, *,
-                 tickets: TicketGateway | None = None, outbox: OutboxSettings | None = None) -> None:
+                 tickets: TicketGateway | None = None, outbox: OutboxSettings | None = None,
+                 owner: str | None = None) -> None:
         self.store = store
         self.tickets = tickets
         self.outbox = outbox or OutboxSettings()
@@ -216,7 +230,8 @@ class Lifecycle:
         self.backends = dict(backends)
         self.clock = clock
         self.settings = settings or EngineSettings()
-        self.owner = f"{socket.gethostname()}:{os.getpid()}"
+        self.owner = owner or f"{socket.gethostname()}:{os.getpid()}"  # whose claims: host:pid
+        self.leases = Leases(store, self.owner, self.settings.lease, clock)
 
     # ----------------------------------------------------------------- queries
     def get(self, request_id: int) -> RequestView:
@@ -329,18 +344,18 @@ class Lifecycle:
                 self._record(s, at=now, actor=person, action="request.submitted", request_id=row.id,
                              target=target, role=role, duration=format_duration(duration), ticket=req.ticket,
                              approval=decision.approval, checks=checks)
+                grant_id = None
                 if approved:
                     self._record(s, at=now, actor="policy", action="request.approved", request_id=row.id,
                                  model=model, reason=AUTO_APPROVED)
+                    grant_id = self._intend_apply(s, row, now)
                 request_id = row.id
         if refused:  # raised after the commit: the refusal itself stays audited
             raise refused
         notes = []
         if approved:
-            if req.starts_at <= self.clock():
-                notes.append(self._activate_if_due(request_id))
-            else:  # scheduled: the engine applies it at its start
-                notes.append(f"REQ-{request_id} starts at {req.starts_at:%Y-%m-%d %H:%M} UTC")
+            notes.append(self._apply(grant_id) if grant_id is not None else  # scheduled: the engine applies it
+                         f"REQ-{request_id} starts at {req.starts_at:%Y-%m-%d %H:%M} UTC")
             message = f"REQ-{request_id} approved at once ({model})"
         else:
             message = (f"REQ-{request_id} submitted; needs {decision.approval} approval from "
@@ -492,12 +507,19 @@ class Lifecycle:
                 s.add(ApprovalRow(request_id=row.id, approver=actor, groups=groups, comment=comment, at=now))
                 self._record(s, at=now, actor=actor, action="approval.given", request_id=row.id,
                              groups=groups, comment=comment, complete=verdict.complete)
-                if verdict.complete:
+                grant_id = None
+                if verdict.complete:  # the approval and the activation it causes: one transaction
                     self._record(s, at=now, actor=actor, action="request.approved", request_id=row.id,
                                  model=row.approval_model)
+                    grant_id = self._intend_apply(s, row, now)
+                starts_at = row.starts_at
         if refusal:
             raise refusal
-        notes = [self._activate_if_due(request_id)] if verdict.complete else []
+        notes = []
+        if grant_id is not None:
+            notes.append(self._apply(grant_id))
+        elif verdict.complete:
+            notes.append(f"REQ-{request_id} starts at {starts_at:%Y-%m-%d %H:%M} UTC")
         return Outcome(self.get(request_id), f"REQ-{request_id}: {verdict.message}", [n for n in notes if n])
 
     def deny(self, actor: str, request_id: int, reason: str) -> Outcome:
@@ -604,10 +626,10 @@ class Lifecycle:
                 self._record(s, at=now, actor=person, action="bypass.used", request_id=row.id, target=target,
                              role=role, incident=req.ticket, reason=req.reason, checks=checks,
                              duration=format_duration(duration))
-                request_id = row.id
+                request_id, grant_id = row.id, self._intend_apply(s, row, now)
         if refusal:
             raise refusal
-        note = self._activate_if_due(request_id)
+        note = self._apply(grant_id) if grant_id is not None else None
         return Outcome(self.get(request_id), f"REQ-{request_id}: emergency bypass; post-hoc review opened",
                        [note] if note else [])
 
@@ -711,8 +733,12 @@ class Lifecycle:
     @staticmethod
     def _expect(row: RequestRow, states: str | Iterable[str], action: str) -> None:
         states = (states,) if isinstance(states, str) else tuple(states)
-        if row.state not in states:
-            raise Refused("state", f"cannot {action} REQ-{row.id}: it is {row.state}, not {' or '.join(states)}")
+        if row.state in states:
+            return
+        if any(row.state in NEXT_STATES.get(state, ()) for state in states):
+            raise Conflict("state", f"cannot {action} REQ-{row.id}: it is {row.state} now, not {' or '.join(states)}: "
+                                    "someone else changed it first; nothing was done")
+        raise Refused("state", f"cannot {action} REQ-{row.id}: it is {row.state}, not {' or '.join(states)}")
 
     @staticmethod
     def _bump(s: Session, row: RequestRow, state: str, now: datetime, **values: Any) -> None:
@@ -759,59 +785,91 @@ class Lifecycle:
         now = self.clock()
         with self.store.transaction() as s:
             row = self._load(s, request_id)
-            if row.state != "approved" or row.starts_at > now:
-                return f"REQ-{request_id} starts at {row.starts_at:%Y-%m-%d %H:%M} UTC" if row.state == "approved" else None
-            if row.expires_at <= now and row.scheduled:
-                return None  # its window has passed; the engine lapses it
-            starts = row.starts_at if row.scheduled else now
-            expires = row.expires_at if row.scheduled else now + timedelta(seconds=row.duration_s)
-            grant = GrantRow(request_id=row.id, backend=row.backend or "", person=row.requester, target=row.target,
-                             role=row.role, params=row.params, starts_at=starts, expires_at=expires,
-                             status="applying", owner=self.owner, lease_until=now + self.settings.lease,
-                             updated_at=now)
-            try:
-                with s.begin_nested():
-                    s.add(grant)
-                    s.flush()
-            except IntegrityError:
-                return None  # another process is activating it
-            backend = self.backends.get(grant.backend)
-            grant.shared_key = backend.shared_key(self._spec(grant)) if backend is not None else None
-            s.add(grant)
-            self._bump(s, row, "approved", now, starts_at=starts, expires_at=expires)
-            self._record(s, at=now, actor="engine", action="grant.applying", request_id=row.id, grant_id=grant.id,
-                         backend=grant.backend, expires_at=expires.isoformat())
-            grant_id = grant.id
-        return self._apply(grant_id)
+            grant_id = self._intend_apply(s, row, now)
+            state, starts_at = row.state, row.starts_at
+        if grant_id is not None:
+            return self._apply(grant_id)
+        return f"REQ-{request_id} starts at {starts_at:%Y-%m-%d %H:%M} UTC" if state == "approved" \
+            and starts_at > now else None
+
+    def _intend_apply(self, s: Session, row: RequestRow, now: datetime) -> int | None:
+        """In ``s``: when the approved request's start has come, its grant as 'applying', claimed by
+        this process; the grant's id, or None (not approved, not due, its window has passed, or
+        another process is activating it)."""
+        if row.state != "approved" or row.starts_at > now:
+            return None
+        if row.expires_at <= now and row.scheduled:
+            return None  # its window has passed; the engine lapses it
+        starts = row.starts_at if row.scheduled else now
+        expires = row.expires_at if row.scheduled else now + timedelta(seconds=row.duration_s)
+        grant = GrantRow(request_id=row.id, backend=row.backend or "", person=row.requester, target=row.target,
+                         role=row.role, params=row.params, starts_at=starts, expires_at=expires,
+                         status="applying", owner=self.owner, lease_until=now + self.settings.lease,
+                         updated_at=now)
+        try:
+            with s.begin_nested():
+                s.add(grant)
+                s.flush()
+        except IntegrityError:
+            return None  # another process is activating it
+        backend = self.backends.get(grant.backend)
+        grant.shared_key = backend.shared_key(self._spec(grant)) if backend is not None else None
+        s.add(grant)
+        self._bump(s, row, "approved", now, starts_at=starts, expires_at=expires)
+        self._record(s, at=now, actor="engine", action="grant.applying", request_id=row.id, grant_id=grant.id,
+                     backend=grant.backend, expires_at=expires.isoformat())
+        return grant.id
+
+    def _claim_of(self, grant_id: int) -> tuple[GrantSpec, str, datetime | None]:
+        """A grant's spec, backend, and the end of this process's claim on it (None: not ours)."""
+        with self.store.transaction() as s:
+            g = s.get(GrantRow, grant_id)
+            return self._spec(g), g.backend, g.lease_until if g.owner == self.owner else None
+
+    def _ours(self, grant: GrantRow) -> bool:
+        """Whether this process still holds its claim on ``grant`` (read, and locked, just now)."""
+        if grant.owner == self.owner and self.leases.holds(grant.id):
+            return True
+        log.warning("REQ-%s: the claim on grant %s was lost (now %s, owner %s); its outcome is left to its "
+                    "new owner", grant.request_id, grant.id, grant.status, grant.owner)
+        return False
 
     def _apply(self, grant_id: int) -> str:
-        """Call the backend for a grant in 'applying' and record the outcome."""
-        result = self._call_backend(grant_id, "apply")
-        now = self.clock()
-        with self.store.transaction() as s:
-            grant = s.get(GrantRow, grant_id, with_for_update=True)
-            if grant.status != "applying":  # our lease ran out and another engine finished it
-                return f"grant {grant_id} was finished by another engine: {grant.status}"
-            row = s.get(RequestRow, grant.request_id)
-            if not isinstance(result, BackendError):
-                ref = result
-                grant.status, grant.ref, grant.applied_at, grant.updated_at = "active", ref, now, now
-                grant.owner, grant.lease_until, grant.last_error = None, None, None
-                grant.version += 1
-                s.add(grant)
-                if row.state == "approved":
-                    self._bump(s, row, "active", now)
-                self._record(s, at=now, actor="engine", action="grant.active", request_id=row.id, grant_id=grant.id,
-                             ref=ref, expires_at=grant.expires_at.isoformat())
-                return f"active: {grant.backend} grant until {grant.expires_at:%Y-%m-%d %H:%M:%S} UTC ({ref})"
-            grant.status, grant.last_error, grant.updated_at = "failed", str(result), now
-            grant.owner, grant.lease_until, grant.version = None, None, grant.version + 1
+        """Call the backend for a grant in 'applying' and record the outcome, while its claim holds."""
+        spec, backend, until = self._claim_of(grant_id)
+        with self.leases.hold([grant_id], until):
+            if not self.leases.holds(grant_id):
+                return f"grant {grant_id} is being applied by another engine"
+            result = self._with_backend(spec, backend, "apply")
+            now = self.clock()
+            with self.store.transaction() as s:
+                return self._apply_outcome(s, grant_id, result, now)
+
+    def _apply_outcome(self, s: Session, grant_id: int, result: Any, now: datetime) -> str:
+        """Record what the backend call for a grant in 'applying' did: active, or failed."""
+        grant = s.get(GrantRow, grant_id, with_for_update=True)
+        if grant.status != "applying" or not self._ours(grant):  # the lease ran out: another engine has it
+            return f"grant {grant_id} was taken over by another engine: {grant.status}"
+        row = s.get(RequestRow, grant.request_id)
+        if not isinstance(result, BackendError):
+            ref = result
+            grant.status, grant.ref, grant.applied_at, grant.updated_at = "active", ref, now, now
+            grant.owner, grant.lease_until, grant.last_error = None, None, None
+            grant.version += 1
             s.add(grant)
             if row.state == "approved":
-                self._bump(s, row, "failed", now, closed_by="engine", closed_reason=str(result))
-            self._record(s, at=now, actor="engine", action="grant.failed", request_id=row.id, grant_id=grant.id,
-                         error=str(result))
-            return f"failed: {result}"
+                self._bump(s, row, "active", now)
+            self._record(s, at=now, actor="engine", action="grant.active", request_id=row.id, grant_id=grant.id,
+                         ref=ref, expires_at=grant.expires_at.isoformat())
+            return f"active: {grant.backend} grant until {grant.expires_at:%Y-%m-%d %H:%M:%S} UTC ({ref})"
+        grant.status, grant.last_error, grant.updated_at = "failed", str(result), now
+        grant.owner, grant.lease_until, grant.version = None, None, grant.version + 1
+        s.add(grant)
+        if row.state == "approved":
+            self._bump(s, row, "failed", now, closed_by="engine", closed_reason=str(result))
+        self._record(s, at=now, actor="engine", action="grant.failed", request_id=row.id, grant_id=grant.id,
+                     error=str(result))
+        return f"failed: {result}"
 
     def _call_backend(self, grant_id: int, method: str) -> Any:
         """Run ``apply`` or ``revoke`` for a grant, between its crash points; see ``_with_retries``."""
@@ -907,22 +965,27 @@ class Lifecycle:
         """Remove the artifact of a grant in 'revoking'; mark it revoked only once it is gone.
 
         When another live grant shares the artifact, it stays, and that grant is applied again
-        so its own terms (e.g. an AD membership TTL) are the ones in force."""
-        other = self._still_covered(grant_id)
-        if other is not None:
-            error = self._call_backend(other.id, "apply")
-            kept = other.id
-        else:
-            error = self._call_backend(grant_id, "revoke")
-            kept = None
-        now = self.clock()
-        with self.store.transaction() as s:
-            return self._revoke_outcome(s, grant_id, error, kept, now)
+        so its own terms (e.g. an AD membership TTL) are the ones in force. Only while this
+        process holds its claim on the grant: a lost claim is left to its new owner."""
+        spec, backend, until = self._claim_of(grant_id)
+        with self.leases.hold([grant_id], until):
+            if not self.leases.holds(grant_id):
+                return f"grant {grant_id} is being revoked by another engine"
+            other = self._still_covered(grant_id)
+            if other is not None:
+                error = self._call_backend(other.id, "apply")
+                kept = other.id
+            else:
+                error = self._with_backend(spec, backend, "revoke")
+                kept = None
+            now = self.clock()
+            with self.store.transaction() as s:
+                return self._revoke_outcome(s, grant_id, error, kept, now)
 
     def _revoke_outcome(self, s: Session, grant_id: int, error: Any, kept: int | None, now: datetime) -> str | None:
         """Record what the backend call for a grant in 'revoking' did: revoked, or a retry later."""
         grant = s.get(GrantRow, grant_id, with_for_update=True)  # two finishers: the second sees it done
-        if grant.status != "revoking":
+        if grant.status != "revoking" or not self._ours(grant):
             return None
         if isinstance(error, BackendError):
             grant.attempts += 1
@@ -959,15 +1022,18 @@ class Lifecycle:
         now = now or self.clock()
         ended, skip_locked = 0, True
         while True:
-            found, batch = self._intend_expiry(now, limit, skip_locked)
+            found, batch, until = self._intend_expiry(now, limit, skip_locked)
             done = {}
-            for g in batch:
-                if g.shared_key:  # another grant may still cover the artifact: the careful path
-                    self._revoke(g.id)
-                else:
-                    done[g.id] = (self._with_backend(self._spec(g), g.backend, "revoke"), self.clock())
-            if done:
-                self._expiry_outcomes(done)
+            with self.leases.hold([g.id for g in batch], until):  # renewed while the backend works through it
+                for g in batch:
+                    if not self.leases.holds(g.id):
+                        continue  # the claim was lost (frozen, database gone): its new owner finishes it
+                    if g.shared_key:  # another grant may still cover the artifact: the careful path
+                        self._revoke(g.id)
+                    else:
+                        done[g.id] = (self._with_backend(self._spec(g), g.backend, "revoke"), self.clock())
+                if done:
+                    self._expiry_outcomes(done)
             ended += len(batch)
             if found < limit:
                 if not skip_locked or self.store.dialect != "postgresql":
@@ -982,14 +1048,16 @@ class Lifecycle:
         left for a retry, each with its audit event."""
         pg = self.store.dialect == "postgresql"
         with self.store.transaction() as s:
-            q = select(GrantRow).where(GrantRow.id.in_(list(done)))
+            q = select(GrantRow).where(GrantRow.id.in_(list(done))).order_by(GrantRow.id)  # the renewals' order
             grants = {g.id: g for g in s.exec(q.with_for_update() if pg else q).all()}
             q = select(RequestRow).where(RequestRow.id.in_([g.request_id for g in grants.values()]))
             rows = {r.id: r for r in s.exec(q.with_for_update() if pg else q).all()}
             revoked, ended = [], []
             for grant_id, (error, at) in done.items():
                 g = grants[grant_id]
-                if isinstance(error, BackendError) or g.status != "revoking":
+                if g.status != "revoking" or not self._ours(g):
+                    continue  # finished by, or left to, whoever took the claim over
+                if isinstance(error, BackendError):
                     self._revoke_outcome(s, grant_id, error, None, at)
                     continue
                 revoked.append({"id": g.id, "status": "revoked", "revoked_at": at, "updated_at": at, "owner": None,
@@ -1007,7 +1075,8 @@ class Lifecycle:
             if ended:
                 s.execute(sa.update(RequestRow).execution_options(synchronize_session=False), ended)
 
-    def _intend_expiry(self, now: datetime, limit: int, skip_locked: bool) -> tuple[int, list[GrantRow]]:
+    def _intend_expiry(self, now: datetime, limit: int,
+                       skip_locked: bool) -> tuple[int, list[GrantRow], datetime | None]:
         """Commit 'revoking' for up to ``limit`` due grants, in one statement per table plus the audit
         events; how many were due, and those now ours. The rows are locked (SQLite: the database) while
         the intent is written, so the version checks of the one-at-a-time path cannot fail here."""
@@ -1017,7 +1086,7 @@ class Lifecycle:
                  .order_by(GrantRow.expires_at).limit(limit))
             grants = s.exec(q.with_for_update(skip_locked=skip_locked) if pg else q).all()  # skipped: another engine's
             if not grants:
-                return 0, []
+                return 0, [], None
             q = select(RequestRow).where(RequestRow.id.in_([g.request_id for g in grants]))
             active = [r.id for r in s.exec(q.with_for_update() if pg else q).all() if r.state == "active"]
             at = self.clock()
@@ -1034,7 +1103,7 @@ class Lifecycle:
             for g in grants:
                 self._record(s, at=at, actor="engine", action="grant.revoking", request_id=g.request_id,
                              grant_id=g.id, end_state="expired", reason="expired")
-        return len(grants), list(grants)
+        return len(grants), list(grants), at + self.settings.lease
 
     def activate_due(self, now: datetime | None = None) -> int:
         """Apply grants for approved requests whose start has come."""

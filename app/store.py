@@ -114,6 +114,7 @@ class ApprovalRow(SQLModel, table=True):
 
 class GrantRow(SQLModel, table=True):
     __tablename__ = "grant_record"
+    __table_args__ = (sa.Index("ix_grant_record_status_expires_at", "status", "expires_at"),)  # migration 0007
     id: Optional[int] = Field(default=None, primary_key=True)
     request_id: int = Field(foreign_key="access_request.id", unique=True)
     backend: str
@@ -123,7 +124,7 @@ class GrantRow(SQLModel, table=True):
     params: dict = _json(default_factory=dict)
     starts_at: datetime = _when()
     expires_at: datetime = _when(index=True)
-    status: str = Field(index=True)  # applying | active | revoking | revoked | failed
+    status: str  # applying | active | revoking | revoked | failed
     ref: Optional[str] = None
     end_state: Optional[str] = None  # what the request becomes once revoked: expired | released | revoked
     end_actor: Optional[str] = None

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import uuid
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -22,6 +24,22 @@ ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_POLICY = ROOT / "policies" / "default.toml"
 T0 = datetime(2026, 11, 24, 10, 0, tzinfo=timezone.utc)  # a Tuesday
 PG_URL = os.environ.get("JIT_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--cpu-load", type=int, default=0, metavar="N",
+                     help="keep N CPU-bound processes running for the whole run (make stress): proofs under load")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _cpu_load(request: pytest.FixtureRequest):
+    """With --cpu-load N, N busy loops compete with the suite for the cores until it ends."""
+    hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"])
+            for _ in range(request.config.getoption("--cpu-load"))]
+    yield
+    for hog in hogs:
+        hog.kill()
+        hog.wait()
 
 
 @pytest.fixture(autouse=True)

@@ -7,6 +7,7 @@ from datetime import timedelta
 import pytest
 from sqlmodel import select
 
+from app.leases import Leases
 from app.lifecycle import Refused
 from app.store import AuditEvent
 
@@ -24,7 +25,7 @@ def race(calls):
             call()
             ok.append(name)
         except Refused as exc:
-            refused.append((name, exc.rule))
+            refused.append((name, exc.exit_code))
         except Exception as exc:  # anything else is a bug
             errors.append((name, repr(exc)))
 
@@ -54,10 +55,35 @@ def test_approve_deny_cancel_race_gives_one_transition(lifecycle, store, round_)
         ("cancel", lambda: lifecycle.cancel("alice", rid)),
     ])
     assert len(ok) == 1, (ok, refused)
-    assert len(refused) == 2
+    assert [code for _, code in refused] == [4, 4], refused  # each loser: someone else changed it first
     expected = {"approve": "active", "deny": "denied", "cancel": "cancelled"}[ok[0]]
     assert lifecycle.get(rid).state == expected
     assert len(terminal_events(store, rid)) == 1
+
+
+def test_the_approval_and_its_activation_leave_no_gap_for_a_cancel(lifecycle, store, backend):
+    """The activation an approval causes is claimed in the approval's own transaction: while its
+    backend call runs, a cancel, a deny or a revoke finds the request taken and does nothing."""
+    rid = lifecycle.submit("alice", "web-prod-01", "service-admin", timedelta(hours=2),
+                           "restart nginx after renewal", "CHG0000001").request.id
+    lifecycle.approve("bob", rid)
+    real_apply, losers = backend.apply, []
+
+    def apply_meanwhile(spec):
+        for name, call in [("cancel", lambda: lifecycle.cancel("alice", rid)),
+                           ("deny", lambda: lifecycle.deny("erin", rid, "too late")),
+                           ("revoke", lambda: lifecycle.revoke("erin", rid, "too late")),
+                           ("approve", lambda: lifecycle.approve("carol", rid))]:
+            with pytest.raises(Refused) as caught:
+                call()
+            losers.append((name, caught.value.exit_code))
+        return real_apply(spec)
+
+    backend.apply = apply_meanwhile
+    lifecycle.approve("carol", rid)
+    assert losers == [("cancel", 4), ("deny", 4), ("revoke", 4), ("approve", 4)]
+    assert lifecycle.get(rid).state == "active"
+    assert terminal_events(store, rid) == ["request.approved"]
 
 
 @pytest.mark.parametrize("round_", range(ROUNDS))
@@ -110,6 +136,7 @@ def test_an_apply_outliving_its_lease_is_recorded_once(lifecycle, store, backend
 
     other = copy(lifecycle)
     other.owner = "other-host:4242"
+    other.leases = Leases(store, other.owner, lifecycle.settings.lease, clock)
     real_apply = backend.apply
 
     def slow_apply(spec):

@@ -7,7 +7,7 @@ from datetime import timedelta
 import pytest
 import sqlalchemy as sa
 
-from app.store import JSONText, RequestRow, among, insert_rows, next_ids
+from app.store import GrantRow, JSONText, RequestRow, among, insert_rows, next_ids
 from tests.conftest import T0
 
 
@@ -74,3 +74,34 @@ def test_a_page_of_holdings_is_read_through_the_requester_index(sqlite_store):
             "EXPLAIN QUERY PLAN SELECT target FROM access_request WHERE requester IN ('a', 'b') "
             "AND state IN ('approved', 'active')").all()
     assert "ix_access_request_requester_state" in " ".join(str(row[-1]) for row in plan)
+
+
+def _grant(i: int, request_id: int, status: str, expires_at) -> dict:
+    return dict(id=request_id, request_id=request_id, backend="sudo", person=f"user{i}", target="web-prod-01",
+                role="service-admin", params={}, starts_at=T0, expires_at=expires_at, status=status, attempts=0,
+                updated_at=T0, version=1)
+
+
+def test_due_grants_are_read_through_the_status_expiry_index(store):
+    """The expiry pass reads only the grants due, in expiry order, through (status, expires_at)
+    (migration 0007): on status alone it read and sorted every active grant, so its cost grew with
+    how many were held. 5,000 active grants, 100 of them due, 1,000 revoked."""
+    held, due = 5000, 100
+    with store.transaction() as s:
+        ids = next_ids(s, RequestRow.__table__, held + 1000)
+        insert_rows(s, RequestRow.__table__, [_row(i, id=n, state="active") for i, n in enumerate(ids)])
+        insert_rows(s, GrantRow.__table__, [
+            _grant(i, n, "active" if i < held else "revoked",
+                   T0 + timedelta(seconds=(i - due) if i < held else -i)) for i, n in enumerate(ids)])
+    pg = store.dialect == "postgresql"
+    query = ("SELECT id FROM grant_record WHERE status = 'active' AND expires_at <= {now} "
+             "ORDER BY expires_at LIMIT 100").format(now="'2026-11-24 10:00:00+00'" if pg else "'2026-11-24 10:00:00'")
+    with store.transaction() as s:
+        conn = s.connection()
+        conn.exec_driver_sql("ANALYZE")
+        plan = " | ".join(str(row[0] if pg else row[-1]) for row in conn.exec_driver_sql(
+            ("EXPLAIN " if pg else "EXPLAIN QUERY PLAN ") + query).all())
+        found = len(conn.exec_driver_sql(query).all())
+    assert found == due
+    assert "ix_grant_record_status_expires_at" in plan, plan
+    assert "Sort" not in plan and "TEMP B-TREE" not in plan, plan  # the index gives expiry order itself
