@@ -68,17 +68,22 @@ def pg_database() -> str:
     admin.dispose()
 
 
+@pytest.fixture
+def pg_url(pg_database: str) -> str:
+    """The run's PostgreSQL database with a clean, empty schema for this test."""
+    engine = sa.create_engine(pg_database)
+    with engine.begin() as conn:
+        conn.exec_driver_sql("DROP SCHEMA public CASCADE")
+        conn.exec_driver_sql("CREATE SCHEMA public")
+    engine.dispose()
+    return pg_database
+
+
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'jit.db'}"
-    url = request.getfixturevalue("pg_database")
-    engine = sa.create_engine(url)
-    with engine.begin() as conn:  # a clean schema for every test
-        conn.exec_driver_sql("DROP SCHEMA public CASCADE")
-        conn.exec_driver_sql("CREATE SCHEMA public")
-    engine.dispose()
-    return url
+    return request.getfixturevalue("pg_url")
 
 
 @pytest.fixture

@@ -26,7 +26,6 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
-import sqlalchemy as sa
 from sqlmodel import select
 
 from app import audit
@@ -44,15 +43,6 @@ LEASE = timedelta(seconds=3)
 BOUND = timedelta(seconds=2)  # an expiry handled by a live engine ends within this
 OTHER_HOST = "jit-other-host"
 
-
-@pytest.fixture
-def pg_url(pg_database: str) -> str:
-    engine = sa.create_engine(pg_database)
-    with engine.begin() as conn:  # a clean schema for every test
-        conn.exec_driver_sql("DROP SCHEMA public CASCADE")
-        conn.exec_driver_sql("CREATE SCHEMA public")
-    engine.dispose()
-    return pg_database
 
 
 def other_host_prefix() -> list[str]:
@@ -136,11 +126,11 @@ def test_engines_share_the_work_and_take_over_a_dead_ones_claims(tmp_path, pg_ur
             assert counts == dict.fromkeys(counts, 1), (rid, counts)
         assert sorted(grants) == sorted(ids) and {g.status for g in grants.values()} == {"revoked"}
 
-        # Exactly one takeover from the dead engine: its claim, freed as its owner's host allows.
-        # (A live engine slower than the lease could be taken over too; the counts above still hold.)
-        recovered = [e for e in events if e.action == "grant.recovered"
-                     and json.loads(e.details)["previous_owner"] == doomed_owner]
-        assert len(recovered) == 1, [(e.request_id, e.details) for e in events if e.action == "grant.recovered"]
+        # Exactly one takeover, from the dead engine: its claim, freed as its owner's host allows. A
+        # live engine renews its leases, so however slow its backend calls, it is never taken over.
+        recovered = [e for e in events if e.action == "grant.recovered"]
+        assert [json.loads(e.details)["previous_owner"] for e in recovered] == [doomed_owner], \
+            [(e.request_id, e.details) for e in recovered]
         details = json.loads(recovered[0].details)
         assert details["status"] == "revoking"
         lease_until = datetime.fromisoformat(details["previous_lease_until"])

@@ -48,15 +48,13 @@ class SlowBackend(FakeBackend):
         return super().revoke(grant)
 
 
+
 @pytest.fixture
-def pg_url(pg_database: str) -> str:
-    engine = sa.create_engine(pg_database)
-    with engine.begin() as conn:
-        conn.exec_driver_sql("DROP SCHEMA public CASCADE")
-        conn.exec_driver_sql("CREATE SCHEMA public")
-    engine.dispose()
-    Store(pg_database).migrate()
-    return pg_database
+def schema(pg_url: str) -> str:
+    store = Store(pg_url)
+    store.migrate()
+    store.dispose()
+    return pg_url
 
 
 def engine(url: str, owner: str, backend: FakeBackend, policy) -> Lifecycle:
@@ -88,12 +86,12 @@ def keep_recovering(other: Lifecycle, worker: threading.Thread) -> int:
 
 
 @pytest.mark.parametrize("step", ["apply", "expiry"])
-def test_a_live_engine_slower_than_its_lease_is_not_taken_over(pg_url, policy, step):
+def test_a_live_engine_slower_than_its_lease_is_not_taken_over(schema, policy, step):
     slow = SlowBackend(lambda method: time.sleep(SLOW) if method == ("apply" if step == "apply" else "revoke")
                        else None)
-    a = engine(pg_url, "host-a:1", slow, policy)
+    a = engine(schema, "host-a:1", slow, policy)
     b_backend = FakeBackend("sudo")
-    b = engine(pg_url, "host-b:2", b_backend, policy)
+    b = engine(schema, "host-b:2", b_backend, policy)
     try:
         submit = lambda: a.submit("alice", "web-dev-01", "service-admin", timedelta(minutes=10),  # noqa: E731
                                   "check the nginx config")
@@ -127,11 +125,11 @@ def test_a_live_engine_slower_than_its_lease_is_not_taken_over(pg_url, policy, s
 
 
 @pytest.mark.parametrize("order", ["taken-over-while-cut", "back-after-the-lease"])
-def test_an_engine_that_loses_its_database_writes_no_outcome_after_its_lease(pg_url, policy, order):
+def test_an_engine_that_loses_its_database_writes_no_outcome_after_its_lease(schema, policy, order):
     """Engine A reaches PostgreSQL through a relay that is cut while A's backend call runs, so A
     cannot renew. Either B takes the grant over while A is cut off, or A's database is back
     (after A's lease ended) before B looks: in both, A writes nothing more, and B finishes it once."""
-    parts = urlsplit(pg_url)
+    parts = urlsplit(schema)
     relay = TcpRelay((parts.hostname, parts.port or 5432))
     a_url = urlunsplit(parts._replace(netloc=f"{parts.username}@127.0.0.1:{relay.port}"))
     cut, resume = threading.Event(), threading.Event()
@@ -146,7 +144,7 @@ def test_an_engine_that_loses_its_database_writes_no_outcome_after_its_lease(pg_
     a_backend = SlowBackend(cut_off)
     a = engine(a_url, "host-a:1", a_backend, policy)
     b_backend = FakeBackend("sudo")
-    b = engine(pg_url, "host-b:2", b_backend, policy)
+    b = engine(schema, "host-b:2", b_backend, policy)
     try:
         worker, out = in_thread(lambda: a.submit("alice", "web-dev-01", "service-admin", timedelta(minutes=10),
                                                  "check the nginx config"))
