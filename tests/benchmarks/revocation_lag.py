@@ -57,7 +57,7 @@ def submit_slice(config: str, indices: list[int], grants: int, window_start: dat
         sv.close()
 
 
-def setup(config: Path, grants: int, held: int, workers: int, window_start: datetime, window_s: float) -> None:
+def setup(config: Path, grants: int, workers: int, window_start: datetime, window_s: float, held: int = 0) -> None:
     slices = [list(range(w, max(grants, held), workers)) for w in range(workers)]
     if workers == 1:
         submit_slice(str(config), slices[0], grants, window_start, window_s)
@@ -106,7 +106,7 @@ def run(db_label: str, db_url: str, grants: int, window_s: float, workers: int, 
         sv = build(load_config(config))
         window_start = datetime.now(timezone.utc) + timedelta(seconds=lead_s)
         t0 = time.monotonic()
-        setup(config, grants, held, workers, window_start, window_s)
+        setup(config, grants, workers, window_start, window_s, held)
         created = time.monotonic() - t0
         settle(sv.store)
         files = len(list(sudoers.glob("jit_g*")))
