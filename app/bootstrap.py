@@ -4,28 +4,27 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
-from typing import Mapping
+from typing import TYPE_CHECKING, Mapping
 
 from app.clock import Clock, system_clock
-from app.config import Config, ConfigError, secret
-from app.engine import Engine
+from app.config import Config, secret
+from app.domain.errors import ConfigError
 from app.identity import Directory, StaticDirectory
+from app.jobs.engine import Engine
+from app.jobs.outbox import Deliverer
+from app.jobs.reconcile import Reconciler
+from app.jobs.sync import TicketSync
 from app.lifecycle import Lifecycle, OutboxSettings
-from app.outbox import Deliverer
-from app.reconcile import Reconciler
+from app.lifecycle.ticket_facts import TicketGateway
 from app.store import Store
-from app.sync import TicketSync
-from app.tickets import TicketGateway
-from integrations.aws import AwsBackend
 from integrations.base import Backend
-from integrations.ldap import LdapBackend, LdapDirectory
-from integrations.notify import Webhook
-from integrations.servicenow.client import CircuitBreaker, Credentials, ServiceNowClient
-from integrations.servicenow.tickets import Tickets
 from integrations.sudo import SudoBackend
-from integrations.windows import PsrpRunner, WindowsBackend
 from policies.loader import load_policy
 from policies.model import PolicySet
+
+if TYPE_CHECKING:
+    from integrations.notify import Webhook
+    from integrations.servicenow.tickets import Tickets
 
 
 @dataclass
@@ -50,6 +49,14 @@ class Services:
         self.store.dispose()
 
 
+def lint_backends(config: Config | None, policy: PolicySet, environ: Mapping[str, str]) -> dict[str, Backend]:
+    """The backends that check a policy's role settings for ``jit policy lint``: the configured ones
+    (no secrets needed), or the default sudo backend when there is no usable config."""
+    if config is None:
+        return {"sudo": SudoBackend("/etc/sudoers.d")}
+    return build_backends(config, policy, environ, for_lint=True)
+
+
 def build_backends(config: Config, policy: PolicySet, environ: Mapping[str, str], *,
                    for_lint: bool = False) -> dict[str, Backend]:
     """The enabled backends, configured; ``for_lint`` needs no secrets (nothing connects)."""
@@ -71,7 +78,10 @@ def build_backends(config: Config, policy: PolicySet, environ: Mapping[str, str]
         config.path(sudo.sudoers_dir), visudo=sudo.visudo, cvtsudoers=sudo.cvtsudoers,
         timestamp_dir=config.path(sudo.timestamp_dir) if sudo.timestamp_dir else None, runas=sudo.runas)}
     try:
+        # Each concrete integration is imported only when it is enabled: boto3, ldap3 and pypsrp cost
+        # a command line that does not use them a second or more of imports.
         if b.ldap.enabled:
+            from integrations.ldap import LdapBackend
             ld = b.ldap
             backends["ldap"] = LdapBackend(
                 ld.uri, ld.bind_dn, password(ld.bind_password_env, ld.bind_password_file, "backends.ldap password"),
@@ -80,6 +90,7 @@ def build_backends(config: Config, policy: PolicySet, environ: Mapping[str, str]
                 active_directory=ld.active_directory, tls=ld.tls, ca_file=config.path(ld.ca_file) if ld.ca_file
                 else None, validate_cert=ld.validate_cert, timeout=ld.timeout.total_seconds())
         if b.aws.enabled:
+            from integrations.aws import AwsBackend
             aw = b.aws
             backends["aws"] = AwsBackend(
                 mode=aw.mode, region=aw.region, endpoint_url=aw.endpoint_url or None,
@@ -88,6 +99,7 @@ def build_backends(config: Config, policy: PolicySet, environ: Mapping[str, str]
                 managed_assignments=sorted({(r.account_id, r.permission_set_arn) for r in roles("aws")
                                             if r.account_id and r.permission_set_arn}))
         if b.windows.enabled:
+            from integrations.windows import PsrpRunner, WindowsBackend
             w = b.windows
             runner = PsrpRunner(w.username, password(w.password_env, w.password_file, "backends.windows password"),
                                 port=w.port, ssl=w.ssl, cert_validation=w.cert_validation, auth=w.auth,
@@ -106,6 +118,7 @@ def build_backends(config: Config, policy: PolicySet, environ: Mapping[str, str]
 def build_directory(config: Config, backends: Mapping[str, Backend]) -> Directory:
     d = config.settings.directory
     if d.kind == "ldap":
+        from integrations.ldap import LdapBackend, LdapDirectory
         ldap = backends.get("ldap")
         if not isinstance(ldap, LdapBackend):
             raise ConfigError(str(config.source), ["directory.kind: 'ldap' needs [backends.ldap] enabled = true"])
@@ -140,6 +153,8 @@ def build_tickets(config: Config, environ: Mapping[str, str]) -> Tickets | None:
         if client_secret is None:
             raise ConfigError(str(config.source), [f"servicenow.client_id is set but no secret: set "
                                                    f"${sn.client_secret_env} or servicenow.client_secret_file"])
+    from integrations.servicenow.client import CircuitBreaker, Credentials, ServiceNowClient
+    from integrations.servicenow.tickets import Tickets
     client = ServiceNowClient(sn.url, Credentials(sn.user, password, sn.client_id or None, client_secret),
                               timeout=sn.timeout.total_seconds(), retries=sn.retries, page_size=sn.page_size,
                               breaker=CircuitBreaker(sn.breaker_threshold, sn.breaker_cooldown.total_seconds()))
@@ -149,7 +164,10 @@ def build_tickets(config: Config, environ: Mapping[str, str]) -> Tickets | None:
 def build_webhook(config: Config, environ: Mapping[str, str]) -> Webhook | None:
     n = config.settings.notify
     url = secret(config, environ, n.webhook_url_env, n.webhook_url_file, "webhook url")
-    return Webhook(url, timeout=n.timeout.total_seconds()) if url else None
+    if not url:
+        return None
+    from integrations.notify import Webhook
+    return Webhook(url, timeout=n.timeout.total_seconds())
 
 
 def build(config: Config, *, clock: Clock = system_clock, backends: dict[str, Backend] | None = None,

@@ -13,19 +13,10 @@ from typing import Annotated, Literal, Mapping
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, field_validator
 
+from app.domain.errors import ConfigError
 from policies.loader import PolicyError, build, parse_toml
 from policies.model import Duration
-
-PERSON = r"^[a-z_][a-z0-9_-]{0,31}$"
-
-
-class ConfigError(Exception):
-    """The configuration is unusable; ``problems`` holds one ``key.path: reason`` each."""
-
-    def __init__(self, source: str, problems: list[str]) -> None:
-        self.source = source
-        self.problems = problems
-        super().__init__(f"{source}: " + "; ".join(problems))
+from policies.names import PERSON
 
 
 class _Strict(BaseModel):

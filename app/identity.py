@@ -5,11 +5,9 @@ import getpass
 import re
 from typing import Mapping, Protocol
 
-from app.config import PERSON, Config
-
-
-class IdentityError(Exception):
-    pass
+from app.config import Config
+from app.domain.errors import IdentityError
+from policies.names import PERSON
 
 
 def acting_user(config: Config, environ: Mapping[str, str]) -> str:

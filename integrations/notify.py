@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 import json
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
-import httpx
+if TYPE_CHECKING:
+    import httpx
 
 
 class NotifyError(Exception):
@@ -19,6 +20,8 @@ class Webhook:
     def __init__(self, url: str, *, timeout: float = 5.0, transport: httpx.BaseTransport | None = None) -> None:
         if not url.startswith(("https://", "http://")):
             raise ValueError("webhook URL must be http(s)")
+        import httpx  # imported when a webhook is configured, not by every command line
+        self._httpx = httpx
         self._url = url
         self._client = httpx.Client(timeout=timeout, transport=transport, follow_redirects=False)
 
@@ -30,6 +33,7 @@ class Webhook:
         except (TypeError, ValueError) as exc:  # ValueError covers UnicodeEncodeError
             raise NotifyError(f"webhook payload is not JSON text ({type(exc).__name__}: {str(exc)[:80]})",
                               transient=False) from None
+        httpx = self._httpx
         try:
             response = self._client.post(self._url, content=body, headers={"Content-Type": "application/json"})
         except httpx.TimeoutException:

@@ -15,9 +15,8 @@ from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fi
                       model_validator)
 
 from policies.durations import parse_duration
+from policies.names import NAME, TARGET
 
-NAME = r"^[a-z][a-z0-9-]{0,62}$"
-TARGET = r"^[A-Za-z0-9][A-Za-z0-9.-]{0,252}$"
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 APPROVAL_MODELS = ("self-service", "single", "dual")
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from app.devservers.slapd import group_dn
+from app.dev.servers.slapd import group_dn
 from policies.model import PolicySet
 
 WEB = group_dn("web-admins")

@@ -13,9 +13,9 @@ import sqlalchemy as sa
 
 from app.clock import FrozenClock
 from app.config import EngineSettings
+from app.dev.sandbox import PEOPLE
 from app.identity import StaticDirectory
 from app.lifecycle import Lifecycle
-from app.sandbox import PEOPLE
 from app.store import Store
 from integrations.fake import FakeBackend
 from policies.loader import load_policy

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from app.console_data import ConsoleData
+from app.queries.console import ConsoleData
 from app.tui.formatting import duration_error
 from app.tui.modals import Field
 from policies.durations import parse_duration

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Callable
 from textual.command import DiscoveryHit, Hit, Hits, Provider
 
 from app.tui import formatting as fmt
-from app.tui.offers import offered
+from policies.authority import offered
 
 if TYPE_CHECKING:
     from app.tui.console import JitConsole

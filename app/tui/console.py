@@ -16,12 +16,11 @@ from textual.binding import Binding
 from textual.logging import TextualHandler
 from textual.message import Message
 
-from app.console_data import ConsoleData
-from app.lifecycle import Refused
+from app.domain.errors import Refused
+from app.queries.console import ConsoleData
 from app.tui.actions import ACTIONS, perform
 from app.tui.commands import ConsoleCommands
 from app.tui.modals import ConfirmModal
-from app.tui.offers import offered
 from app.tui.screens.audit import AuditScreen
 from app.tui.screens.base import Chrome, ConsoleScreen
 from app.tui.screens.bypass import BypassScreen
@@ -31,6 +30,7 @@ from app.tui.screens.health import HealthScreen
 from app.tui.screens.help import HelpScreen, KeyHelp
 from app.tui.screens.queue import QueueScreen
 from app.tui.screens.reviews import ReviewsScreen
+from policies.authority import offered
 
 VIEWS: dict[str, type[ConsoleScreen]] = {
     "queue": QueueScreen, "grants": GrantsScreen, "reviews": ReviewsScreen, "audit": AuditScreen,

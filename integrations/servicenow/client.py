@@ -28,33 +28,11 @@ import pysnow
 import requests
 from pysnow import exceptions as snow_exc
 
+from integrations.servicenow.errors import AuthFailed, NotFound, ServiceNowError, Unavailable  # noqa: F401
+
 log = logging.getLogger("jit.servicenow")
 
 TABLE_RE = r"^[a-z][a-z0-9_]{0,79}$"
-
-
-class ServiceNowError(Exception):
-    """A ServiceNow call failed. ``transient`` ones may succeed later."""
-
-    def __init__(self, message: str, *, transient: bool = False, status: int | None = None) -> None:
-        super().__init__(message)
-        self.transient = transient
-        self.status = status
-
-
-class NotFound(ServiceNowError):
-    pass
-
-
-class AuthFailed(ServiceNowError):
-    pass
-
-
-class Unavailable(ServiceNowError):
-    """The instance is unreachable or the circuit breaker is open."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message, transient=True)
 
 
 @dataclass(frozen=True)

@@ -7,25 +7,15 @@ names, our own timestamp format) and anything else is refused before a query is 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Iterable, Iterator
 
 import pysnow
 
 from integrations.servicenow.client import ServiceNowClient, ServiceNowError
-
-NUMBER_RE = re.compile(r"^(CHG|INC|RITM)[0-9]{7}$")
-SYS_ID_RE = re.compile(r"^[0-9a-f]{32}$")
-USER_RE = re.compile(r"^[A-Za-z0-9_.@-]{1,100}$")
-FIELD_RE = re.compile(r"^u_[a-z0-9_]{1,60}$")
-_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
-TABLES = {"CHG": "change_request", "INC": "incident", "RITM": "sc_req_item"}
-SN_TIME = "%Y-%m-%d %H:%M:%S"
-_SN_TIME_RE = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", re.ASCII)
-CLOSED_CHANGE = ("3", "4")  # Closed, Canceled
-CLOSED_INCIDENT = ("6", "7", "8")  # Resolved, Closed, Canceled
-
+from integrations.servicenow.model import (CLOSED_CHANGE, CLOSED_INCIDENT, FIELD_RE, NUMBER_RE,  # noqa: F401
+                                           SN_TIME, SN_TIME_RE, SYS_ID_RE, TABLES, USER_RE, Ticket)
+from integrations.servicenow.model import LONE_SURROGATE as _LONE_SURROGATE
 
 def sn_time(value: datetime) -> str:
     return value.astimezone(timezone.utc).strftime(SN_TIME)
@@ -33,7 +23,7 @@ def sn_time(value: datetime) -> str:
 
 def parse_sn_time(value: str) -> datetime | None:
     try:
-        if _SN_TIME_RE.fullmatch(value):  # the form ServiceNow sends: 6x faster than strptime
+        if SN_TIME_RE.fullmatch(value):  # the form ServiceNow sends: 6x faster than strptime
             return datetime.fromisoformat(value).replace(tzinfo=timezone.utc)
         return datetime.strptime(value, SN_TIME).replace(tzinfo=timezone.utc) if value else None
     except ValueError:
@@ -49,29 +39,6 @@ def _check(pattern: re.Pattern[str], value: str, what: str) -> str:
     if not isinstance(value, str) or not pattern.fullmatch(value):
         raise ServiceNowError(f"{what} {value!r} is not valid")
     return value
-
-
-@dataclass(frozen=True)
-class Ticket:
-    number: str
-    table: str
-    sys_id: str
-    state: str
-    approval: str
-    type: str
-    start: datetime | None
-    end: datetime | None
-    assignee: str | None  # user_name
-    group: str | None  # assignment group sys_id
-    group_name: str | None
-    cmdb_ci: str | None  # CI name
-    jit_target: str | None
-    jit_role: str | None
-    updated_on: datetime | None
-
-    @property
-    def closed(self) -> bool:
-        return self.state in (CLOSED_CHANGE if self.table == "change_request" else CLOSED_INCIDENT)
 
 
 class Tickets:

@@ -25,8 +25,8 @@ from textual import events  # noqa: E402
 
 from app.bootstrap import build  # noqa: E402
 from app.config import load_config  # noqa: E402
-from app.console_data import ConsoleData  # noqa: E402
-from app.sandbox import write_sandbox  # noqa: E402
+from app.dev.sandbox import write_sandbox  # noqa: E402
+from app.queries.console import ConsoleData  # noqa: E402
 from app.store import GrantRow, RequestRow  # noqa: E402
 from app.tui.console import JitConsole  # noqa: E402
 

@@ -27,8 +27,9 @@ sys.path.insert(0, str(ROOT))
 
 from app.clock import FrozenClock  # noqa: E402
 from app.config import EngineSettings  # noqa: E402
+from app.domain.errors import Conflict  # noqa: E402
 from app.identity import StaticDirectory  # noqa: E402
-from app.lifecycle import Conflict, Lifecycle  # noqa: E402
+from app.lifecycle import Lifecycle  # noqa: E402
 from app.store import Store  # noqa: E402
 from integrations.fake import FakeBackend  # noqa: E402
 from policies.loader import load_policy  # noqa: E402

@@ -39,17 +39,24 @@ sys.path.insert(0, str(ROOT))
 from email.message import Message  # noqa: E402
 
 from app.bootstrap import build, policy_problems  # noqa: E402
-from app.cli import main  # noqa: E402
+from app.cli.main import main  # noqa: E402
 from app.clock import FrozenClock  # noqa: E402
-from app.config import ConfigError, load_config  # noqa: E402
-from app.lifecycle import Refused  # noqa: E402
-from app.sandbox import write_sandbox  # noqa: E402
-from app.tickets import TicketGateway  # noqa: E402
+from app.config import load_config  # noqa: E402
+from app.dev.sandbox import write_sandbox  # noqa: E402
+from app.domain.errors import (
+    ConfigError,  # noqa: E402
+    Refused,  # noqa: E402
+)
+from app.lifecycle.ticket_facts import TicketGateway  # noqa: E402
 from integrations.base import BackendError, GrantSpec  # noqa: E402
 from integrations.ldap import LdapBackend, dn_error  # noqa: E402
 from integrations.notify import NotifyError, Webhook  # noqa: E402
 from integrations.servicenow import query  # noqa: E402
-from integrations.servicenow.client import Credentials, ServiceNowClient, ServiceNowError  # noqa: E402
+from integrations.servicenow.client import (  # noqa: E402
+    Credentials,
+    ServiceNowClient,
+    ServiceNowError,
+)
 from integrations.servicenow.simulator import Simulator, SimulatorOptions, _Request  # noqa: E402
 from integrations.servicenow.tickets import Tickets  # noqa: E402
 from integrations.sudo import SudoBackend, command_error  # noqa: E402

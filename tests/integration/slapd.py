@@ -1,4 +1,4 @@
-"""pytest fixtures around app.devservers.slapd (a real OpenLDAP slapd on a loopback port)."""
+"""pytest fixtures around app.dev.servers.slapd (a real OpenLDAP slapd on a loopback port)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,8 +6,8 @@ from typing import Iterator
 
 import pytest
 
-from app.devservers.slapd import *  # noqa: F401,F403 - the tests use the constants and helpers
-from app.devservers.slapd import SKIP_REASON, TLS_SKIP_REASON, Slapd, have_slapd, have_tls, start_slapd
+from app.dev.servers.slapd import *  # noqa: F401,F403 - the tests use the constants and helpers
+from app.dev.servers.slapd import SKIP_REASON, TLS_SKIP_REASON, Slapd, have_slapd, have_tls, start_slapd
 
 
 def require_slapd() -> None:

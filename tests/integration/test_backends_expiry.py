@@ -14,24 +14,22 @@ from datetime import datetime, timedelta, timezone
 
 import ldap3
 import pytest
+from backend_targets import ROLE_ARN, TRUST, WEB, policy_with_targets
+from moto_server import have_moto, scrub_aws_env, start_moto
+from slapd import GROUPS_DN, PEOPLE_DN, Slapd, slapd_server, user_dn  # noqa: F401 (fixture)
 from sqlmodel import select
 
-from app import audit
 from app.clock import FrozenClock
 from app.config import EngineSettings
-from app.engine import Engine
+from app.dev.sandbox import PEOPLE
 from app.identity import StaticDirectory
+from app.jobs.engine import Engine
 from app.lifecycle import Lifecycle
-from app.sandbox import PEOPLE
-from app.store import AuditEvent
+from app.store import AuditEvent, audit
 from integrations.aws import AwsBackend
 from integrations.ldap import LdapBackend
-
-from slapd import GROUPS_DN, PEOPLE_DN, Slapd, slapd_server, user_dn  # noqa: F401 (fixture)
-from moto_server import have_moto, scrub_aws_env, start_moto
-from backend_targets import ROLE_ARN, TRUST, WEB, policy_with_targets
-
 from tests.conftest import T0
+
 
 class RecordingConnection(ldap3.Connection):
     """Records each modify (what AD would receive), then hands slapd the plain DN (slapd has no TTLs)."""
@@ -112,7 +110,7 @@ def test_stopped_engine_then_restart_removes_what_is_left(slapd_server, moto, st
 
 
 def test_reconcile_finds_and_fixes_drift_in_ldap_and_aws(slapd_server, moto, store, policy):
-    from app.reconcile import Reconciler
+    from app.jobs.reconcile import Reconciler
     clock = FrozenClock(T0)
     ldap_backend = LdapBackend(slapd_server.uri, slapd_server.admin_dn, slapd_server.admin_password,
                                user_base=PEOPLE_DN, group_base=GROUPS_DN, managed_groups=[WEB])
@@ -153,7 +151,7 @@ def test_aws_credentials_for_the_grantee_only(moto, store, policy):
     directory = StaticDirectory({name: frozenset(groups) for name, (_, groups) in PEOPLE.items()})
     lc = Lifecycle(store, policy_with_targets(policy), directory, {"aws": backend}, clock)
     rid = lc.submit("alice", "aws-prod", "admin", timedelta(minutes=20), "rotate the web certs").request.id
-    from app.lifecycle import Refused
+    from app.domain.errors import Refused
     with pytest.raises(Refused, match="only alice"):
         lc.aws_credentials("dave", rid)
     asked = datetime.now(timezone.utc).replace(microsecond=0)

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from app.cli import main
-from app.sandbox import write_sandbox
+from app.cli.main import main
+from app.dev.sandbox import write_sandbox
 
 pytestmark = pytest.mark.skipif(shutil.which("visudo", path=os.environ["PATH"] + ":/usr/sbin") is None,
                                 reason="sudo's visudo is not installed")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from app.sandbox import write_sandbox
+from app.dev.sandbox import write_sandbox
 from integrations.servicenow.simulator import Simulator, SimulatorOptions
 
 pytestmark = pytest.mark.skipif(not Path("/usr/sbin/visudo").exists() and not

@@ -6,14 +6,15 @@ import tomllib
 from pathlib import Path
 
 from app.config import Settings, load_config
-from app.demo import run_demo
+from app.cli.main import main
+from app.dev.demo import run_demo
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_demo_runs_every_step_as_narrated(tmp_path: Path) -> None:
     out = io.StringIO()
-    assert run_demo(out, tmp_path / "demo") == 0, out.getvalue()
+    assert run_demo(out, tmp_path / "demo", cli=main) == 0, out.getvalue()
     text = out.getvalue()
     assert "demo finished: all steps behaved as expected" in text
     assert "never approve their own request" in text and "NOTAFTER=" in text and "parsed OK" in text

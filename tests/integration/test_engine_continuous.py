@@ -8,7 +8,7 @@ from pathlib import Path
 
 from app.bootstrap import build
 from app.config import load_config
-from app.sandbox import write_sandbox
+from app.dev.sandbox import write_sandbox
 
 
 def wait_for(predicate, deadline_s: float) -> bool:

@@ -10,12 +10,11 @@ from pathlib import Path
 import pytest
 
 from app.bootstrap import build
+from app.cli.main import main
 from app.clock import FrozenClock
-from app.cli import main
 from app.config import load_config
-from app.reconcile import exposure
-from app.sandbox import write_sandbox
-
+from app.dev.sandbox import write_sandbox
+from app.queries.exposure import exposure
 from tests.conftest import T0
 
 

@@ -11,22 +11,23 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 from sqlmodel import select
+from webhook_receiver import Receiver
 
 from app.clock import FrozenClock
 from app.config import EngineSettings
-from app.engine import Engine
+from app.dev.sandbox import PEOPLE
+from app.domain.errors import Refused
 from app.identity import StaticDirectory
-from app.lifecycle import Lifecycle, OutboxSettings, Refused
-from app.outbox import Deliverer
-from app.sandbox import PEOPLE
+from app.jobs.engine import Engine
+from app.jobs.outbox import Deliverer
+from app.jobs.sync import TicketSync
+from app.lifecycle import Lifecycle, OutboxSettings
+from app.lifecycle.ticket_facts import TicketGateway
 from app.store import OutboxRow
-from app.sync import TicketSync
-from app.tickets import TicketGateway
 from integrations.notify import Webhook
 from integrations.servicenow.client import CircuitBreaker, Credentials, ServiceNowClient, Unavailable
 from integrations.servicenow.simulator import Simulator, SimulatorOptions
 from integrations.servicenow.tickets import Tickets, sn_time
-from webhook_receiver import Receiver
 
 H = timedelta(hours=1)
 M = timedelta(minutes=1)

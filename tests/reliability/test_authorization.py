@@ -25,14 +25,14 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from app import audit
 from app.bootstrap import build
-from app.cli import main
+from app.cli.main import main
 from app.config import load_config
-from app.console_data import ConsoleData
-from app.identity import IdentityError, acting_user
-from app.lifecycle import Refused
-from app.sandbox import write_sandbox
+from app.dev.sandbox import write_sandbox
+from app.domain.errors import IdentityError, Refused
+from app.identity import acting_user
+from app.queries.console import ConsoleData
+from app.store import audit
 
 pytestmark = pytest.mark.skipif(shutil.which("visudo", path=os.environ["PATH"] + ":/usr/sbin") is None,
                                 reason="sudo's visudo is not installed")
@@ -206,7 +206,7 @@ def production(tmp_path: Path, db_url: str):
                                   ["console"]], ids=["approve", "deny", "whoami", "request", "console"])
 def test_impersonation_without_the_config_flag(production, argv, monkeypatch):
     # If the rule broke, `jit console` would open the terminal UI and wait for keys: fail fast instead.
-    monkeypatch.setattr("app.cli.open_console", lambda sv, person, with_engine: 0)
+    monkeypatch.setattr("app.cli.main.open_console", lambda sv, person, with_engine: 0)
     rid = _pending_request(production)
     before, audit_before = production.state(), production.audit()
     argv = [a.format(rid=rid) for a in argv]

@@ -16,27 +16,26 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from backend_targets import TRUST, WEB, policy_with_targets
+from fault_rigs import CVTSUDOERS, NO_SUDO, VISUDO, TcpRelay, ThrottlingProxy
 from sqlmodel import select
+from webhook_receiver import Receiver
 
 from app.clock import FrozenClock, system_clock
 from app.config import EngineSettings
-from app.devservers.moto import have_moto, scrub_aws_env, start_moto
-from app.devservers.slapd import GROUPS_DN, PEOPLE_DN, SKIP_REASON, have_slapd, start_slapd, user_dn
-from app.engine import Engine
+from app.dev.sandbox import PEOPLE
+from app.dev.servers.moto import have_moto, scrub_aws_env, start_moto
+from app.dev.servers.slapd import GROUPS_DN, PEOPLE_DN, SKIP_REASON, have_slapd, start_slapd, user_dn
 from app.identity import StaticDirectory
+from app.jobs.engine import Engine
+from app.jobs.outbox import Deliverer
 from app.lifecycle import Lifecycle, OutboxSettings
-from app.outbox import Deliverer
-from app.sandbox import PEOPLE
 from app.store import AuditEvent, GrantRow, Store
 from integrations.aws import AwsBackend
 from integrations.ldap import LdapBackend
 from integrations.notify import Webhook
 from integrations.sudo import SudoBackend
 from policies.model import PolicySet
-
-from fault_rigs import CVTSUDOERS, NO_SUDO, VISUDO, TcpRelay, ThrottlingProxy
-from backend_targets import TRUST, WEB, policy_with_targets
-from webhook_receiver import Receiver
 from tests.conftest import PG_URL, T0
 
 ALICE = user_dn("alice")

@@ -26,15 +26,16 @@ import pytest
 import sqlalchemy as sa
 from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
+from webhook_receiver import Receiver
 
 from app.bootstrap import build
-from app.cli import main
+from app.cli.main import main
 from app.clock import FrozenClock
-from app.config import ConfigError, load_config
-from app.lifecycle import NotFound, Refused
-from app.sandbox import write_sandbox
-from app.sync import TicketSync
-from app.tickets import TicketGateway
+from app.config import load_config
+from app.dev.sandbox import write_sandbox
+from app.domain.errors import ConfigError, NotFound, Refused
+from app.jobs.sync import TicketSync
+from app.lifecycle.ticket_facts import TicketGateway
 from integrations.base import GrantSpec, InvalidGrant
 from integrations.ldap import LdapBackend, dn_error
 from integrations.notify import NotifyError, Webhook
@@ -46,9 +47,7 @@ from integrations.sudo import command_error
 from policies.decision import TicketFacts
 from policies.durations import parse_duration
 from policies.loader import PolicyError, load_policy
-
 from tests.conftest import T0
-from webhook_receiver import Receiver
 
 pytestmark = pytest.mark.skipif(shutil.which("visudo", path=os.environ["PATH"] + ":/usr/sbin") is None,
                                 reason="sudo's visudo is not installed")

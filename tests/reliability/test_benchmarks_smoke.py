@@ -27,6 +27,7 @@ CASES = {
     "console_bench.py": (["--pending", "30", "--active", "10", "--cpu-seconds", "1"], "Console with 30 pending",
                          ["start", "to", "drawn"]),
     "fuzz_inputs.py": (["--inputs", "10"], "entry point", ["total"]),
+    "cli_startup.py": (["--repeat", "1"], "CLI start-up", ["jit", "list"]),
     "engines_split.py": (["--grants", "6", "--latency-ms", "1", "--postgres", PG_URL], "expired grants",
                          ["|", "3", "|"]),
 }

@@ -6,7 +6,7 @@ own environment only: at its first revocation it commits the intent (the grant i
 claimed by it, the sudoers drop-in still there) and dies by SIGKILL. The survivors must finish
 that grant and every later expiry, and nothing may happen twice.
 
-Two ways the survivors learn the claim is dead (app/lifecycle.py ``_abandoned``):
+Two ways the survivors learn the claim is dead (app/lifecycle/recovery.py ``_abandoned``):
 - ``same-host``: the owner is a dead pid on this host, so the claim is free at once;
 - ``other-host``: the dying engine runs in its own UTS namespace (``unshare --uts``) under
   another host name, exactly like an engine on another machine: nothing tells the survivors it
@@ -28,12 +28,10 @@ from pathlib import Path
 import pytest
 from sqlmodel import select
 
-from app import audit
 from app.bootstrap import build
 from app.config import load_config
-from app.engine import HEARTBEAT_PREFIX
-from app.sandbox import write_sandbox
-from app.store import AuditEvent, GrantRow, SyncState
+from app.dev.sandbox import write_sandbox
+from app.store import HEARTBEAT_PREFIX, AuditEvent, GrantRow, SyncState, audit
 
 pytestmark = pytest.mark.postgres
 

@@ -31,12 +31,10 @@ from typing import Callable, Iterator
 import pytest
 from sqlmodel import select
 
-from app import audit
-from app.devservers.moto import have_moto, scrub_aws_env, start_moto
-from app.devservers.slapd import SKIP_REASON, have_slapd, start_slapd, user_dn
-from app.sandbox import LdapSandbox, write_sandbox
-from app.store import AuditEvent
-
+from app.dev.sandbox import LdapSandbox, write_sandbox
+from app.dev.servers.moto import have_moto, scrub_aws_env, start_moto
+from app.dev.servers.slapd import SKIP_REASON, have_slapd, start_slapd, user_dn
+from app.store import AuditEvent, audit
 from tests.reliability.crash_driver import services, step
 
 DRIVER = Path(__file__).with_name("crash_driver.py")

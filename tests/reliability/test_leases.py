@@ -17,9 +17,9 @@ from sqlmodel import select
 
 from app.clock import system_clock
 from app.config import EngineSettings
+from app.dev.sandbox import PEOPLE
 from app.identity import StaticDirectory
 from app.lifecycle import Lifecycle
-from app.sandbox import PEOPLE
 from app.store import AuditEvent, GrantRow, Store
 from integrations.fake import FakeBackend
 from tests.reliability.fault_rigs import TcpRelay

@@ -16,17 +16,17 @@ from types import SimpleNamespace
 import pytest
 from sqlmodel import select
 
-from app.cli import _sync_status
+from app.cli.main import _sync_status
 from app.clock import FrozenClock
 from app.config import EngineSettings
-from app.engine import Engine
+from app.dev.sandbox import PEOPLE
 from app.identity import StaticDirectory
+from app.jobs.engine import Engine
+from app.jobs.outbox import Deliverer
+from app.jobs.sync import TicketSync
 from app.lifecycle import Lifecycle, OutboxSettings
-from app.outbox import Deliverer
-from app.sandbox import PEOPLE
+from app.lifecycle.ticket_facts import TicketGateway
 from app.store import AuditEvent, OutboxRow
-from app.sync import TicketSync
-from app.tickets import TicketGateway
 from integrations.fake import FakeBackend
 from integrations.servicenow.client import CircuitBreaker, Credentials, ServiceNowClient
 from integrations.servicenow.simulator import Simulator, SimulatorOptions

@@ -13,17 +13,16 @@ import time
 from datetime import datetime, timedelta, timezone
 
 import pytest
+from fault_rigs import CVTSUDOERS, NO_SUDO, VISUDO
 
 from app.clock import FrozenClock, system_clock
 from app.config import EngineSettings
-from app.engine import Engine
+from app.dev.sandbox import PEOPLE
 from app.identity import StaticDirectory
+from app.jobs.engine import Engine
 from app.lifecycle import Lifecycle
-from app.sandbox import PEOPLE
 from integrations.sudo import SudoBackend
 from policies.model import PolicySet
-
-from fault_rigs import CVTSUDOERS, NO_SUDO, VISUDO
 
 pytestmark = pytest.mark.skipif(VISUDO is None or CVTSUDOERS is None, reason=NO_SUDO)
 

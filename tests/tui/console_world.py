@@ -12,8 +12,8 @@ from textual.css.query import NoMatches
 from app.bootstrap import Services, build
 from app.clock import FrozenClock
 from app.config import load_config
-from app.console_data import ConsoleData
-from app.sandbox import write_sandbox
+from app.dev.sandbox import write_sandbox
+from app.queries.console import ConsoleData
 from app.tui.console import JitConsole
 from integrations.fake import FakeBackend
 

@@ -11,8 +11,7 @@ import sqlalchemy as sa
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from app import audit
-from app.store import AuditEvent
+from app.store import AuditEvent, audit
 
 
 @pytest.fixture

@@ -7,9 +7,9 @@ from datetime import timedelta
 import pytest
 from sqlmodel import select
 
-from app.leases import Leases
-from app.lifecycle import Refused
+from app.domain.errors import Refused
 from app.store import AuditEvent
+from app.store.leases import Leases
 
 ROUNDS = 5
 

@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from app.cli import main
-from app.config import ConfigError, find_config, load_config
-from app.identity import IdentityError, acting_user
-from app.sandbox import write_sandbox
+from app.cli.main import main
+from app.config import find_config, load_config
+from app.dev.sandbox import write_sandbox
+from app.domain.errors import ConfigError, IdentityError
+from app.identity import acting_user
 
 
 def _write(path: Path, text: str = "") -> Path:

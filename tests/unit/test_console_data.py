@@ -8,10 +8,9 @@ import pytest
 from app.bootstrap import build
 from app.clock import FrozenClock
 from app.config import load_config
-from app.console_data import ConsoleData
-from app.lifecycle import Refused
-from app.sandbox import write_sandbox
-
+from app.dev.sandbox import write_sandbox
+from app.domain.errors import Refused
+from app.queries.console import ConsoleData
 from tests.conftest import T0
 
 H = timedelta(hours=1)

@@ -7,8 +7,7 @@ from datetime import timedelta
 
 from sqlmodel import select
 
-from app import audit
-from app.store import AuditEvent, GrantRow
+from app.store import AuditEvent, GrantRow, audit
 
 M = timedelta(minutes=1)
 

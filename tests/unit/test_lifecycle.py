@@ -7,9 +7,8 @@ from datetime import timedelta
 import pytest
 from sqlmodel import select
 
-from app import audit
-from app.lifecycle import Conflict, NotFound, Refused
-from app.store import AuditEvent, GrantRow
+from app.domain.errors import Conflict, NotFound, Refused
+from app.store import AuditEvent, GrantRow, audit
 
 H = timedelta(hours=1)
 M = timedelta(minutes=1)
@@ -294,15 +293,15 @@ def test_recover_respects_a_live_lease(lifecycle, clock, store):
 
 
 def test_stale_version_is_a_conflict(lifecycle, store):
-    from app.lifecycle import Lifecycle
     from app.store import RequestRow
+    from app.store import requests as request_store
     rid = prod(lifecycle)
     with store.transaction() as s:
         row = s.get(RequestRow, rid)
         stale = RequestRow(**{k: getattr(row, k) for k in RequestRow.model_fields})
     lifecycle.approve("bob", rid)
     with store.transaction() as s, pytest.raises(Conflict):
-        Lifecycle._bump(s, stale, "denied", lifecycle.clock())
+        request_store.transition(s, stale, "denied", lifecycle.clock())
     assert lifecycle.get(rid).state == "pending"
 
 
@@ -342,7 +341,8 @@ def test_text_check_patterns_match_unicode_categories():
     every code point: Cc (tab allowed), Zl, Zp and the bidi controls; and Cs."""
     import sys
     import unicodedata
-    from app.lifecycle import CONTROL_RE, SURROGATE_RE
+
+    from app.domain.inputs import CONTROL_RE, SURROGATE_RE
     bidi = set("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
     for code in range(sys.maxunicode + 1):
         c = chr(code)
@@ -356,6 +356,7 @@ def test_text_check_patterns_match_unicode_categories():
                                   "2026-11-24", "", "２０２６-11-24 09:05:00", "2026-11-24 24:00:00"])
 def test_servicenow_time_fast_path_agrees_with_strptime(text):
     from datetime import datetime, timezone
+
     from integrations.servicenow.tickets import SN_TIME, parse_sn_time
     try:
         expected = datetime.strptime(text, SN_TIME).replace(tzinfo=timezone.utc)

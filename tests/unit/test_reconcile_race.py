@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from app.reconcile import Reconciler
+from app.jobs.reconcile import Reconciler
 from integrations.fake import FakeBackend
 
 

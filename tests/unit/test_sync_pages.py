@@ -5,12 +5,12 @@ import threading
 from datetime import timedelta
 
 import pytest
-
-from app import sync as sync_module
-from app.sync import TicketSync, read_ahead
-from app.tickets import TicketGateway
-from integrations.servicenow.client import ServiceNowError
 from test_ticket_batches import change, requests
+
+from app.jobs import sync as sync_module
+from app.jobs.sync import TicketSync, read_ahead
+from app.lifecycle.ticket_facts import TicketGateway
+from integrations.servicenow.client import ServiceNowError
 from tests.conftest import T0
 
 S = timedelta(seconds=1)

@@ -13,9 +13,9 @@ from datetime import timedelta
 import pytest
 import sqlalchemy as sa
 
-from app import audit
-from app.lifecycle import OutboxSettings, Refused
-from app.store import AuditEvent, OutboxRow, RequestRow
+from app.domain.errors import Refused
+from app.lifecycle import OutboxSettings
+from app.store import AuditEvent, OutboxRow, RequestRow, audit
 from integrations.servicenow.tickets import Ticket
 from policies.decision import TicketFacts
 from tests.conftest import T0

@@ -16,19 +16,8 @@ from pypsrp.complex_objects import ErrorRecord, PSInvocationState
 from pypsrp.exceptions import AuthenticationError, WinRMError, WinRMTransportError, WSManFaultError
 
 from integrations.base import Artifact, Backend, BackendError, GrantSpec, InvalidGrant
-from integrations.windows import (
-    JEA_MANIFEST,
-    JEA_ROLE_DIR,
-    JEA_TRANSCRIPT_DIR,
-    Command,
-    PowerShellError,
-    PsrpRunner,
-    RecordingRunner,
-    Runner,
-    WindowsBackend,
-    map_winrm_error,
-    powershell_error,
-)
+from integrations.windows import (JEA_MANIFEST, JEA_ROLE_DIR, JEA_TRANSCRIPT_DIR, Command, PowerShellError, PsrpRunner,
+                                  RecordingRunner, Runner, WindowsBackend, map_winrm_error, powershell_error)
 
 T0 = datetime(2026, 11, 24, 10, 0, tzinfo=timezone.utc)
 ADMINS = {"local_group": "Administrators"}
@@ -222,7 +211,7 @@ def test_list_managed_refs_match_apply_refs() -> None:
 
 
 def _reconciler_spec(a: Artifact) -> GrantSpec:
-    """What app.reconcile builds to remove an artifact no grant backs."""
+    """What app.jobs.reconcile builds to remove an artifact no grant backs."""
     return GrantSpec(grant_id=a.grant_id or 0, request_id=0, person=a.person, target=a.target or "",
                      role=a.role or "", starts_at=T0, expires_at=T0, params=dict(a.details))
 

@@ -11,12 +11,12 @@ from textual.screen import Screen
 from textual.widget import Widget
 from textual.widgets import Footer, Input
 
-from app.console_data import ConsoleData, Operator
-from app.tui.offers import offered
+from app.queries.console import ConsoleData, Operator
 from app.tui.widgets.filter_bar import FilterBar
 from app.tui.widgets.keyed_table import KeyedTable
 from app.tui.widgets.nav import NavBar
 from app.tui.widgets.whoami import WhoAmI
+from policies.authority import offered
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from textual.containers import Grid, Horizontal, Vertical
 from textual.widget import Widget
 from textual.widgets import Button, Input, Label, Select, Static
 
-from app.lifecycle import Refused
+from app.domain.errors import Refused
 from app.tui import formatting as fmt
 from app.tui.screens.base import ConsoleScreen
 from policies.durations import parse_duration

@@ -10,8 +10,8 @@ from textual.containers import Vertical, VerticalScroll
 from textual.widget import Widget
 from textual.widgets import Static
 
-from app.console_data import AuditItem
-from app.lifecycle import RequestView
+from app.domain.views import RequestView
+from app.queries.console import AuditItem
 from app.tui import formatting as fmt
 from app.tui.screens.base import Chrome, ConsoleScreen
 from policies.approvals import approvals_needed

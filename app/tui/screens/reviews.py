@@ -9,7 +9,7 @@ from textual.binding import Binding
 from textual.widget import Widget
 from textual.widgets import Static
 
-from app.lifecycle import RequestView
+from app.domain.views import RequestView
 from app.tui import formatting as fmt
 from app.tui.screens.base import RowScreen
 from app.tui.widgets.keyed_table import KeyedTable

@@ -4,8 +4,8 @@ from __future__ import annotations
 from textual.content import Content
 from textual.widgets import Static
 
-from app.console_data import Operator
-from app.tui.offers import may
+from app.queries.console import Operator
+from policies.authority import offers as may
 
 
 class WhoAmI(Static):

@@ -1,0 +1,1 @@
+"""Front end of the command line: ``main.py`` parses, dispatches and prints. No business rules, no SQL."""

@@ -1,0 +1,474 @@
+"""``jit``: argument parsing and printing only; every decision lives in the lifecycle.
+
+Exit codes: 0 done; 1 refused by a rule or check (named on stderr); 2 bad configuration or
+usage; 3 no such request; 4 someone else changed it first; 5 the database failed.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import re
+import signal
+import sys
+import threading
+from dataclasses import asdict
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Mapping, Sequence, TextIO
+
+from app.bootstrap import Services, build, lint_backends, policy_problems
+from app.config import find_config, load_config
+from app.domain.states import REVIEW_OUTCOMES, RequestState
+from app.domain.errors import ConfigError, IdentityError, Refused, StoreError
+from app.domain.views import Outcome, RequestView
+from app.identity import acting_user
+from app.queries import audit as audit_queries
+from app.queries.exposure import exposure
+from policies import authority
+from policies.durations import format_duration, parse_duration
+from policies.loader import PolicyError, load_policy
+
+
+class UsageError(Exception):
+    pass
+
+
+def _duration(text: str) -> Any:
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _request_id(text: str) -> int:
+    match = re.fullmatch(r"(?:REQ-)?(\d{1,12})", text.strip(), re.IGNORECASE)
+    if not match:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a request id (e.g. 42 or REQ-42)")
+    return int(match.group(1))
+
+
+def _instant(text: str) -> datetime:
+    try:
+        value = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an ISO 8601 time (e.g. 2026-11-24T09:00:00Z)") from None
+    if value.tzinfo is None:
+        raise argparse.ArgumentTypeError(f"{text!r} needs a UTC offset (e.g. 2026-11-24T09:00:00Z)")
+    return value
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="jit", description="Just-in-time privileged access.")
+    p.add_argument("--config", help="config file (else $JIT_CONFIG, ./jit.toml, ~/.config/jit/jit.toml)")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def cmd(name: str, help_: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help_, description=help_)
+
+    c = cmd("init", "write a runnable sandbox (config, policy, SQLite, sudoers.d, people)")
+    c.add_argument("--sandbox", required=True, metavar="DIR", help="directory to create")
+    c.add_argument("--force", action="store_true", help="overwrite an existing sandbox config")
+    c.add_argument("--servicenow-url", default="http://127.0.0.1:8080", metavar="URL",
+                   help="the ServiceNow (simulator) the sandbox uses; 'off' for none")
+
+    c = cmd("snow-sim", "run the ServiceNow Table API simulator (for tests and the demo)")
+    c.add_argument("--host", default="127.0.0.1")
+    c.add_argument("--port", type=int, default=8080)
+    c.add_argument("--data", metavar="FILE", help="keep records in this JSON file across restarts")
+    c.add_argument("--user", default="admin")
+    c.add_argument("--password", help="default: $JIT_SNOW_SIM_PASSWORD, else 'admin'")
+    c.add_argument("--seed", choices=("demo",), help="load the demo users, groups, changes and incidents")
+    c.add_argument("--rate-limit", type=int, metavar="N", help="answer 429 past N requests per second")
+
+    sync = cmd("sync", "ServiceNow sync").add_subparsers(dest="sync_command", required=True)
+    c = sync.add_parser("status", help="last run, watermark and recent errors",
+                        description="last run, watermark and recent errors")
+    c.add_argument("--json", action="store_true")
+    c = cmd("demo", "open the console on a fresh, seeded sandbox (--narrate: a CLI walk-through instead)")
+    c.add_argument("--narrate", action="store_true", help="narrated CLI walk-through of every flow, no console")
+    c = cmd("console", "the approval console (a terminal UI)")
+    c.add_argument("--with-engine", action="store_true", help="run the engine in this process too")
+    cmd("whoami", "show the acting person and their groups")
+
+    pol = cmd("policy", "lint or explain policies").add_subparsers(dest="policy_command", required=True)
+    c = pol.add_parser("lint", help="validate policy files", description="validate policy files")
+    c.add_argument("files", nargs="+", metavar="FILE")
+    c = pol.add_parser("explain", help="show the whole decision without submitting anything",
+                       description="show the whole decision without submitting anything")
+    _request_args(c, reason_required=False)
+
+    c = cmd("request", "ask for elevation")
+    _request_args(c, reason_required=True)
+    c = cmd("approve", "approve a pending request")
+    c.add_argument("id", type=_request_id)
+    c.add_argument("--comment", default="")
+    c = cmd("deny", "deny a pending request")
+    c.add_argument("id", type=_request_id)
+    c.add_argument("--reason", required=True)
+    c = cmd("cancel", "cancel your own pending or scheduled request")
+    c.add_argument("id", type=_request_id)
+    c = cmd("release", "task done: de-elevate now")
+    c.add_argument("id", type=_request_id)
+    c = cmd("revoke", "operator: end someone's elevation now")
+    c.add_argument("id", type=_request_id)
+    c.add_argument("--reason", required=True)
+    c = cmd("extend", "extend an elevation (policy is evaluated again)")
+    c.add_argument("id", type=_request_id)
+    c.add_argument("--by", required=True, type=_duration, metavar="D")
+    c.add_argument("--reason", required=True)
+    c = cmd("bypass", "emergency: elevate at once (on-call only), reviewed afterwards")
+    c.add_argument("target")
+    c.add_argument("role")
+    c.add_argument("--duration", required=True, type=_duration, metavar="D")
+    c.add_argument("--incident", required=True, metavar="INC")
+    c.add_argument("--reason", required=True)
+    c = cmd("review", "security operator: review an emergency bypass")
+    c.add_argument("id", type=_request_id)
+    c.add_argument("--outcome", required=True, choices=REVIEW_OUTCOMES)
+    c.add_argument("--comment", required=True)
+    c = cmd("list", "list requests")
+    c.add_argument("--state", choices=[s.value for s in RequestState])
+    c.add_argument("--mine", action="store_true", help="only my requests")
+    c.add_argument("--json", action="store_true")
+    c = cmd("show", "show one request with its checks, approvals and grant")
+    c.add_argument("id", type=_request_id)
+    c.add_argument("--json", action="store_true")
+
+    aud = cmd("audit", "verify or export the audit chain").add_subparsers(dest="audit_command", required=True)
+    aud.add_parser("verify", help="check the hash chain; names the first broken event",
+                   description="check the hash chain; names the first broken event")
+    c = aud.add_parser("export", help="write every event as JSON lines", description="write every event")
+    c.add_argument("--format", choices=("jsonl",), default="jsonl")
+
+    aws = cmd("aws", "AWS helpers").add_subparsers(dest="aws_command", required=True)
+    c = aws.add_parser("credentials", help="STS credentials for your active AWS grant (credential_process JSON)",
+                       description="STS credentials for your active AWS grant, as the AWS CLI's "
+                                   "credential_process expects: credential_process = jit aws credentials ID")
+    c.add_argument("id", type=_request_id)
+
+    c = cmd("reconcile", "drift: privileges no grant backs, artifacts that outlived their grant, missing ones")
+    c.add_argument("--fix", action="store_true", help="remove or restore them (security operators), audited")
+    c.add_argument("--json", action="store_true")
+    c = cmd("stats", "exposure now: who holds elevated access against who could, privilege-hours")
+    c.add_argument("--json", action="store_true")
+
+    c = cmd("engine", "run the engine: activation, expiry, escalation, lapse, recovery")
+    c.add_argument("--once", action="store_true", help="one pass, then exit")
+    return p
+
+
+def _request_args(c: argparse.ArgumentParser, *, reason_required: bool) -> None:
+    c.add_argument("target")
+    c.add_argument("role")
+    c.add_argument("--duration", required=True, type=_duration, metavar="D", help="e.g. 15m, 2h, 1h30m")
+    c.add_argument("--reason", required=reason_required, default="(explain only: no reason given)")
+    c.add_argument("--ticket", help="change or incident reference, e.g. CHG0001234")
+    c.add_argument("--start", type=_instant, help="ISO 8601 start with offset (default: now)")
+
+
+# ------------------------------------------------------------------ printing
+def _fmt_time(value: datetime | None) -> str:
+    return value.strftime("%Y-%m-%d %H:%M:%S UTC") if value else "-"
+
+
+def print_request(v: RequestView, out: TextIO) -> None:
+    w = out.write
+    w(f"{v.label}  {v.state.upper()}{'  (escalated)' if v.escalated_at and v.state == 'pending' else ''}\n")
+    w(f"  {v.kind:9} {v.requester} -> {v.role} on {v.target} ({v.environment or '?'}, {v.tier or '?'} risk)\n")
+    w(f"  window    {_fmt_time(v.starts_at)} .. {_fmt_time(v.expires_at)}\n")
+    w(f"  reason    {v.reason}\n")
+    if v.ticket:
+        w(f"  ticket    {v.ticket}\n")
+    groups = f" from {' and '.join(v.approver_groups)}" if v.approver_groups else ""
+    w(f"  approval  {v.approval_model}{groups}\n")
+    for a in v.approvals:
+        w(f"    approved by {a.approver} ({', '.join(a.groups)}) at {_fmt_time(a.at)}"
+          f"{': ' + a.comment if a.comment else ''}\n")
+    w("  checks\n")
+    for c in v.checks:
+        w(f"    [{'pass' if c['passed'] else 'FAIL'}] {c['name']}: {c['message']}\n")
+    if v.grant:
+        g = v.grant
+        w(f"  grant     {g.status} on {g.backend} ({g.ref or 'no artifact yet'})\n")
+        if g.last_error:
+            w(f"    last error: {g.last_error}\n")
+    if v.review:
+        w(f"  review    {v.review['state']}"
+          f"{' by ' + v.review['reviewer'] if v.review['reviewer'] else ''}\n")
+    if v.closed_reason:
+        w(f"  closed    by {v.closed_by}: {v.closed_reason}\n")
+
+
+def print_table(rows: Sequence[RequestView], out: TextIO) -> None:
+    if not rows:
+        out.write("no requests\n")
+        return
+    out.write(f"{'ID':9} {'STATE':10} {'REQUESTER':10} {'TARGET':14} {'ROLE':15} {'EXPIRES (UTC)':17} APPROVAL\n")
+    for v in rows:
+        out.write(f"{v.label:9} {v.state:10} {v.requester:10} {v.target[:14]:14} {v.role[:15]:15} "
+                  f"{v.expires_at:%Y-%m-%d %H:%M}  {v.approval_model}{' !' if v.escalated_at else ''}\n")
+
+
+def print_outcome(o: Outcome, out: TextIO) -> None:
+    out.write(o.message + "\n")
+    for note in o.notes:
+        out.write(f"  {note}\n")
+
+
+# ---------------------------------------------------------------- commands
+def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None,
+         out: TextIO | None = None, err: TextIO | None = None) -> int:
+    environ = os.environ if environ is None else environ
+    out = out or sys.stdout
+    err = err or sys.stderr
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            args = parser().parse_args(argv)
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    try:
+        return _dispatch(args, environ, out, err)
+    except ConfigError as exc:
+        err.write(f"configuration error in {exc.source}:\n" + "".join(f"  {p}\n" for p in exc.problems))
+        return 2
+    except PolicyError as exc:
+        err.write(f"policy error in {exc.source}:\n" + "".join(f"  {p}\n" for p in exc.problems))
+        return 2
+    except IdentityError as exc:
+        err.write(f"identity error: {exc}\n")
+        return 2
+    except UsageError as exc:
+        err.write(f"error: {exc}\n")
+        return 2
+    except Refused as exc:
+        err.write(f"refused: {exc.rule}: {exc.message}\n")
+        return exc.exit_code
+    except StoreError as exc:
+        err.write(f"database error: {exc}\n")
+        return 5
+
+
+def _dispatch(args: argparse.Namespace, environ: Mapping[str, str], out: TextIO, err: TextIO) -> int:
+    if args.command == "init":
+        from app.dev.sandbox import write_sandbox
+        url = None if args.servicenow_url == "off" else args.servicenow_url
+        path = write_sandbox(Path(args.sandbox), force=args.force, servicenow_url=url)
+        out.write(f"sandbox written: {path}\n  try:  JIT_CONFIG={path} JIT_USER=alice jit whoami\n")
+        return 0
+    if args.command == "demo":
+        from app.dev.demo import run_console_demo, run_demo
+        return run_demo(out, cli=main) if args.narrate else run_console_demo(out, environ)
+    if args.command == "snow-sim":
+        return _snow_sim(args, environ, out)
+    if args.command == "policy" and args.policy_command == "lint":
+        return _lint(args.files, environ, args.config, out, err)
+
+    config = load_config(find_config(args.config, environ, Path.cwd()))
+    services = build(config, environ=environ)
+    try:
+        return _run(args, services, environ, out, err)
+    finally:
+        services.close()
+
+
+def _lint(files: list[str], environ: Mapping[str, str], config_path: str | None, out: TextIO, err: TextIO) -> int:
+    try:  # the configured backends check role settings (e.g. unsafe sudo commands)
+        config = load_config(find_config(config_path, environ, Path.cwd()))
+    except ConfigError:
+        config = None
+    failed = 0
+    for name in files:
+        try:
+            policy = load_policy(name)
+            backends = lint_backends(config, policy, environ)
+            problems = policy_problems(policy, backends)
+        except PolicyError as exc:
+            problems = exc.problems
+        if problems:
+            failed += 1
+            err.write(f"{name}: {len(problems)} problem(s)\n" + "".join(f"  {p}\n" for p in problems))
+        else:
+            out.write(f"{name}: ok\n")
+    return 2 if failed else 0
+
+
+def _run(args: argparse.Namespace, sv: Services, environ: Mapping[str, str], out: TextIO, err: TextIO) -> int:
+    lc = sv.lifecycle
+    cmd = args.command
+    if cmd == "engine":
+        return _engine(args, sv, out)
+    if cmd == "audit":
+        if args.audit_command == "verify":
+            result = audit_queries.verify(sv.store)
+            (out if result.ok else err).write(("audit chain ok: " if result.ok else "audit chain BROKEN: ")
+                                              + result.message + "\n")
+            return 0 if result.ok else 1
+        for line in audit_queries.export(sv.store):
+            out.write(line + "\n")
+        return 0
+    if cmd == "sync":
+        return _sync_status(args, sv, out)
+    if cmd == "console":
+        return open_console(sv, acting_user(sv.config, environ), with_engine=args.with_engine)
+    if cmd == "show":
+        view = lc.get(args.id)
+        if args.json:
+            out.write(json.dumps(view.to_json(), indent=2) + "\n")
+        else:
+            print_request(view, out)
+        return 0
+
+    if cmd == "stats":
+        return _stats(args, sv, out)
+    me = acting_user(sv.config, environ)
+    if cmd == "reconcile":
+        return _reconcile(args, sv, me, out)
+    if cmd == "aws":
+        out.write(json.dumps(lc.aws_credentials(me, args.id)) + "\n")
+        return 0
+    if cmd == "whoami":
+        groups = sorted(sv.directory.groups_of(me))
+        out.write(f"{me}  groups: {', '.join(groups) or '(none)'}\n")
+        return 0
+    if cmd == "list":
+        rows = lc.list(state=args.state, requester=me if args.mine else None)
+        if args.json:
+            out.write(json.dumps([r.to_json() for r in rows], indent=2) + "\n")
+        else:
+            print_table(rows, out)
+        return 0
+    if cmd == "policy":  # explain
+        d = lc.preview(me, args.target, args.role, args.duration, args.reason, args.ticket, args.start)
+        out.write(f"{me} -> {args.role} on {args.target} for {format_duration(args.duration)}: "
+                  f"{'ALLOWED' if d.allowed else 'REFUSED'}\n")
+        for c in d.checks:
+            out.write(f"  [{'pass' if c.passed else 'FAIL'}] {c.name}: {c.message}\n")
+        if d.allowed:
+            how = ("approved at once (self-service)" if d.auto_approved else
+                   f"{d.approval} approval from {' and '.join(d.approver_groups)}")
+            out.write(f"  approval: {how}\n")
+        out.write("  (nothing was submitted)\n")
+        return 0 if d.allowed else 1
+
+    if cmd == "request":
+        result = lc.submit(me, args.target, args.role, args.duration, args.reason, args.ticket, args.start)
+    elif cmd == "approve":
+        result = lc.approve(me, args.id, args.comment)
+    elif cmd == "deny":
+        result = lc.deny(me, args.id, args.reason)
+    elif cmd == "cancel":
+        result = lc.cancel(me, args.id)
+    elif cmd == "release":
+        result = lc.release(me, args.id)
+    elif cmd == "revoke":
+        result = lc.revoke(me, args.id, args.reason)
+    elif cmd == "extend":
+        result = lc.extend(me, args.id, args.by, args.reason)
+    elif cmd == "bypass":
+        result = lc.bypass(me, args.target, args.role, args.duration, args.incident, args.reason)
+    elif cmd == "review":
+        result = lc.review(me, args.id, args.outcome, args.comment)
+    else:  # pragma: no cover - argparse restricts the choices
+        raise UsageError(f"unknown command {cmd}")
+    print_outcome(result, out)
+    return 0 if result.request.state != "failed" else 1
+
+
+def _reconcile(args: argparse.Namespace, sv: Services, me: str, out: TextIO) -> int:
+    refusal = authority.may_fix_drift(sv.policy, me, sv.directory.groups_of(me)) if args.fix else None
+    if refusal:
+        raise Refused("reconcile", refusal)
+    findings = sv.reconciler.run(fix=args.fix, actor=me)
+    if args.json:
+        out.write(json.dumps([asdict(f) for f in findings], indent=2) + "\n")
+    elif not findings:
+        out.write("no drift: every managed artifact is backed by a live grant and every grant's artifact exists\n")
+    else:
+        for f in findings:
+            who = f" {f.person}" if f.person else ""
+            grant = f" grant {f.grant_id}" if f.grant_id else ""
+            out.write(f"{f.kind.upper():9} {f.backend}{who}{grant}: {f.ref}: {f.detail}"
+                      f"{' -> ' + f.action if f.action != 'none' else ''}\n")
+    unresolved = [f for f in findings if f.action == "none" or f.action.startswith("failed")]
+    return 1 if unresolved else 0
+
+
+def _stats(args: argparse.Namespace, sv: Services, out: TextIO) -> int:
+    e = exposure(sv.store, sv.policy, sv.directory, sv.clock())
+    if args.json:
+        out.write(json.dumps({**asdict(e), "ratio": round(e.ratio, 4)}, indent=2) + "\n")
+        return 0
+    out.write(f"elevated now      {e.elevated_now} of {e.eligible} eligible people ({e.ratio:.0%})\n"
+              f"privilege-hours   {e.privilege_hours_7d} in 7 days, {e.privilege_hours_30d} in 30 days\n"
+              f"bypass reviews    {e.bypasses_awaiting_review} awaiting\n")
+    return 0
+
+
+def open_console(sv: Services, person: str, *, with_engine: bool) -> int:
+    from app.tui.launch import run_console  # Textual is imported only when the console opens
+    return run_console(sv, person, with_engine=with_engine)
+
+
+def _snow_sim(args: argparse.Namespace, environ: Mapping[str, str], out: TextIO) -> int:
+    from integrations.servicenow.simulator import Simulator, SimulatorOptions
+    password = args.password or environ.get("JIT_SNOW_SIM_PASSWORD") or "admin"
+    options = SimulatorOptions(user=args.user, password=password, seed=args.seed,
+                               data_file=Path(args.data) if args.data else None, rate_limit=args.rate_limit)
+    try:
+        sim = Simulator(options, host=args.host, port=args.port)
+    except OSError as exc:
+        raise UsageError(f"cannot listen on {args.host}:{args.port}: {exc.strerror}") from None
+    out.write(f"ServiceNow simulator on {sim.base_url} (user {args.user}); Ctrl-C to stop\n")
+    out.flush()
+    def interrupt(*_: object) -> None:  # stop() from here would wait on the loop it runs in
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+    try:
+        sim.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        sim.stop()
+    return 0
+
+
+def _sync_status(args: argparse.Namespace, sv: Services, out: TextIO) -> int:
+    if sv.sync is None:
+        raise UsageError("ServiceNow is not enabled in this configuration ([servicenow] enabled = false)")
+    state = sv.sync.status()
+    data = {"last_run_at": state.last_run_at if state else None, "last_ok_at": state.last_ok_at if state else None,
+            "watermark": state.watermark if state else None, "behind_s": state.behind_s if state else None,
+            "processed": state.processed if state else 0, "last_error": state.last_error if state else None,
+            "recent_errors": list(state.errors) if state else [],
+            "circuit": sv.tickets.client.breaker.state, "last_catch_up": sv.sync.last_catch_up()}
+    if args.json:
+        out.write(json.dumps({k: _fmt_time(v) if isinstance(v, datetime) else v for k, v in data.items()},
+                             indent=2, default=lambda v: _fmt_time(v) if isinstance(v, datetime) else str(v)) + "\n")
+        return 0
+    if state is None:
+        out.write("the ServiceNow sync has not run yet (it runs in 'jit engine')\n")
+        return 0
+    out.write(f"last run     {_fmt_time(state.last_run_at)}\nlast success {_fmt_time(state.last_ok_at)}\n"
+              f"watermark    {_fmt_time(state.watermark)}\nbehind       {state.behind_s or 0:.0f}s at the last run\n"
+              f"processed    {state.processed} change(s) in all\n")
+    if (c := data["last_catch_up"]) is not None:
+        out.write(f"caught up    {_fmt_time(c['at'])} after {c['down_s']:.0f}s without ServiceNow: read "
+                  f"{c['caught_up']} change(s), the oldest {c['behind_s']:.0f}s late\n")
+    out.write("recent errors:\n" + "".join(f"  {e}\n" for e in state.errors) if state.errors else "no recent errors\n")
+    return 0
+
+
+def _engine(args: argparse.Namespace, sv: Services, out: TextIO) -> int:
+    if args.once:
+        out.write(f"engine pass: {sv.engine.run_once()}\n")
+        return 0
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    out.write("engine running (Ctrl-C to stop)\n")
+    out.flush()
+    sv.engine.run_forever(stop)
+    return 0

@@ -1,0 +1,1 @@
+"""The sandbox, the demo and the dev servers (slapd, moto) they and the tests start."""

@@ -1,0 +1,226 @@
+"""``jit demo``: a narrated walk-through of every core flow on a fresh sandbox.
+
+Each step prints the command a person would type, then runs it through the real CLI.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import re
+import shlex
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Callable, TextIO
+
+from app.dev.sandbox import LdapSandbox, write_sandbox
+from app.dev.servers import moto, slapd
+from integrations.servicenow.simulator import Simulator, SimulatorOptions
+
+
+def seed_console(lifecycle) -> None:
+    """A live queue for the console: pending requests, active grants, a bypass awaiting review."""
+    from datetime import timedelta
+    h, m = timedelta(hours=1), timedelta(minutes=1)
+    lifecycle.submit("alice", "web-prod-01", "service-admin", 2 * h, "restart nginx after the TLS renewal",
+                     "CHG0000001")  # dual: a manager and a system owner
+    lifecycle.submit("alice", "web-dev-01", "service-admin", 2 * h, "load-test the new nginx config")  # single
+    lifecycle.submit("dave", "web-dev-01", "service-admin", 3 * h, "profile the staging cache")  # single
+    lifecycle.submit("alice", "web-dev-01", "service-admin", 10 * m, "check the nginx config on dev")  # active now
+    lifecycle.bypass("dave", "web-prod-01", "service-admin", h, "INC0000042", "nginx down, customers affected")
+
+
+@contextlib.contextmanager
+def _outside_world(directory: Path, out: TextIO):
+    """The ServiceNow simulator, and a slapd and a moto server when installed (one line says what is skipped)."""
+    with contextlib.ExitStack() as stack:
+        sim = Simulator(SimulatorOptions(seed="demo")).start()
+        stack.callback(sim.stop)
+        ldap = aws = None
+        skipped = []
+        if slapd.have_slapd():
+            server = slapd.start_slapd(directory / "ldap")
+            stack.callback(server.stop)
+            ldap = (server, LdapSandbox(server.uri, server.admin_dn, server.admin_password))
+        else:
+            skipped.append("the LDAP target (slapd is not installed: apt-get install slapd ldap-utils)")
+        if moto.have_moto():
+            aws = moto.start_moto()
+            stack.callback(aws.stop)
+            _aws_world(aws)
+        else:
+            skipped.append("the AWS target (moto's server extra is not installed)")
+        if skipped:
+            out.write(f"skipped: {'; '.join(skipped)}\n")
+        write_sandbox(directory, force=True, servicenow_url=sim.base_url, ldap=ldap[1] if ldap else None,
+                      aws_endpoint=aws.endpoint_url if aws else None)
+        yield sim, ldap, aws
+
+
+def run_console_demo(out: TextIO, environ) -> int:
+    """``jit demo``: a fresh sandbox with the simulators and seeded work, then the console
+    (as $JIT_USER, default bob the manager) with the engine running in-process."""
+    from app.bootstrap import build
+    from app.tui.launch import run_console
+    from app.config import load_config
+    directory = Path(environ.get("JIT_DEMO_DIR") or tempfile.mkdtemp(prefix="jit-demo-"))
+    with _outside_world(directory, out):
+        config = directory / "jit.toml"
+        services = build(load_config(config), environ={**environ, "JIT_CONFIG": str(config)})
+        try:
+            seed_console(services.lifecycle)
+            person = environ.get("JIT_USER") or "bob"
+            out.write(f"sandbox {directory}; opening the console as {person} (JIT_USER=erin for the security "
+                      "operator, dave for on-call)\n")
+            out.flush()
+            return run_console(services, person, with_engine=True)
+        finally:
+            services.close()
+
+
+def run_demo(out: TextIO, directory: Path | None = None, *, cli: Callable[..., int]) -> int:
+    """``jit demo --narrate``: every persona's commands typed through ``cli`` (the CLI's ``main``,
+    handed in so the sandbox never imports the front end it drives)."""
+    directory = directory or Path(tempfile.mkdtemp(prefix="jit-demo-"))
+    with _outside_world(directory, out) as (sim, ldap, aws):
+        return _walk_through(out, directory, sim, ldap, aws, cli)
+
+
+def _aws_world(server: "moto.MotoServer") -> None:
+    """The AWS side of the sandbox in moto: the people as IAM users and the role they may assume."""
+    os.environ.update({"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                       "AWS_DEFAULT_REGION": "us-east-1"})  # moto's; this process only
+    for var in ("AWS_PROFILE", "AWS_SESSION_TOKEN"):
+        os.environ.pop(var, None)
+    iam = server.client("iam")
+    for person in ("alice", "dave"):
+        iam.create_user(UserName=person)
+    trust = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Principal": {
+        "AWS": "arn:aws:iam::123456789012:root"}, "Action": ["sts:AssumeRole", "sts:SetSourceIdentity",
+                                                          "sts:TagSession"]}]}
+    iam.create_role(RoleName="jit-admin", AssumeRolePolicyDocument=json.dumps(trust))
+
+
+def _request_id(text: str) -> int:
+    match = re.search(r"REQ-(\d+)", text)
+    if not match:
+        raise RuntimeError(f"no request id in: {text!r}")
+    return int(match.group(1))
+
+
+def _walk_through(out: TextIO, directory: Path, sim: Simulator, ldap, aws, main: Callable[..., int]) -> int:
+    config = directory / "jit.toml"
+    env = {**os.environ, "JIT_CONFIG": str(config)}
+    env.pop("JIT_USER", None)
+    failures = 0
+
+    def say(text: str) -> None:
+        out.write(f"\n# {text}\n")
+
+    def run(user: str | None, line: str, expect: int = 0, quiet: bool = False) -> str:
+        nonlocal failures
+        out.write(f"$ {'JIT_USER=' + user + ' ' if user else ''}jit {line}\n")
+        buf, ebuf = io.StringIO(), io.StringIO()
+        code = main(shlex.split(line), {**env, **({"JIT_USER": user} if user else {})}, buf, ebuf)
+        text = buf.getvalue() + ebuf.getvalue()
+        if not quiet:
+            out.write("".join(f"  {l}\n" for l in text.rstrip().splitlines()))
+        if code != expect:
+            failures += 1
+            out.write(f"  !! expected exit {expect}, got {code}\n")
+        return text
+
+    def dual_approved(user: str, line: str) -> int:
+        """Submit as ``user``; bob (manager) and carol (system owner) approve."""
+        rid = _request_id(run(user, line))
+        run("bob", f"approve {rid}")
+        run("carol", f"approve {rid}")
+        return rid
+
+    def sudoers() -> list[Path]:
+        return sorted((directory / "sudoers.d").glob("jit_g*"))
+
+    say(f"A ServiceNow simulator with demo tickets is listening on {sim.base_url} (as `jit snow-sim --seed demo`).")
+    say("A fresh sandbox: config, policy, SQLite, a sudoers.d directory, five people, ServiceNow.")
+    out.write(f"$ jit init --sandbox {directory} --servicenow-url {sim.base_url}"
+              f"{'  (+ LDAP at ' + ldap[1].uri + ')' if ldap else ''}{'  (+ AWS at ' + aws.endpoint_url + ')' if aws else ''}\n")
+    say("alice (engineer) asks what production access would need, without submitting anything.")
+    run("alice", "policy explain web-prod-01 service-admin --duration 2h --ticket CHG0000001 "
+                 "--reason 'restart nginx after the TLS renewal'")
+    say("alice requests it: production is high risk, so it needs a manager AND a system owner.")
+    run("alice", "request web-prod-01 service-admin --duration 2h --ticket CHG0000001 "
+                 "--reason 'restart nginx after the TLS renewal'")
+    say("bob (manager) approves: one of two approvals, still pending.")
+    run("bob", "approve 1 --comment 'ok for the renewal'")
+    say("alice tries to approve her own request: refused.")
+    run("alice", "approve 1", expect=1)
+    say("carol (system owner) approves: dual approval complete, the grant is applied at once.")
+    run("carol", "approve 1 --comment 'go ahead'")
+    for f in sudoers():
+        out.write(f"\n# The sudoers drop-in {f.name}, time-boxed by sudo itself (NOTAFTER in UTC):\n")
+        out.write("".join(f"    {l}\n" for l in f.read_text().splitlines()))
+        check = subprocess.run(["visudo", "-cf", str(f)], capture_output=True, text=True)
+        out.write(f"  visudo -cf: {(check.stdout + check.stderr).strip()}\n")
+    say("alice is done early and releases: the file is removed.")
+    run("alice", "release 1")
+    out.write(f"  sudoers.d now holds {len(sudoers())} jit file(s)\n")
+    say("alice asks for 10 minutes on the dev server: low risk, approved at once.")
+    run("alice", "request web-dev-01 service-admin --duration 10m --reason 'check the nginx config on dev'")
+    say("03:00, production is down. dave (on-call) uses the emergency bypass: active at once.")
+    run("dave", "bypass web-prod-01 service-admin --duration 1h --incident INC0000042 "
+                "--reason 'nginx down, customers affected'")
+    say("A second bypass is refused until the first one is reviewed.")
+    run("dave", "bypass web-prod-01 service-admin --duration 1h --incident INC0000043 "
+                "--reason 'nginx down again after restart'", expect=1)
+    say("dave cannot review his own bypass.")
+    run("dave", "review 3 --outcome justified --comment 'it was needed'", expect=1)
+    say("erin (security operator) reviews it.")
+    run("erin", "review 3 --outcome justified --comment 'outage INC0000042 confirmed'")
+    say("Now dave may bypass again.")
+    run("dave", "bypass web-prod-01 service-admin --duration 30m --incident INC0000043 "
+                "--reason 'nginx down again after restart'")
+    say("ServiceNow validates tickets: CHG0000002 is approved but its window is tomorrow, so this is refused.")
+    run("alice", "request web-prod-01 service-admin --duration 1h --ticket CHG0000002 "
+                 "--reason 'start the TLS renewal early'", expect=1)
+    say("The engine's pass: expiry, escalation, lapse, crash recovery, and the ServiceNow sync. The approved\n"
+        "# change CHG0000001 carries u_jit_target/u_jit_role, so it becomes alice's grant for its window,\n"
+        "# and every step so far is written back to its ticket as a work note.")
+    run(None, "engine --once")
+    run("erin", "list")
+    change = next(r for r in sim.records("change_request") if r["number"] == "CHG0000001")
+    out.write("\n# Work notes on CHG0000001 in ServiceNow:\n")
+    for note in sim.journal(change["sys_id"]):
+        out.write(f"    - {note['value'].splitlines()[0]}\n")
+    run(None, "sync status")
+    if ldap:
+        say("LDAP: alice asks to join the web-admins group in the corporate directory (production: dual).")
+        rid = dual_approved("alice", "request corp-directory web-admins --duration 1h --ticket CHG0000001 "
+                                     "--reason 'rotate the web server certificates'")
+        conn = ldap[0].connection()
+        conn.search("cn=web-admins,ou=groups,dc=example,dc=org", "(objectClass=*)", attributes=["member"])
+        out.write("  web-admins members now: " + ", ".join(str(m) for m in conn.entries[0].member.values) + "\n")
+        conn.unbind()
+    if aws:
+        say("AWS: dave asks for the jit-admin role in production; the IAM policy carries the expiry itself.")
+        rid = dual_approved("dave", "request aws-prod admin --duration 1h --ticket CHG0000001 "
+                                    "--reason 'inspect the load balancer logs'")
+        iam = aws.client("iam")
+        for name in iam.list_user_policies(UserName="dave")["PolicyNames"]:
+            doc = iam.get_user_policy(UserName="dave", PolicyName=name)["PolicyDocument"]
+            doc = json.loads(doc) if isinstance(doc, str) else doc
+            out.write(f"  IAM policy {name}: condition {json.dumps(doc['Statement'][0].get('Condition'))}\n")
+        say("dave takes STS credentials no longer than his grant (credential_process format; secrets hidden here).")
+        creds = run("dave", f"aws credentials {rid}", quiet=True)
+        out.write(f"  credentials issued, Expiration {json.loads(creds)['Expiration']}\n")
+    say("Drift: every artifact on every backend is backed by a live grant, and exposure now.")
+    run("erin", "reconcile")
+    run(None, "stats")
+    say("The audit log is a hash chain: any edit, deletion or reordering is detected.")
+    run(None, "audit verify")
+    out.write(f"\nSandbox left at {directory}; try:\n  export JIT_CONFIG={config} JIT_USER=alice\n"
+              "  .venv/bin/jit list\n")
+    out.write("\ndemo finished: all steps behaved as expected\n" if not failures
+              else f"\ndemo finished with {failures} unexpected result(s)\n")
+    return 1 if failures else 0

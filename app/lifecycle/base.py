@@ -1,0 +1,172 @@
+"""What every use-case shares: the collaborators, loading and viewing a request, the context the
+policy weighs, the audit of each decision (with the messages it owes), and the state check that
+tells a lost race (``Conflict``, exit 4) from a refused action."""
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from dataclasses import dataclass
+from datetime import datetime
+from types import SimpleNamespace
+from typing import Any, Iterable, Mapping
+
+import sqlalchemy as sa
+from sqlmodel import Session, select
+
+from app.clock import Clock
+from app.config import EngineSettings
+from app.domain.errors import Conflict, Refused
+from app.domain.states import HOLDING_STATES, NEXT_STATES
+from app.domain.views import ApprovalView, GrantView, RequestView
+from app.identity import Directory
+from app.lifecycle import messages
+from app.lifecycle.ticket_facts import TicketGateway
+from app.store import ApprovalRow, GrantRow, OutboxRow, RequestRow, ReviewRow, Store, audit, insert_rows
+from app.store import grants as grant_store
+from app.store import requests as request_store
+from app.store.leases import Leases
+from integrations.base import Backend, BackendError, GrantSpec
+from policies import authority
+from policies.decision import Context, Decision, Holding, TicketFacts
+from policies.model import PolicySet
+
+log = logging.getLogger("jit.lifecycle")
+AUTO_APPROVED = "self-service within the auto-approval threshold"
+
+
+@dataclass(frozen=True)
+class OutboxSettings:
+    """Which messages events owe: notes to ServiceNow, webhooks, change records for ticketless requests."""
+
+    servicenow: bool = False
+    webhook: bool = False
+    create_change: bool = False
+
+
+def checks_of(decision: Decision) -> list[dict[str, Any]]:
+    """The decision's checks as the request row and the audit keep them."""
+    return [{"name": c.name, "passed": c.passed, "message": c.message} for c in decision.checks]
+
+
+class LifecycleBase:
+
+    def __init__(self, store: Store, policy: PolicySet, directory: Directory,
+                 backends: Mapping[str, Backend], clock: Clock, settings: EngineSettings | None = None, *,
+                 tickets: TicketGateway | None = None, outbox: OutboxSettings | None = None,
+                 owner: str | None = None) -> None:
+        self.store = store
+        self.tickets = tickets
+        self.outbox = outbox or OutboxSettings()
+        self.policy = policy
+        self.directory = directory
+        self.backends = dict(backends)
+        self.clock = clock
+        self.settings = settings or EngineSettings()
+        self.owner = owner or f"{socket.gethostname()}:{os.getpid()}"  # whose claims: host:pid
+        self.leases = Leases(store, self.owner, self.settings.lease, clock)
+
+    def get(self, request_id: int) -> RequestView:
+        with self.store.transaction() as s:
+            return self._view(s, self._load(s, request_id))
+
+    def list(self, *, state: str | None = None, requester: str | None = None,
+             limit: int = 500) -> list[RequestView]:
+        with self.store.transaction() as s:
+            q = select(RequestRow).order_by(RequestRow.id.desc()).limit(limit)
+            if state:
+                q = q.where(RequestRow.state == state)
+            if requester:
+                q = q.where(RequestRow.requester == requester)
+            return [self._view(s, r) for r in s.exec(q).all()]
+
+    def _view(self, s: Session, row: RequestRow) -> RequestView:
+        approvals = s.exec(select(ApprovalRow).where(ApprovalRow.request_id == row.id)
+                           .order_by(ApprovalRow.id)).all()
+        grant = s.exec(select(GrantRow).where(GrantRow.request_id == row.id)).first()
+        review = s.exec(select(ReviewRow).where(ReviewRow.request_id == row.id)).first()
+        return RequestView(
+            id=row.id, kind=row.kind, state=row.state, requester=row.requester, target=row.target,
+            role=row.role, environment=row.environment, tier=row.tier, reason=row.reason, ticket=row.ticket,
+            approval_model=row.approval_model, approver_groups=tuple(row.approver_groups),
+            starts_at=row.starts_at, expires_at=row.expires_at, created_at=row.created_at,
+            escalated_at=row.escalated_at, closed_by=row.closed_by, closed_reason=row.closed_reason,
+            checks=tuple(row.checks), version=row.version,
+            approvals=tuple(ApprovalView(a.approver, tuple(a.groups), a.comment, a.at) for a in approvals),
+            grant=GrantView(grant.id, grant.status, grant.backend, grant.ref, grant.starts_at, grant.expires_at,
+                            grant.applied_at, grant.revoked_at, grant.last_error) if grant else None,
+            review=({"state": review.state, "reviewer": review.reviewer, "comment": review.comment,
+                     "reviewed_at": review.reviewed_at} if review else None),
+        )
+
+    def _context(self, s: Session, person: str, exclude: int | None = None) -> Context:
+        rows = s.exec(select(RequestRow).where(RequestRow.requester == person,
+                                               RequestRow.state.in_(HOLDING_STATES))).all()
+        holdings = tuple(Holding(r.target, r.role, r.starts_at, r.expires_at) for r in rows if r.id != exclude)
+        open_reviews = s.exec(select(sa.func.count()).select_from(ReviewRow)
+                              .where(ReviewRow.bypasser == person, ReviewRow.state == "open")).one()
+        return Context(groups=self.directory.groups_of(person), holdings=holdings,
+                       unreviewed_bypasses=int(open_reviews))
+
+    def _record(self, s: Session, *, at: datetime, actor: str, action: str, request_id: int | None = None,
+                **details: Any) -> None:
+        """Append the audit event and, in the same transaction, the messages it owes the outside."""
+        event = audit.append(s, at=at, actor=actor, action=action, request_id=request_id, **details)
+        o = self.outbox
+        if o.servicenow or o.webhook:
+            row = s.get(RequestRow, request_id) if request_id is not None else None
+            for item in messages.entries(event, row, details, servicenow=o.servicenow, webhook=o.webhook,
+                                       create_change=o.create_change):
+                s.add(OutboxRow(**item))
+
+    def _record_many(self, s: Session, at: datetime,
+                     events: Iterable[tuple[str, str, dict | None, int | None, dict[str, Any]]]) -> None:
+        """``_record`` for many events ``(actor, action, the request's new row values or None,
+        request id, details)``: one INSERT of events and one of the messages they owe, without
+        loading the rows back."""
+        events = list(events)
+        written = audit.append_many(s, ((at, actor, action, rid, d) for actor, action, _, rid, d in events))
+        o = self.outbox
+        if o.servicenow or o.webhook:
+            views = {id(row): SimpleNamespace(**row) for _, _, row, _, _ in events if row}  # one per row
+            owed = [item for event, (_, _, row, _, details) in zip(written, events)
+                    for item in messages.entries(event, views[id(row)] if row else None, details,
+                                               servicenow=o.servicenow, webhook=o.webhook,
+                                               create_change=o.create_change)]
+            insert_rows(s, OutboxRow.__table__, [{**item, "state": "pending", "attempts": 0} for item in owed])
+
+    def _ticket_facts(self, number: str | None, start: datetime, end: datetime) -> TicketFacts | None:
+        """ServiceNow's facts for the ticket (fetched outside any transaction), when configured."""
+        if self.tickets is None or not number:
+            return None
+        return self.tickets.facts(number, start, end)
+
+    def _operators(self) -> str:
+        return authority.operators(self.policy)
+
+    def _load(self, s: Session, request_id: int) -> RequestRow:
+        return request_store.load(s, request_id)
+
+    @staticmethod
+    def _expect(row: RequestRow, states: str | Iterable[str], action: str) -> None:
+        states = (states,) if isinstance(states, str) else tuple(states)
+        if row.state in states:
+            return
+        if any(row.state in NEXT_STATES.get(state, ()) for state in states):
+            raise Conflict("state", f"cannot {action} REQ-{row.id}: it is {row.state} now, not {' or '.join(states)}: "
+                                    "someone else changed it first; nothing was done")
+        raise Refused("state", f"cannot {action} REQ-{row.id}: it is {row.state}, not {' or '.join(states)}")
+
+    @staticmethod
+    def _no_activation_running(s: Session, row: RequestRow) -> None:
+        if s.exec(select(GrantRow.id).where(GrantRow.request_id == row.id)).first() is not None:
+            raise Conflict("state", f"REQ-{row.id} is being activated right now; try again in a moment")
+
+    def _spec(self, g: GrantRow) -> GrantSpec:
+        return grant_store.spec_of(g)
+
+    def _backend(self, name: str) -> Backend:
+        backend = self.backends.get(name)
+        if backend is None:
+            raise BackendError(f"no backend {name!r} is configured", transient=False)
+        return backend

@@ -1,0 +1,83 @@
+"""The emergency path: a bypass active at once, and its post-hoc review."""
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import timedelta
+
+import sqlalchemy as sa
+from sqlmodel import select
+
+from app.domain.errors import Conflict, Refused
+from app.domain.inputs import check_text
+from app.domain.views import Outcome, RequestView
+from app.lifecycle.base import LifecycleBase, checks_of
+from app.store import RequestRow, ReviewRow
+from app.store import requests as request_store
+from app.domain.states import REVIEW_OUTCOMES
+from policies import authority
+from policies.durations import format_duration
+from policies.evaluate import evaluate_bypass
+
+
+class Bypass(LifecycleBase):
+    def bypass(self, person: str, target: str, role: str, duration: timedelta, incident: str,
+               reason: str) -> Outcome:
+        """Emergency: active at once for the on-call group, reviewed afterwards."""
+        req, _ = self._access_request(person, target, role, duration, reason, incident, None)
+        facts = self._ticket_facts(req.ticket, req.starts_at, req.expires_at)
+        now = self.clock()
+        with self.store.transaction() as s:
+            decision = evaluate_bypass(self.policy, req, replace(self._context(s, person), ticket=facts))
+            checks = checks_of(decision)
+            if not decision.allowed:
+                self._record(s, at=now, actor=person, action="bypass.refused", target=target, role=role,
+                             checks=checks)
+                refusal = Refused("policy", decision.refusal())
+            else:
+                refusal = None
+                row = RequestRow(
+                    kind="bypass", requester=person, target=target, role=role, environment=decision.environment,
+                    tier=decision.tier, backend=decision.backend, params=decision.params, reason=req.reason,
+                    ticket=req.ticket, state="approved", approval_model="emergency", checks=checks,
+                    duration_s=int(duration.total_seconds()), starts_at=now, expires_at=now + duration,
+                    created_at=now, updated_at=now)
+                request_store.create(s, row)
+                s.add(ReviewRow(request_id=row.id, bypasser=person, opened_at=now))
+                self._record(s, at=now, actor=person, action="bypass.used", request_id=row.id, target=target,
+                             role=role, incident=req.ticket, reason=req.reason, checks=checks,
+                             duration=format_duration(duration))
+                request_id, grant_id = row.id, self._intend_apply(s, row, now)
+        if refusal:
+            raise refusal
+        note = self._apply(grant_id) if grant_id is not None else None
+        return Outcome(self.get(request_id), f"REQ-{request_id}: emergency bypass; post-hoc review opened",
+                       [note] if note else [])
+
+    def review(self, actor: str, request_id: int, outcome: str, comment: str) -> Outcome:
+        comment = check_text("comment", comment, required=True) or ""
+        if outcome not in REVIEW_OUTCOMES:
+            raise Refused("outcome", "must be 'justified' or 'violation'")
+        now = self.clock()
+        with self.store.transaction() as s:
+            row = self._load(s, request_id)
+            rev = s.exec(select(ReviewRow).where(ReviewRow.request_id == row.id)).first()
+            if rev is None:
+                raise Refused("review", f"REQ-{request_id} is not an emergency bypass")
+            if rev.state != "open":
+                raise Refused("review", f"REQ-{request_id} was already reviewed ({rev.state} by {rev.reviewer})")
+            refusal = authority.may_review(self.policy, actor, self.directory.groups_of(actor), rev.bypasser)
+            if refusal:
+                raise Refused("review", refusal)
+            done = s.execute(sa.update(ReviewRow).where(ReviewRow.id == rev.id, ReviewRow.version == rev.version)
+                             .values(state=outcome, reviewer=actor, comment=comment, reviewed_at=now,
+                                     version=rev.version + 1))
+            if done.rowcount != 1:
+                raise Conflict("review", f"REQ-{request_id} was reviewed by someone else just now")
+            self._record(s, at=now, actor=actor, action="bypass.reviewed", request_id=row.id, outcome=outcome,
+                         comment=comment, bypasser=rev.bypasser)
+        return Outcome(self.get(request_id), f"REQ-{request_id} reviewed: {outcome}")
+
+    def open_reviews(self) -> list[RequestView]:
+        with self.store.transaction() as s:
+            ids = s.exec(select(ReviewRow.request_id).where(ReviewRow.state == "open")).all()
+            return [self._view(s, s.get(RequestRow, i)) for i in ids]

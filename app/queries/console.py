@@ -1,0 +1,245 @@
+"""What the console shows and does, without Textual: read models and operator actions.
+
+Every method may block (database, ServiceNow, backends): the console calls them from workers.
+Actions go through the lifecycle as the operator, so the console refuses exactly what the
+lifecycle refuses, with the same rule and reason.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+import sqlalchemy as sa
+from sqlmodel import select
+
+from app.domain.views import RequestView
+from app.queries.exposure import exposure
+from app.store import HEARTBEAT_PREFIX, ApprovalRow, AuditEvent, AuditHead, GrantRow, RequestRow, SyncState, audit
+from policies import authority
+from policies.approvals import approvals_needed
+
+if TYPE_CHECKING:  # the read model is handed the wiring; it never builds it
+    from app.bootstrap import Services
+
+
+@dataclass(frozen=True)
+class Operator:
+    person: str
+    groups: frozenset[str]
+    can_approve: bool
+    can_review: bool
+    can_bypass: bool
+    can_revoke: bool
+
+
+@dataclass(frozen=True)
+class QueueItem:
+    id: int
+    label: str
+    requester: str
+    target: str
+    role: str
+    environment: str
+    tier: str
+    duration: timedelta
+    ticket: str | None
+    created_at: datetime
+    approvals: int
+    needed: int
+    approvers: tuple[str, ...]
+    verdict: str
+    escalated: bool
+    approval_model: str
+    approver_groups: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ActiveItem:
+    id: int
+    label: str
+    requester: str
+    target: str
+    role: str
+    kind: str
+    starts_at: datetime
+    expires_at: datetime
+    backend: str
+
+
+@dataclass(frozen=True)
+class AuditItem:
+    seq: int
+    at: datetime
+    actor: str
+    action: str
+    request_id: int | None
+    summary: str
+
+
+@dataclass(frozen=True)
+class Health:
+    engine_running: bool
+    engines: tuple[tuple[str, datetime], ...]
+    sync_enabled: bool
+    sync_last_run: datetime | None
+    sync_last_ok: datetime | None
+    sync_watermark: datetime | None
+    sync_behind_s: float | None
+    sync_errors: tuple[str, ...]
+    elevated_now: int
+    eligible: int
+    privilege_hours_7d: float
+    bypasses_awaiting_review: int
+    audit_ok: bool
+    audit_message: str
+
+
+def _summary(details: str) -> str:
+    try:
+        data = json.loads(details)
+    except ValueError:
+        return details[:120]
+    keep = {k: v for k, v in data.items() if k not in ("checks",) and v not in (None, "", [], {})}
+    if "checks" in data:
+        failed = [c["name"] for c in data["checks"] if not c.get("passed")]
+        keep["checks"] = "failed: " + ", ".join(failed) if failed else "all passed"
+    return "; ".join(f"{k}={v}" for k, v in keep.items())[:200]
+
+
+def _audit_item(e: AuditEvent) -> AuditItem:
+    return AuditItem(e.seq, e.at, e.actor, e.action, e.request_id, _summary(e.details))
+
+
+class ConsoleData:
+    def __init__(self, services: Services, operator: str) -> None:
+        self.services = services
+        self.lifecycle = services.lifecycle
+        self.clock = services.clock
+        groups = services.directory.groups_of(operator)
+        self.operator = Operator(person=operator, groups=groups,
+                                 **asdict(authority.capabilities(services.policy, groups)))
+
+    # ------------------------------------------------------------------ reads
+    def change_token(self) -> int:
+        """The audit head's sequence number: every transition anywhere moves it."""
+        with self.services.store.transaction() as s:
+            head = s.get(AuditHead, 1)
+            return head.seq if head else 0
+
+    def queue(self) -> list[QueueItem]:
+        with self.services.store.transaction() as s:
+            R = RequestRow
+            rows = s.execute(sa.select(R.id, R.requester, R.target, R.role, R.environment, R.tier, R.duration_s,
+                                       R.ticket, R.created_at, R.escalated_at, R.approval_model,
+                                       R.approver_groups, R.checks)  # only what the queue shows
+                             .where(R.state == "pending")).all()
+            counts: dict[int, list[str]] = {}
+            if rows:
+                for rid, who in s.exec(select(ApprovalRow.request_id, ApprovalRow.approver)
+                                       .where(ApprovalRow.request_id.in_([r.id for r in rows]))).all():
+                    counts.setdefault(rid, []).append(who)
+        items = []
+        for r in rows:
+            failed = [c["name"] for c in r.checks if not c.get("passed")]
+            needed = approvals_needed(r.approval_model, tuple(r.approver_groups))
+            items.append(QueueItem(
+                id=r.id, label=f"REQ-{r.id}", requester=r.requester, target=r.target, role=r.role,
+                environment=r.environment or "?", tier=r.tier or "?", duration=timedelta(seconds=r.duration_s),
+                ticket=r.ticket, created_at=r.created_at, approvals=len(counts.get(r.id, [])), needed=needed,
+                approvers=tuple(counts.get(r.id, [])), verdict="pass" if not failed else "fail: " + ", ".join(failed),
+                escalated=r.escalated_at is not None, approval_model=r.approval_model,
+                approver_groups=tuple(r.approver_groups)))
+        items.sort(key=lambda i: (not i.escalated, i.created_at, i.id))
+        return items
+
+    def active(self) -> list[ActiveItem]:
+        with self.services.store.transaction() as s:
+            rows = s.exec(select(RequestRow, GrantRow).join(GrantRow, GrantRow.request_id == RequestRow.id)
+                          .where(RequestRow.state == "active").order_by(GrantRow.expires_at)).all()
+        return [ActiveItem(r.id, f"REQ-{r.id}", r.requester, r.target, r.role, r.kind, g.starts_at, g.expires_at,
+                           g.backend) for r, g in rows]
+
+    def reviews(self) -> list[RequestView]:
+        return self.lifecycle.open_reviews()
+
+    def request(self, request_id: int) -> RequestView:
+        return self.lifecycle.get(request_id)
+
+    def history(self, request_id: int) -> list[AuditItem]:
+        with self.services.store.transaction() as s:
+            events = s.exec(select(AuditEvent).where(AuditEvent.request_id == request_id)
+                            .order_by(AuditEvent.seq)).all()
+        return [_audit_item(e) for e in events]
+
+    def audit(self, text: str = "", limit: int = 500) -> list[AuditItem]:
+        with self.services.store.transaction() as s:
+            q = select(AuditEvent).order_by(AuditEvent.seq.desc()).limit(limit)
+            if text:
+                like = f"%{text}%"
+                q = q.where(sa.or_(AuditEvent.actor.like(like), AuditEvent.action.like(like),
+                                   AuditEvent.details.like(like)))
+            return [_audit_item(e) for e in s.exec(q).all()]
+
+    def audit_status(self) -> tuple[bool, str]:
+        with self.services.store.transaction() as s:
+            result = audit.verify(s)
+        return result.ok, result.message
+
+    def ticket(self, number: str) -> dict[str, Any] | None:
+        gateway = self.lifecycle.tickets
+        if gateway is None:
+            return None
+        now = self.clock()
+        facts = gateway.facts(number, now, now)
+        if facts is None:
+            return None
+        return {"number": facts.number, "status": facts.status, "state": facts.state, "approval": facts.approval,
+                "start": facts.start, "end": facts.end, "assignee": facts.assignee, "group": facts.group_name,
+                "error": facts.error}
+
+    def health(self) -> Health:
+        now = self.clock()
+        poll = self.services.config.settings.engine.poll_interval
+        with self.services.store.transaction() as s:
+            beats = s.exec(select(SyncState).where(SyncState.name.like(f"{HEARTBEAT_PREFIX}%"))).all()
+            sync = s.get(SyncState, "servicenow")
+        engines = tuple((b.name.removeprefix(HEARTBEAT_PREFIX), b.last_run_at) for b in beats if b.last_run_at)
+        alive = any(seen >= now - 3 * poll for _, seen in engines)
+        e = exposure(self.services.store, self.services.policy, self.services.directory, now)
+        ok, message = self.audit_status()
+        return Health(
+            engine_running=alive, engines=engines, sync_enabled=self.services.sync is not None,
+            sync_last_run=sync.last_run_at if sync else None, sync_last_ok=sync.last_ok_at if sync else None,
+            sync_watermark=sync.watermark if sync else None, sync_behind_s=sync.behind_s if sync else None,
+            sync_errors=tuple(sync.errors or ()) if sync else (), elevated_now=e.elevated_now, eligible=e.eligible,
+            privilege_hours_7d=e.privilege_hours_7d, bypasses_awaiting_review=e.bypasses_awaiting_review,
+            audit_ok=ok, audit_message=message)
+
+    def bypass_choices(self) -> list[tuple[str, str]]:
+        return [(t, r) for t, target in sorted(self.services.policy.targets.items()) for r in sorted(target.roles)]
+
+    # ---------------------------------------------------------------- actions
+    def approve(self, request_id: int, comment: str = "") -> str:
+        return self._said(self.lifecycle.approve(self.operator.person, request_id, comment))
+
+    def deny(self, request_id: int, reason: str) -> str:
+        return self._said(self.lifecycle.deny(self.operator.person, request_id, reason))
+
+    def revoke(self, request_id: int, reason: str) -> str:
+        return self._said(self.lifecycle.revoke(self.operator.person, request_id, reason))
+
+    def extend(self, request_id: int, by: timedelta, reason: str) -> str:
+        return self._said(self.lifecycle.extend(self.operator.person, request_id, by, reason))
+
+    def bypass(self, target: str, role: str, duration: timedelta, incident: str, reason: str) -> str:
+        return self._said(self.lifecycle.bypass(self.operator.person, target, role, duration, incident, reason))
+
+    def review(self, request_id: int, outcome: str, comment: str) -> str:
+        return self._said(self.lifecycle.review(self.operator.person, request_id, outcome, comment))
+
+    @staticmethod
+    def _said(outcome: Any) -> str:
+        return " ".join([outcome.message, *outcome.notes])
+

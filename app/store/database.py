@@ -1,0 +1,92 @@
+"""The database: connections, transactions, migrations. SQLite (WAL) by default, PostgreSQL too.
+
+On SQLite every transaction starts with ``BEGIN IMMEDIATE`` so writers queue instead of failing
+half-way; on PostgreSQL the audit head row is locked ``FOR UPDATE`` so the hash chain stays linear.
+SQLAlchemy's ``OperationalError`` is mapped to ``StoreError`` here, once.
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import OperationalError
+from sqlmodel import Session
+
+import app.store.tables  # noqa: F401  (registers the tables)
+from app.domain.errors import StoreError
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+def _sqlite_setup(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _connect(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.isolation_level = None  # we issue BEGIN ourselves
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.execute("PRAGMA busy_timeout=30000")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _begin(conn: Any) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+class Store:
+    """The database. ``transaction()`` is one unit of work: commit on success, roll back on error."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        if url.startswith("sqlite"):
+            path = url.split("///", 1)[-1]
+            if path and path != ":memory:":
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
+            self.engine = sa.create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+            _sqlite_setup(self.engine)
+        else:
+            if url.startswith("postgresql://"):
+                url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
+            self.engine = sa.create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
+
+    def migrate(self) -> None:
+        """Bring the schema to the newest revision (Alembic, imported only here)."""
+        from alembic import command
+        from alembic.config import Config as AlembicConfig
+
+        cfg = AlembicConfig()
+        cfg.set_main_option("script_location", str(MIGRATIONS))
+        try:
+            with self.engine.begin() as conn:
+                if self.dialect == "postgresql":
+                    conn.exec_driver_sql("SELECT pg_advisory_xact_lock(7355608)")  # one migrator at a time
+                cfg.attributes["connection"] = conn
+                command.upgrade(cfg, "head")
+        except OperationalError as exc:
+            raise StoreError(f"cannot open the database: {_brief(exc)}") from None
+
+    @contextmanager
+    def transaction(self) -> Iterator[Session]:
+        try:
+            with Session(self.engine, expire_on_commit=False) as session:
+                with session.begin():
+                    yield session
+        except OperationalError as exc:
+            raise StoreError(f"database error: {_brief(exc)}") from None
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+def _brief(exc: OperationalError) -> str:
+    """The driver's message without the SQL and parameters (they may carry personal data)."""
+    return str(exc.orig).strip().splitlines()[0] if exc.orig else exc.__class__.__name__

@@ -1,0 +1,75 @@
+"""Writes of a grant's status: every one checks the transition table and the version it read."""
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Sequence
+
+import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session
+
+from app.domain.errors import Conflict
+from app.domain.states import require, require_all
+from app.store.requests import committed
+from app.store.tables import GrantRow
+from integrations.base import GrantSpec
+
+
+def spec_of(g: GrantRow) -> GrantSpec:
+    """What a backend is told about a grant."""
+    return GrantSpec(grant_id=g.id, request_id=g.request_id, person=g.person, target=g.target, role=g.role,
+                     starts_at=g.starts_at, expires_at=g.expires_at, params=dict(g.params))
+
+
+def create(s: Session, grant: GrantRow) -> bool:
+    """Add a new grant in ``s``; False when the request already has one (another process is activating it)."""
+    require("grant", None, grant.status)
+    grant.status = str(grant.status)
+    try:
+        with s.begin_nested():
+            s.add(grant)
+            s.flush()
+    except IntegrityError:
+        return False
+    return True
+
+
+def transition(s: Session, grant: GrantRow, status: str, now: datetime | None = None, **values: Any) -> None:
+    """The optimistic transition (``now``: the new ``updated_at``, when it changes)."""
+    require("grant", grant.status, status)
+    changes = dict(status=str(status), version=grant.version + 1, **values)
+    if now is not None:
+        changes["updated_at"] = now
+    done = s.execute(sa.update(GrantRow)
+                     .where(GrantRow.id == grant.id, GrantRow.version == grant.version,
+                            GrantRow.status == grant.status)
+                     .values(**changes).execution_options(synchronize_session=False))
+    if done.rowcount != 1:
+        raise Conflict("conflict", f"grant {grant.id} was changed by someone else; nothing was done")
+    committed(grant, changes)
+
+
+def transition_many(s: Session, changes: Sequence[tuple[GrantRow, dict[str, Any]]]) -> None:
+    """Many transitions by primary key in one statement, for rows read and locked in ``s``:
+    each ``(grant, values)`` with the new ``status`` among the values."""
+    require_all("grant", ((g.status, values["status"]) for g, values in changes))
+    if changes:
+        s.execute(sa.update(GrantRow).execution_options(synchronize_session=False),
+                  [{"id": g.id, "version": g.version + 1, **values} for g, values in changes])
+
+
+def start_revoking_many(s: Session, ids: Sequence[int], now: datetime, **values: Any) -> int:
+    """'active' -> 'revoking' for the grants ``ids`` still active, in one statement; how many were."""
+    require("grant", "active", "revoking")
+    return s.execute(sa.update(GrantRow).where(GrantRow.id.in_(list(ids)), GrantRow.status == "active")
+                     .values(status="revoking", updated_at=now, version=GrantRow.version + 1, **values)
+                     .execution_options(synchronize_session=False)).rowcount
+
+
+def take_over(s: Session, grant: GrantRow, owner: str, lease_until: datetime) -> bool:
+    """Claim ``grant`` (read earlier, in any session) for ``owner`` if nobody changed it since:
+    a same-status transition. ``grant`` itself is left as it was read (the audit names the old owner)."""
+    require("grant", grant.status, grant.status)
+    done = s.execute(sa.update(GrantRow).where(GrantRow.id == grant.id, GrantRow.version == grant.version)
+                     .values(owner=owner, lease_until=lease_until, version=grant.version + 1))
+    return done.rowcount == 1

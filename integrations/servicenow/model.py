@@ -1,0 +1,41 @@
+"""A ServiceNow ticket in the product's own terms, and the patterns of its identifiers: plain data,
+importable without pysnow (the lifecycle and the sync use it; ``tickets.py`` builds it)."""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import datetime
+
+NUMBER_RE = re.compile(r"^(CHG|INC|RITM)[0-9]{7}$")
+SYS_ID_RE = re.compile(r"^[0-9a-f]{32}$")
+USER_RE = re.compile(r"^[A-Za-z0-9_.@-]{1,100}$")
+FIELD_RE = re.compile(r"^u_[a-z0-9_]{1,60}$")
+LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+TABLES = {"CHG": "change_request", "INC": "incident", "RITM": "sc_req_item"}
+SN_TIME = "%Y-%m-%d %H:%M:%S"
+SN_TIME_RE = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", re.ASCII)
+CLOSED_CHANGE = ("3", "4")  # Closed, Canceled
+CLOSED_INCIDENT = ("6", "7", "8")  # Resolved, Closed, Canceled
+
+
+@dataclass(frozen=True)
+class Ticket:
+    number: str
+    table: str
+    sys_id: str
+    state: str
+    approval: str
+    type: str
+    start: datetime | None
+    end: datetime | None
+    assignee: str | None  # user_name
+    group: str | None  # assignment group sys_id
+    group_name: str | None
+    cmdb_ci: str | None  # CI name
+    jit_target: str | None
+    jit_role: str | None
+    updated_on: datetime | None
+
+    @property
+    def closed(self) -> bool:
+        return self.state in (CLOSED_CHANGE if self.table == "change_request" else CLOSED_INCIDENT)

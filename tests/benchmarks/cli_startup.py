@@ -1,0 +1,72 @@
+"""Wall time of a CLI call against a bare interpreter, measured in the same run.
+
+Writes a sandbox (``jit init --sandbox``, ServiceNow off so nothing waits on the network), then
+times, ``--repeat`` times each, interleaved: ``python -c pass``; ``python -c "import app.cli.main"``
+(what the entry point imports before it reads a config); and ``jit list`` as alice (the whole
+command: config, policy, the store opened and migrated, the query, the table printed). Prints the
+median and best of each and the median as a ratio to ``python -c pass``, and which heavy modules a
+``jit list`` loaded.
+
+    .venv/bin/python tests/benchmarks/cli_startup.py [--repeat 15]
+
+Goal (issue 13): the CLI imports lazily; the server issue's thin client takes ``jit list`` to
+about 3x a bare interpreter. Not part of `make test`; `make bench` runs it.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+HEAVY = ("textual", "boto3", "botocore", "ldap3", "pysnow", "pypsrp", "apscheduler", "httpx", "alembic",
+         "sqlalchemy", "pydantic")
+
+
+def timed(argv: list[str], env: dict[str, str]) -> float:
+    start = time.perf_counter()
+    subprocess.run(argv, env=env, cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
+    return time.perf_counter() - start
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeat", type=int, default=15)
+    args = ap.parse_args()
+    py = sys.executable
+    with tempfile.TemporaryDirectory(prefix="jit-cli-bench-") as tmp:
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "JIT_USER": "alice"}
+        subprocess.run([py, "-m", "app", "init", "--sandbox", tmp, "--servicenow-url", "off"], env=env, cwd=ROOT,
+                       check=True, stdout=subprocess.DEVNULL)
+        env["JIT_CONFIG"] = str(Path(tmp) / "jit.toml")
+        jit_list = [py, "-c", "import sys; from app.cli.main import main; sys.exit(main(['list']))"]
+        subprocess.run(jit_list, env=env, cwd=ROOT, check=True, stdout=subprocess.DEVNULL)  # migrates once
+        cases = {"python -c pass": [py, "-c", "pass"],
+                 "import app.cli.main": [py, "-c", "import app.cli.main"],
+                 "jit list": jit_list}
+        times: dict[str, list[float]] = {name: [] for name in cases}
+        for _ in range(args.repeat):  # interleaved, so a noisy moment hits every case alike
+            for name, argv in cases.items():
+                times[name].append(timed(argv, env))
+        probe = ("import sys, json; from app.cli.main import main; main(['list']); "
+                 f"print(json.dumps([m for m in {HEAVY!r} if m in sys.modules]), file=sys.stderr)")
+        loaded = json.loads(subprocess.run([py, "-c", probe], env=env, cwd=ROOT, check=True, capture_output=True,
+                                           text=True).stderr.strip().splitlines()[-1])
+    base = statistics.median(times["python -c pass"])
+    print(f"CLI start-up, {args.repeat} runs each, interleaved (wall time; ratio of medians to python -c pass)")
+    print(f"{'command':24} {'median ms':>10} {'best ms':>9} {'ratio':>7}")
+    for name, values in times.items():
+        med = statistics.median(values)
+        print(f"{name:24} {med * 1000:10.1f} {min(values) * 1000:9.1f} {med / base:6.1f}x")
+    print(f"heavy modules a 'jit list' loaded: {', '.join(loaded) or 'none'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
