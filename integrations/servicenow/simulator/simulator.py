@@ -18,7 +18,6 @@ import binascii
 import json
 import math
 import os
-import re
 import secrets
 import socket
 import tempfile
@@ -26,339 +25,31 @@ import threading
 import time
 import uuid
 from collections import Counter, deque
-from dataclasses import dataclass, field, fields
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from email.message import Message
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Callable, Mapping
-from urllib.parse import parse_qsl, urlencode, urlsplit
+from typing import Any, Mapping
+from urllib.parse import parse_qsl, urlencode
 
 from integrations.servicenow import query as snquery
 from integrations.servicenow import seed as snseed
+from integrations.servicenow.simulator.http import (
+    _DROP,
+    _TABLE_PATH,
+    _error,
+    _json_object,
+    _oauth_denied,
+    _Request,
+    _Response,
+    _Server,
+    _unauthenticated,
+)
+from integrations.servicenow.simulator.options import Faults, SimulatorOptions
+from integrations.servicenow.simulator.render import _MISSING, _format_time, _params, _to_str, _truthy, _utc, _View
+from integrations.servicenow.simulator.schema import _FIELD_NAME, _SYS_ID, JOURNAL_FIELDS, SYS_FIELDS, TABLES
 
-# --------------------------------------------------------------------------- schema
-
-SYS_FIELDS = ("sys_id", "sys_created_on", "sys_created_by", "sys_updated_on", "sys_updated_by", "sys_mod_count")
-JOURNAL_FIELDS = ("work_notes", "comments")
 ACCESS_TOKEN_TTL = timedelta(seconds=1799)
 REFRESH_TOKEN_TTL = timedelta(days=100)
-
-
-@dataclass(frozen=True)
-class TableSchema:
-    """What the simulator knows about a table: its columns, references, choices and numbering."""
-
-    fields: tuple[str, ...]
-    references: Mapping[str, str] = field(default_factory=dict)   # field -> target table
-    choices: Mapping[str, Mapping[str, str]] = field(default_factory=dict)   # field -> value -> label
-    defaults: Mapping[str, str] = field(default_factory=dict)
-    number_prefix: str | None = None
-    display_field: str = "name"          # what a reference to this table displays
-    journal: bool = False                # work_notes/comments are write-only journal fields
-
-
-_TASK_JOURNAL = ("work_notes", "comments")
-_APPROVAL = {"not requested": "Not Yet Requested", "requested": "Requested", "approved": "Approved",
-             "rejected": "Rejected"}
-
-TABLES: dict[str, TableSchema] = {
-    "change_request": TableSchema(
-        fields=("number", "short_description", "description", "state", "type", "approval", "start_date",
-                "end_date", "assigned_to", "assignment_group", "cmdb_ci", "risk", "close_code", "close_notes",
-                *_TASK_JOURNAL, "u_jit_target", "u_jit_role"),
-        references={"assigned_to": "sys_user", "assignment_group": "sys_user_group", "cmdb_ci": "cmdb_ci"},
-        choices={
-            "state": {"-5": "New", "-4": "Assess", "-3": "Authorize", "-2": "Scheduled", "-1": "Implement",
-                      "0": "Review", "3": "Closed", "4": "Canceled"},
-            "type": {"normal": "Normal", "standard": "Standard", "emergency": "Emergency"},
-            "approval": _APPROVAL,
-            "risk": {"1": "Very High", "2": "High", "3": "Moderate", "4": "Low"},
-            "close_code": {"successful": "Successful", "successful_issues": "Successful with issues",
-                           "unsuccessful": "Unsuccessful"},
-        },
-        defaults={"state": "-5", "type": "normal", "approval": "not requested", "risk": "3"},
-        number_prefix="CHG", display_field="number", journal=True),
-    "incident": TableSchema(
-        fields=("number", "short_description", "description", "state", "assigned_to", "assignment_group",
-                "caller_id", "priority", "close_code", "close_notes", *_TASK_JOURNAL),
-        references={"assigned_to": "sys_user", "assignment_group": "sys_user_group", "caller_id": "sys_user"},
-        choices={
-            "state": {"1": "New", "2": "In Progress", "3": "On Hold", "6": "Resolved", "7": "Closed",
-                      "8": "Canceled"},
-            "priority": {"1": "1 - Critical", "2": "2 - High", "3": "3 - Moderate", "4": "4 - Low",
-                         "5": "5 - Planning"},
-        },
-        defaults={"state": "1", "priority": "5"},
-        number_prefix="INC", display_field="number", journal=True),
-    "sc_req_item": TableSchema(
-        fields=("number", "short_description", "description", "state", "approval", "requested_for",
-                *_TASK_JOURNAL),
-        references={"requested_for": "sys_user"},
-        choices={"state": {"-5": "Pending", "1": "Open", "2": "Work in Progress", "3": "Closed Complete",
-                           "4": "Closed Incomplete", "7": "Closed Skipped"},
-                 "approval": _APPROVAL},
-        defaults={"state": "1", "approval": "not requested"},
-        number_prefix="RITM", display_field="number", journal=True),
-    "sys_user": TableSchema(fields=("user_name", "name", "email", "active"), defaults={"active": "true"}),
-    "sys_user_group": TableSchema(fields=("name", "active"), defaults={"active": "true"}),
-    "sys_user_grmember": TableSchema(fields=("user", "group"),
-                                     references={"user": "sys_user", "group": "sys_user_group"},
-                                     display_field="sys_id"),
-    "sys_journal_field": TableSchema(fields=("element", "element_id", "name", "value"), display_field="value"),
-    "cmdb_ci": TableSchema(fields=("name",)),
-    "cmn_schedule_blackout": TableSchema(fields=("name", "start_date", "end_date", "cmdb_ci"),
-                                         references={"cmdb_ci": "cmdb_ci"}),
-}
-
-# --------------------------------------------------------------------------- options, faults
-
-
-@dataclass
-class SimulatorOptions:
-    """How the simulator authenticates, limits, persists and seeds."""
-
-    user: str = "admin"
-    password: str = "admin"
-    oauth_clients: dict[str, str] = field(default_factory=lambda: {"jit": "jit-secret"})  # id -> secret
-    rate_limit: int | None = None        # max requests per rate_window seconds per user; None = no limit
-    rate_window: float = 1.0
-    latency_ms: int = 0                  # initial Faults.latency_ms
-    data_file: Path | None = None        # loaded at start when it exists; saved after every write
-    seed: str | None = None              # "demo": load seed.demo(clock()) when there is no data file yet
-    clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc)
-
-
-@dataclass
-class Faults:
-    """Failures to inject into API requests (not into /sim/admin/* or /oauth_token.do).
-
-    Counters count down as they fire. Set attributes directly, or through
-    ``POST /sim/admin/faults``; :meth:`take` is the atomic check-and-decrement.
-    """
-
-    latency_ms: int = 0              # sleep before answering every API request
-    fail_next: int = 0               # answer 500 "Internal Server Error"
-    drop_next: int = 0               # read the request, close the socket, answer nothing
-    timeout_next: int = 0            # sleep timeout_s, then answer normally
-    timeout_s: float = 30.0
-    down: bool = False               # drop every API request
-    fail_after_write_next: int = 0   # apply a successful write, then drop the connection
-    _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False, compare=False)
-
-    def take(self, name: str) -> bool:
-        """Decrement counter ``name`` if it is positive; return whether it fired."""
-        with self._lock:
-            if getattr(self, name) > 0:
-                setattr(self, name, getattr(self, name) - 1)
-                return True
-            return False
-
-    def snapshot(self) -> dict[str, Any]:
-        """The current values as a JSON-able dict."""
-        with self._lock:
-            return {f.name: getattr(self, f.name) for f in fields(self) if f.init}
-
-    def update(self, values: Mapping[str, Any]) -> None:
-        """Set several faults at once; raise ValueError (changing nothing) on a bad name or value."""
-        types = {f.name: f.type for f in fields(self) if f.init}
-        clean: dict[str, Any] = {}
-        for name, value in values.items():
-            if name not in types:
-                raise ValueError(f"unknown fault {name!r}; known: {', '.join(types)}")
-            if name == "down":
-                if not isinstance(value, bool):
-                    raise ValueError("down must be true or false")
-            elif isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-                raise ValueError(f"{name} must be a non-negative number")
-            elif name != "timeout_s" and value != int(value):
-                raise ValueError(f"{name} must be an integer")
-            clean[name] = value if name in ("down", "timeout_s") else int(value)
-        with self._lock:
-            for name, value in clean.items():
-                setattr(self, name, value)
-
-    def clear(self) -> None:
-        """Back to no faults at all (latency 0, timeout_s 30)."""
-        self.update({f.name: f.default for f in fields(self) if f.init})
-
-
-# --------------------------------------------------------------------------- HTTP plumbing
-
-
-@dataclass
-class _Request:
-    method: str
-    path: str
-    query: str
-    headers: Message
-    body: bytes
-
-
-@dataclass
-class _Response:
-    status: int
-    body: Any = None                     # JSON-able, or None for no body
-    headers: dict[str, str] = field(default_factory=dict)
-    drop: bool = False                   # close the connection without answering
-
-
-_DROP = _Response(0, drop=True)
-_TABLE_PATH = re.compile(r"/api/now(?:/(?P<version>v1|v2))?/table/(?P<table>[^/]+)(?:/(?P<sys_id>[^/]+))?/?")
-_FIELD_NAME = re.compile(r"[A-Za-z0-9_]+")
-_SYS_ID = re.compile(r"[0-9a-f]{32}")
-
-
-def _error(status: int, message: str, detail: str | None = None, headers: dict[str, str] | None = None
-           ) -> _Response:
-    return _Response(status, {"error": {"message": message, "detail": detail}, "status": "failure"},
-                     headers or {})
-
-
-def _unauthenticated() -> _Response:
-    return _error(401, "User Not Authenticated", "Required to provide Auth information",
-                  {"WWW-Authenticate": 'Basic realm="Service-now"'})
-
-
-def _oauth_denied() -> _Response:
-    return _Response(401, {"error_description": "access_denied", "error": "server_error"})
-
-
-class _Server(ThreadingHTTPServer):
-    """Threaded server that remembers open connections so ``stop`` can cut keep-alive ones."""
-
-    daemon_threads = True
-    sim: "Simulator"
-
-    def __init__(self, address: tuple[str, int]) -> None:
-        self.connections: set[socket.socket] = set()
-        self.connections_lock = threading.Lock()
-        super().__init__(address, _Handler)
-
-    def process_request(self, request: Any, client_address: Any) -> None:
-        with self.connections_lock:
-            self.connections.add(request)
-        super().process_request(request, client_address)
-
-    def shutdown_request(self, request: Any) -> None:
-        with self.connections_lock:
-            self.connections.discard(request)
-        super().shutdown_request(request)
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        """Stay quiet: clients that go away mid-request are part of the job."""
-
-
-class _Handler(BaseHTTPRequestHandler):
-    """Reads one request, hands it to the Simulator, writes (or withholds) the answer."""
-
-    protocol_version = "HTTP/1.1"
-    disable_nagle_algorithm = True       # headers and body are separate writes: avoid 40 ms delayed-ACK stalls
-    server_version = "ServiceNow"
-    sys_version = ""
-    server: _Server
-
-    def log_message(self, format: str, *args: Any) -> None:
-        """Log nothing per request (and so never a credential)."""
-
-    def do_GET(self) -> None:
-        self._dispatch()
-
-    do_POST = do_PUT = do_PATCH = do_DELETE = do_GET
-
-    def _dispatch(self) -> None:
-        try:
-            body = self._read_body()
-        except (ValueError, OSError):
-            self.close_connection = True
-            return
-        url = urlsplit(self.path)
-        response = self.server.sim._handle(_Request(self.command, url.path, url.query, self.headers, body))
-        if response.drop:
-            self.close_connection = True
-            return
-        payload = b"" if response.body is None else json.dumps(response.body).encode()
-        try:
-            self.send_response(response.status)
-            if response.status != 204:
-                self.send_header("Content-Type", "application/json;charset=UTF-8")
-                self.send_header("Content-Length", str(len(payload)))
-            for name, value in response.headers.items():
-                self.send_header(name, value)
-            self.end_headers()
-            self.wfile.write(payload)
-        except OSError:
-            self.close_connection = True
-
-    def _read_body(self) -> bytes:
-        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
-            chunks = []
-            while size := int(self.rfile.readline(65537).split(b";")[0].strip() or b"0", 16):
-                chunks.append(self.rfile.read(size))
-                self.rfile.readline()
-            while self.rfile.readline(65537) not in (b"\r\n", b"\n", b""):
-                pass  # trailers
-            return b"".join(chunks)
-        length = int(self.headers.get("Content-Length") or 0)
-        return self.rfile.read(length) if length > 0 else b""
-
-
-# --------------------------------------------------------------------------- rendering helpers
-
-
-@dataclass(frozen=True)
-class _View:
-    """How to render records: sysparm_fields, sysparm_display_value, sysparm_exclude_reference_link."""
-
-    fields: tuple[str, ...] = ()
-    display: str = "false"               # "false" | "true" | "all"
-    exclude_links: bool = False
-
-    @classmethod
-    def from_params(cls, params: Mapping[str, str]) -> "_View":
-        display = params.get("sysparm_display_value", "false").strip().lower()
-        return cls(tuple(f.strip() for f in params.get("sysparm_fields", "").split(",") if f.strip()),
-                   display if display in ("true", "all") else "false",
-                   _truthy(params.get("sysparm_exclude_reference_link")))
-
-
-_MISSING = object()
-
-
-def _truthy(value: str | None) -> bool:
-    return (value or "").strip().lower() == "true"
-
-
-def _utc(moment: datetime) -> datetime:
-    return moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment.astimezone(timezone.utc)
-
-
-def _format_time(moment: datetime) -> str:
-    return _utc(moment).strftime("%Y-%m-%d %H:%M:%S")
-
-
-def _to_str(value: Any) -> str:
-    """ServiceNow stores strings: null -> "", booleans -> "true"/"false", {"value": x} -> x."""
-    if value is None:
-        return ""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, dict) and "value" in value:
-        return _to_str(value["value"])
-    if isinstance(value, (dict, list)):
-        return json.dumps(value)
-    return str(value)
-
-
-def _params(query: str) -> dict[str, str]:
-    """Query parameters, first occurrence wins (as on an instance)."""
-    params: dict[str, str] = {}
-    for name, value in parse_qsl(query, keep_blank_values=True):
-        params.setdefault(name, value)
-    return params
-
-
-# --------------------------------------------------------------------------- the simulator
 
 
 class Simulator:
@@ -882,16 +573,3 @@ def _decode_basic(credential: str) -> tuple[str, str] | None:
 
 def _same(given: str, expected: str) -> bool:
     return secrets.compare_digest(given.encode(), expected.encode())
-
-
-def _json_object(body: bytes) -> dict[str, Any] | _Response:
-    """The request body as a JSON object (empty body -> {}), or a 400 error response."""
-    if not body.strip():
-        return {}
-    try:
-        parsed = json.loads(body)
-    except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # RecursionError: nested too deep
-        return _error(400, "Exception while reading request", f"Cannot decode: {exc}")
-    if not isinstance(parsed, dict):
-        return _error(400, "Exception while reading request", "The payload is not a JSON object")
-    return parsed

@@ -1,5 +1,11 @@
 """AWS backend: time-boxed IAM role assumption, or IAM Identity Center account assignments.
 
+Over 600 lines as one module because it is one class: ``AwsBackend`` serves both modes,
+each Backend method dispatching on ``mode``, and the modes share its settings, client
+cache and clock; splitting the modes into modules would cut the class in two. Names and
+ARNs (``validation``), policy names and STS limits (``policy``) and the translation of
+botocore errors (``errors``) live in the sibling modules.
+
 Two modes, chosen per deployment:
 
 ``mode="role"`` (role assumption). The person is an IAM user of the same name. A grant is
@@ -27,8 +33,8 @@ Identity Center user named like the person. Two grants of one person for one (ac
 permission set) share the assignment (``shared_key``). Assignments carry no expiry of
 their own: only the engine's revoke takes them away.
 
-No botocore or boto3 exception leaves this module: each becomes a ``BackendError``,
-transient for throttling, server-side (5xx) errors and connection failures.
+No botocore or boto3 exception leaves this package: each becomes a ``BackendError``
+(``errors``), transient for throttling, server-side (5xx) errors and connection failures.
 """
 from __future__ import annotations
 
@@ -37,162 +43,46 @@ import logging
 import re
 import threading
 import time
-from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
-from typing import Any, Callable, Iterator, Literal, Mapping, Sequence
+from typing import Any, Callable, Literal, Mapping, Sequence
 
 import boto3
 from botocore.config import Config
-from botocore.exceptions import (
-    BotoCoreError,
-    ClientError,
-    ConnectionClosedError,
-    EndpointConnectionError,
-    HTTPClientError,
-    NoCredentialsError,
-    PartialCredentialsError,
+from botocore.exceptions import ClientError
+
+from integrations.aws.errors import _aws, _error_code
+from integrations.aws.policy import (
+    _GRANT_POLICY_RE,
+    _GRANT_SID,
+    _REVOKE_PRUNE_AFTER,
+    _REVOKE_SID,
+    CLOCK_SKEW_SECONDS,
+    GRANT_POLICY_PREFIX,
+    REVOKE_POLICY_PREFIX,
+    STS_DEFAULT_MAX_SECONDS,
+    STS_MAX_SECONDS,
+    STS_MIN_SECONDS,
+    _compact,
+    _parse_time,
+    _utc,
 )
-from botocore.exceptions import ConnectionError as BotoConnectionError
-
+from integrations.aws.validation import (
+    ACCOUNT_ID_RE,
+    IDENTITY_STORE_RE,
+    INSTANCE_ARN_RE,
+    PERMISSION_SET_ARN_RE,
+    REGION_RE,
+    SESSION_NAME_RE,
+    _check_int,
+    _check_person,
+    _role_name,
+    role_arn_error,
+)
 from integrations.base import Artifact, BackendError, GrantSpec, InvalidGrant
-
-__all__ = ["AwsBackend", "to_backend_error", "TRANSIENT_ERROR_CODES"]
 
 Mode = Literal["role", "identity_center"]
 
-PERSON_RE = re.compile(r"[A-Za-z0-9+=,.@_-]{1,64}")
-ROLE_ARN_RE = re.compile(r"arn:aws(?:-cn|-us-gov)?:iam::(\d{12}):role/([\w+=,.@/-]{1,512})", re.ASCII)
-ACCOUNT_ID_RE = re.compile(r"[0-9]{12}")
-# Real AWS: arn:aws:sso:::permissionSet/ssoins-<16 hex>/ps-<16 hex>. moto 5 generates
-# arn:aws:sso:::instance/ssoins-<16 [a-z0-9]>/ps-<16 [a-z0-9]>, which is accepted too.
-PERMISSION_SET_ARN_RE = re.compile(
-    r"arn:aws(?:-cn|-us-gov)?:sso:::(?:permissionSet|instance)/(ssoins-[0-9a-z]{16})/ps-[0-9a-z]{16}"
-)
-INSTANCE_ARN_RE = re.compile(r"arn:aws(?:-cn|-us-gov)?:sso:::instance/(ssoins-[0-9a-z]{16})")
-# Real AWS: d-<10 hex> or a UUID; moto: d-<10 [a-z0-9]>.
-IDENTITY_STORE_RE = re.compile(
-    r"d-[0-9a-z]{10}|[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
-)
-REGION_RE = re.compile(r"[a-z]{2}(?:-[a-z]+)+-\d{1,2}")
-SESSION_NAME_RE = re.compile(r"[\w+=,.@-]{2,64}", re.ASCII)
-
-GRANT_POLICY_PREFIX = "jit-grant-"
-REVOKE_POLICY_PREFIX = "jit-revoke-"
-_GRANT_POLICY_RE = re.compile(r"jit-grant-(\d+)")
-_GRANT_SID = "JitGrant"
-_REVOKE_SID = "JitRevokeSessions"
-_TIME_FMT = "%Y-%m-%dT%H:%M:%SZ"
-
-STS_MIN_SECONDS = 900  # STS refuses shorter sessions
-STS_MAX_SECONDS = 43200  # ... and longer ones (12 h, the largest MaxSessionDuration)
-STS_DEFAULT_MAX_SECONDS = 3600  # a role's MaxSessionDuration unless raised
-# Credentials are asked to end this much before the grant, so that STS's own clock running
-# slightly ahead of ours never lets them outlive it.
-CLOCK_SKEW_SECONDS = 5
-# A revocation deny is useless once every session issued before it has expired.
-_REVOKE_PRUNE_AFTER = timedelta(seconds=STS_MAX_SECONDS + 600)
-
-TRANSIENT_ERROR_CODES = frozenset({
-    "Throttling", "ThrottlingException", "ThrottledException", "RequestThrottled",
-    "RequestThrottledException", "TooManyRequestsException", "RequestLimitExceeded",
-    "ProvisionedThroughputExceededException", "BandwidthLimitExceeded", "SlowDown",
-    "PriorRequestNotComplete", "ServiceUnavailable", "ServiceUnavailableException",
-    "ServiceFailure", "InternalFailure", "InternalError", "InternalServerError",
-    "InternalServerException", "RequestTimeout", "RequestTimeoutException",
-    "ConcurrentModification", "ConcurrentModificationException", "ConflictException",
-    "IDPCommunicationError",
-})
-
 log = logging.getLogger("jit.aws")
-
-
-def _utc(value: datetime) -> str:
-    return value.astimezone(timezone.utc).strftime(_TIME_FMT)
-
-
-def _parse_time(value: Any) -> datetime | None:
-    if isinstance(value, list) and len(value) == 1:
-        value = value[0]
-    if not isinstance(value, str):
-        return None
-    try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    if parsed.tzinfo is None:
-        return None
-    return parsed.astimezone(timezone.utc)
-
-
-def _compact(document: Mapping[str, Any]) -> str:
-    return json.dumps(document, separators=(",", ":"))
-
-
-def _error_code(exc: ClientError) -> str:
-    return str(exc.response.get("Error", {}).get("Code", "") or "")
-
-
-def to_backend_error(exc: BaseException, action: str) -> BackendError:
-    """Map a botocore exception raised while doing ``action`` to a ``BackendError``.
-
-    Transient: throttling, server-side failures (HTTP 5xx or 429) and connection problems.
-    Everything else (access denied, validation, missing entities, no credentials) is not."""
-    if isinstance(exc, BackendError):
-        return exc
-    if isinstance(exc, ClientError):
-        error = exc.response.get("Error", {}) or {}
-        code = _error_code(exc)
-        message = error.get("Message") or str(exc)
-        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-        transient = code in TRANSIENT_ERROR_CODES or (
-            isinstance(status, int) and (status >= 500 or status == 429)
-        )
-        return BackendError(f"AWS refused to {action}: {code or 'error'}: {message}", transient=transient)
-    if isinstance(exc, (EndpointConnectionError, ConnectionClosedError, BotoConnectionError, HTTPClientError)):
-        return BackendError(f"cannot reach AWS to {action}: {exc}", transient=True)
-    if isinstance(exc, (NoCredentialsError, PartialCredentialsError)):
-        return BackendError(f"no usable AWS credentials to {action}: {exc}")
-    if isinstance(exc, BotoCoreError):
-        return BackendError(f"cannot {action}: {exc}")
-    return BackendError(f"unexpected error while trying to {action}: {exc!r}")
-
-
-@contextmanager
-def _aws(action: str) -> Iterator[None]:
-    """Turn every botocore/boto3 exception inside the block into a ``BackendError``."""
-    try:
-        yield
-    except BackendError:
-        raise
-    except (ClientError, BotoCoreError) as exc:
-        raise to_backend_error(exc, action) from exc
-    except boto3.exceptions.Boto3Error as exc:
-        raise BackendError(f"cannot {action}: {exc}") from exc
-
-
-def _check_int(field_name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise InvalidGrant(field_name, "must be a non-negative integer")
-    return value
-
-
-def _check_person(person: Any) -> str:
-    if not isinstance(person, str) or not PERSON_RE.fullmatch(person):
-        raise InvalidGrant("person", "must be 1-64 characters of letters, digits and +=,.@_-")
-    return person
-
-
-def role_arn_error(value: Any) -> str | None:
-    """Why ``value`` is not an IAM role ARN, or None."""
-    if not isinstance(value, str) or not ROLE_ARN_RE.fullmatch(value):
-        return "must be an IAM role ARN (arn:aws:iam::<12 digits>:role/<name>)"
-    if "//" in value.split(":role/", 1)[1]:
-        return "must not contain an empty path segment"
-    return None
-
-
-def _role_name(role_arn: str) -> str:
-    return role_arn.rsplit("/", 1)[1]
 
 
 class AwsBackend:
