@@ -1,6 +1,7 @@
 """A throw-away sandbox wired through the real bootstrap, the console on top, and ways to wait for it."""
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -107,9 +108,12 @@ class RecordingConsole(JitConsole):
 
 
 async def settle(pilot, rounds: int = 2) -> None:
-    """Let the workers finish and the screen catch up with what they posted."""
+    """Let the workers finish and the screen catch up with what they posted.
+
+    A worker that raised has finished too (``workers.wait_for_complete()`` would raise its error here):
+    what the operator is shown of it is the test's to assert."""
     for _ in range(rounds):
-        await pilot.app.workers.wait_for_complete()
+        await asyncio.gather(*(worker.wait() for worker in pilot.app.workers), return_exceptions=True)
         await pilot.pause()
 
 

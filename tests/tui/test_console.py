@@ -497,3 +497,62 @@ async def test_log_records_stay_off_the_screen_while_the_console_runs(world: Wor
         assert terminal in root.handlers and app._log_handler not in root.handlers
     finally:
         root.removeHandler(terminal)
+
+
+# ------------------------------------------------------------------ a worker that raises
+def gone(*args) -> None:
+    raise ConnectionError("the database went away")
+
+
+async def test_a_failed_load_is_notified_and_the_queue_keeps_its_rows(world: World) -> None:
+    rid = world.request("alice", DEV, timedelta(hours=3), "longer dev work on the nginx config")
+    data = world.data("bob")
+    app = RecordingConsole(data, cursor_blink=False)
+    async with app.run_test(size=SIZE) as pilot:
+        await shown(pilot, str(rid))
+        data.queue = gone
+        app.screen.reload()
+        await until(pilot, lambda: ("Could not load the queue", "ConnectionError: the database went away", "error")
+                    in app.notes, what="the failure notified")
+        assert table(app).shown_keys == [str(rid)]  # what was shown stays
+        del data.queue  # the database is back: the console still answers and loads
+        await pilot.press("2")
+        await until(pilot, lambda: isinstance(app.screen, GrantsScreen), what="the grants")
+        await pilot.press("1")
+        world.lifecycle.deny("erin", rid, "not this week")
+        await shown(pilot)
+
+
+async def test_a_failed_verification_is_shown_in_the_chain_status_not_notified(world: World) -> None:
+    world.request("alice", DEV, timedelta(hours=3), "longer dev work on the nginx config")
+    data = world.data("erin")
+    data.audit_status = gone
+    app = RecordingConsole(data, cursor_blink=False)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("4")
+        await shown(pilot, "1")
+        status = app.screen.query_one("#audit-chain", Static)
+        await until(pilot, lambda: "✗ CHAIN BROKEN: could not verify: the database went away" in str(status.content),
+                    what="the chain's status")
+        assert app.notes == []
+
+
+async def test_a_failed_bypass_keeps_the_form_open_saying_why(world: World) -> None:
+    data = world.data("dave")
+    data.bypass = gone
+    app = RecordingConsole(data, cursor_blink=False)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        await pilot.press("b")
+        await settle(pilot)
+        form = app.screen
+        assert isinstance(form, BypassScreen)
+        form.query_one("#bypass-choice", Select).value = (PROD, ADMIN)
+        form.query_one("#bypass-incident", Input).value = "INC0000042"
+        form.query_one("#bypass-reason", Input).value = "nginx down, customers affected"
+        await pilot.press("ctrl+s")
+        error = form.query_one("#bypass-error", Static)
+        await until(pilot, lambda: "✗ failed: ConnectionError: the database went away" in str(error.content),
+                    what="the form saying why")
+        assert app.screen is form and not form.query_one("#bypass-go").disabled  # try again
+        assert app.notes == []  # the form says it; a refusal alone is notified too

@@ -26,6 +26,7 @@ class AuditScreen(ConsoleScreen):
     """The newest events (up to 500); ``/`` searches actor, action and details in the database."""
 
     VIEW = "audit"
+    LOADS = {"audit": "the audit log"}
     BINDINGS = [
         Binding("enter", "open", "Open", id="open", show=False, tooltip="Open the request the event is about"),
         Binding("slash", "filter", "Filter", id="filter", tooltip="Search actor, action and details"),
@@ -53,20 +54,18 @@ class AuditScreen(ConsoleScreen):
 
     @work(thread=True, exclusive=True, group="audit", exit_on_error=False)
     def _load_events(self, text: str) -> None:
-        try:
-            items = self.data.audit(text, LIMIT)
-        except Exception as exc:  # noqa: BLE001 - shown to the operator
-            self.failed("the audit log", exc)
-            return
-        self.app.call_from_thread(self._show, items, text)
+        self.app.call_from_thread(self._show, self.data.audit(text, LIMIT), text)
 
     @work(thread=True, exclusive=True, group="audit-verify", exit_on_error=False)
     def _verify(self) -> None:
-        try:
-            ok, message = self.data.audit_status()
-        except Exception as exc:  # noqa: BLE001 - a failed verification is shown as such
-            ok, message = False, f"could not verify: {exc}"
+        ok, message = self.data.audit_status()
         self.app.call_from_thread(self._show_chain, ok, message)
+
+    def worker_failed(self, group: str, error: BaseException) -> None:
+        if group == "audit-verify":  # a failed verification is shown as such, in the chain's status
+            self._show_chain(False, f"could not verify: {error}")
+        else:
+            super().worker_failed(group, error)
 
     def _show(self, items: list[AuditItem], text: str) -> None:
         if text != self.filter_text:

@@ -10,6 +10,7 @@ from textual.message import Message
 from textual.screen import Screen
 from textual.widget import Widget
 from textual.widgets import Footer, Input
+from textual.worker import Worker, WorkerState
 
 from app.queries.console import ConsoleData, Operator
 from app.tui.widgets.filter_bar import FilterBar
@@ -28,10 +29,14 @@ class Chrome:
 
 
 class ConsoleScreen(Screen):
-    """A console view. Subclasses compose ``body()`` and start their loading worker in ``reload()``."""
+    """A console view. Subclasses compose ``body()`` and start their loading worker in ``reload()``.
+
+    A worker that raises is shown to the operator by ``on_worker_state_changed``: workers need no
+    try/except of their own."""
 
     VIEW: ClassVar[str] = ""  # the NavBar entry to highlight
     AUTO_FOCUS = "KeyedTable"
+    LOADS: ClassVar[dict[str, str]] = {}  # worker group -> what it loads: "Could not load the queue"
 
     @dataclass
     class ActionRequested(Message):
@@ -93,8 +98,19 @@ class ConsoleScreen(Screen):
     def request_action(self, action: str, request_id: int, summary: str) -> None:
         self.post_message(self.ActionRequested(self, action, request_id, summary))
 
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        """Every worker this screen starts reports here, on the app's thread (``exit_on_error=False``
+        keeps a raising worker from closing the app; its exception is then ``worker.error``)."""
+        if event.state is WorkerState.ERROR:
+            self.worker_failed(event.worker.group, event.worker.error)
+
+    def worker_failed(self, group: str, error: BaseException) -> None:
+        """Show that the worker of ``group`` raised ``error``: a notification, and the screen keeps what
+        it shows. A screen that shows some failure as state instead overrides this for that group."""
+        self.failed(self.LOADS.get(group, group), error)
+
     def failed(self, what: str, exc: BaseException) -> None:
-        """Called from a worker thread when loading failed: say so, keep what is shown."""
+        """Say that loading ``what`` failed; keep what is shown."""
         self.app.notify(f"{type(exc).__name__}: {exc}", title=f"Could not load {what}", severity="error",
                         timeout=8, markup=False)
 

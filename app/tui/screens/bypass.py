@@ -27,6 +27,7 @@ class BypassScreen(ConsoleScreen):
     Dismisses with the lifecycle's message on success; a refusal keeps the form open and says why."""
 
     AUTO_FOCUS = None  # the incident field, once the targets are loaded
+    LOADS = {"bypass-choices": "the targets"}
     BINDINGS = [
         Binding("ctrl+s", "submit", "Bypass now", id="bypass-submit", tooltip="Submit the emergency bypass"),
         Binding("escape", "cancel", "Cancel", id="bypass-cancel", tooltip="Leave the form without doing anything"),
@@ -55,12 +56,7 @@ class BypassScreen(ConsoleScreen):
 
     @work(thread=True, exclusive=True, group="bypass-choices", exit_on_error=False)
     def _load_choices(self) -> None:
-        try:
-            choices = self.data.bypass_choices()
-        except Exception as exc:  # noqa: BLE001 - shown to the operator
-            self.failed("the targets", exc)
-            return
-        self.app.call_from_thread(self._show_choices, choices)
+        self.app.call_from_thread(self._show_choices, self.data.bypass_choices())
 
     def _show_choices(self, choices: list[tuple[str, str]]) -> None:
         select = self.query_one("#bypass-choice", Select)
@@ -96,17 +92,18 @@ class BypassScreen(ConsoleScreen):
 
     @work(thread=True, exclusive=True, group="bypass", exit_on_error=False)
     def _submit(self, target: str, role: str, duration: timedelta, incident: str, reason: str) -> None:
-        try:
-            message = self.data.bypass(target, role, duration, incident, reason)
-        except Refused as exc:
-            self.app.notify(exc.message, title=f"Bypass refused: {exc.rule}", severity="error",
+        self.app.call_from_thread(self._done, self.data.bypass(target, role, duration, incident, reason))
+
+    def worker_failed(self, group: str, error: BaseException) -> None:
+        """A refused or failed bypass keeps the form open, saying why; a refusal is notified too."""
+        if group != "bypass":
+            super().worker_failed(group, error)
+        elif isinstance(error, Refused):
+            self.app.notify(error.message, title=f"Bypass refused: {error.rule}", severity="error",
                             timeout=10, markup=False)
-            self.app.call_from_thread(self._refused, f"✗ refused ({exc.rule}): {exc.message}")
-            return
-        except Exception as exc:  # noqa: BLE001 - shown to the operator
-            self.app.call_from_thread(self._refused, f"✗ failed: {type(exc).__name__}: {exc}")
-            return
-        self.app.call_from_thread(self._done, message)
+            self._refused(f"✗ refused ({error.rule}): {error.message}")
+        else:
+            self._refused(f"✗ failed: {type(error).__name__}: {error}")
 
     def _done(self, message: str) -> None:
         self.dismiss(message)

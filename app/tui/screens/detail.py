@@ -61,22 +61,21 @@ class DetailScreen(ConsoleScreen):
     # ------------------------------------------------------------ loading
     @work(thread=True, exclusive=True, group="detail", exit_on_error=False)
     def reload(self) -> None:
-        try:
-            view = self.data.request(self.request_id)
-            history = self.data.history(self.request_id)
-        except Exception as exc:  # noqa: BLE001 - shown to the operator
-            self.failed(f"REQ-{self.request_id}", exc)
-            return
+        view = self.data.request(self.request_id)
+        history = self.data.history(self.request_id)
         self.app.call_from_thread(self._show, view, history)
 
     @work(thread=True, exclusive=True, group="ticket", exit_on_error=False)
     def load_ticket(self, number: str) -> None:
-        try:
-            ticket = self.data.ticket(number)
-        except Exception as exc:  # noqa: BLE001 - an outage is a state to show, not a crash
-            self.app.call_from_thread(self._show_ticket, number, None, f"{type(exc).__name__}: {exc}")
-            return
-        self.app.call_from_thread(self._show_ticket, number, ticket, None)
+        self.app.call_from_thread(self._show_ticket, number, self.data.ticket(number), None)
+
+    def worker_failed(self, group: str, error: BaseException) -> None:
+        if group == "ticket" and self.view is not None and self.view.ticket:
+            # An outage is a state to show, not a crash. The ticket asked for is the view's: a
+            # request's ticket is fixed when it is submitted.
+            self._show_ticket(self.view.ticket, None, f"{type(error).__name__}: {error}")
+        else:
+            self.failed(f"REQ-{self.request_id}", error)
 
     def _show(self, view: RequestView, history: list[AuditItem]) -> None:
         first = self.view is None

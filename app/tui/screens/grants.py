@@ -29,6 +29,7 @@ class GrantsScreen(RowScreen):
     """Active grants, soonest expiry first. One timer a second updates only the countdown cells that changed."""
 
     VIEW = "grants"
+    LOADS = {"grants": "the active grants"}
     ROW_ACTIONS = ('revoke', 'extend')
     BINDINGS = [
         Binding("enter", "open", "Open", id="open", show=False, tooltip="Open the request behind the grant"),
@@ -56,11 +57,7 @@ class GrantsScreen(RowScreen):
 
     @work(thread=True, exclusive=True, group="grants", exit_on_error=False)
     def reload(self) -> None:
-        try:
-            items = self.data.active()
-        except Exception as exc:  # noqa: BLE001 - shown to the operator
-            self.failed("the active grants", exc)
-            return
+        items = self.data.active()
         # What each column will show is gathered here, off the UI thread; a row's cells are made
         # only when it is drawn.
         values = {"requester": {i.requester for i in items}, "target": {i.target for i in items},

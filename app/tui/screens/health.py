@@ -27,6 +27,7 @@ class HealthScreen(ConsoleScreen):
 
     VIEW = "health"
     AUTO_FOCUS = None
+    LOADS = {"health": "health"}
     REFRESH_SECONDS = 5  # heartbeats and sync runs change no audit event, so the change token misses them
 
     def body(self) -> Iterable[Widget]:
@@ -45,11 +46,7 @@ class HealthScreen(ConsoleScreen):
 
     @work(thread=True, exclusive=True, group="health", exit_on_error=False)
     def reload(self) -> None:
-        try:
-            health = self.data.health()
-        except Exception as exc:  # noqa: BLE001 - shown to the operator
-            self.failed("health", exc)
-            return
+        health = self.data.health()
         now = self.data.clock()
         self.app.call_from_thread(self._show, health, now)
 

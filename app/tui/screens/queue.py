@@ -34,6 +34,7 @@ class QueueScreen(RowScreen):
     """Pending requests. Escalated ones are marked ``!`` and highlighted; ``/`` filters, ``s`` re-orders."""
 
     VIEW = "queue"
+    LOADS = {"queue": "the queue"}
     ROW_ACTIONS = ('approve', 'deny')
     BINDINGS = [
         Binding("enter", "open", "Open", id="open", show=False,
@@ -64,11 +65,7 @@ class QueueScreen(RowScreen):
     # ------------------------------------------------------------ loading
     @work(thread=True, exclusive=True, group="queue", exit_on_error=False)
     def reload(self) -> None:
-        try:
-            items = self.data.queue()
-        except Exception as exc:  # noqa: BLE001 - shown to the operator, the screen keeps its rows
-            self.failed("the queue", exc)
-            return
+        items = self.data.queue()  # if it raises, the operator is told and the screen keeps its rows
         # Search text and what each column will show are made here, off the UI thread; a row's
         # cells are made only when it is drawn.
         texts = {str(i.id): _text(i) for i in items}

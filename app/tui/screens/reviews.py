@@ -25,6 +25,7 @@ class ReviewsScreen(RowScreen):
     """Bypasses awaiting review. ``j`` marks one justified, ``v`` a violation; never one's own (the lifecycle says)."""
 
     VIEW = "reviews"
+    LOADS = {"reviews": "the reviews"}
     ROW_ACTIONS = ('justified', 'violation')
     BINDINGS = [
         Binding("enter", "open", "Open", id="open", show=False, tooltip="Open the bypass: checks and history"),
@@ -45,12 +46,7 @@ class ReviewsScreen(RowScreen):
 
     @work(thread=True, exclusive=True, group="reviews", exit_on_error=False)
     def reload(self) -> None:
-        try:
-            items = self.data.reviews()
-        except Exception as exc:  # noqa: BLE001 - shown to the operator
-            self.failed("the reviews", exc)
-            return
-        self.app.call_from_thread(self._show, items)
+        self.app.call_from_thread(self._show, self.data.reviews())
 
     def _show(self, items: list[RequestView]) -> None:
         self.items = sorted(items, key=lambda r: (r.created_at, r.id))
