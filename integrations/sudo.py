@@ -18,10 +18,11 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from integrations.base import Artifact, BackendError, GrantSpec, InvalidGrant
+from policies.names import NAME, PERSON, TARGET  # the product's identifier patterns, once
 
-_USER_RE = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
-_ROLE_RE = re.compile(r"[a-z][a-z0-9-]{0,62}")
-_TARGET_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9.-]{0,252}")
+_USER_RE = re.compile(PERSON)
+_ROLE_RE = re.compile(NAME)
+_TARGET_RE = re.compile(TARGET)
 _PATH_RE = re.compile(r"/[A-Za-z0-9._/+-]+")
 _ARG_RE = re.compile(r"[A-Za-z0-9._/=@:+-]+")
 _FILE_RE = re.compile(r"jit_g(\d+)")

@@ -16,6 +16,10 @@ from integrations.servicenow.client import ServiceNowClient, ServiceNowError
 from integrations.servicenow.model import (CLOSED_CHANGE, CLOSED_INCIDENT, FIELD_RE, NUMBER_RE,  # noqa: F401
                                            SN_TIME, SN_TIME_RE, SYS_ID_RE, TABLES, USER_RE, Ticket)
 from integrations.servicenow.model import LONE_SURROGATE as _LONE_SURROGATE
+from policies.names import TARGET
+
+_CI_RE = re.compile(TARGET)  # a configuration item is named as the target it is
+
 
 def sn_time(value: datetime) -> str:
     return value.astimezone(timezone.utc).strftime(SN_TIME)
@@ -155,7 +159,7 @@ class Tickets:
                    "type": "emergency" if emergency else "normal", "start_date": sn_time(start),
                    "end_date": sn_time(end), "assigned_to": user["sys_id"] if user else ""}
         if cmdb_ci:
-            _check(re.compile(r"^[A-Za-z0-9][A-Za-z0-9.-]{0,252}$"), cmdb_ci, "configuration item")
+            _check(_CI_RE, cmdb_ci, "configuration item")
             ci = self.client.find_one("cmdb_ci", str(pysnow.QueryBuilder().field("name").equals(cmdb_ci)), ["sys_id"])
             if ci:
                 payload["cmdb_ci"] = ci["sys_id"]

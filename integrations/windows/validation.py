@@ -10,9 +10,11 @@ from __future__ import annotations
 import re
 from typing import Any, Mapping
 
+from policies.names import TARGET
+
 # -- allow-lists ---------------------------------------------------------------
 
-_HOST_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9.-]{0,252}")
+_HOST_RE = re.compile(TARGET)
 _PERSON_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _DOMAIN_RE = re.compile(r"[A-Za-z0-9.-]{1,64}")
 _GROUP_RE = re.compile(r"[A-Za-z0-9 ._-]{1,64}")

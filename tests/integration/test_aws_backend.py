@@ -4,7 +4,8 @@ Role-assumption mode and IAM Identity Center mode. What the server stores is rea
 through ordinary boto3 clients, and the requests that reached it through moto's recorder.
 The Identity Center asynchronous-status polling (moto always answers SUCCEEDED at once)
 and the error mapping are checked at unit level with botocore's Stubber / hand-built errors.
-"""
+
+One module over 600 lines: every case of one adapter against one moto server and its fixtures."""
 from __future__ import annotations
 
 import json
