@@ -8,9 +8,8 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 
-from app.domain.errors import Conflict
 from app.domain.states import require, require_all
-from app.store.requests import committed
+from app.store.versions import update_checked, update_many
 from app.store.tables import GrantRow
 from integrations.base import GrantSpec
 
@@ -37,25 +36,18 @@ def create(s: Session, grant: GrantRow) -> bool:
 def transition(s: Session, grant: GrantRow, status: str, now: datetime | None = None, **values: Any) -> None:
     """The optimistic transition (``now``: the new ``updated_at``, when it changes)."""
     require("grant", grant.status, status)
-    changes = dict(status=str(status), version=grant.version + 1, **values)
+    changes = dict(status=str(status), **values)
     if now is not None:
         changes["updated_at"] = now
-    done = s.execute(sa.update(GrantRow)
-                     .where(GrantRow.id == grant.id, GrantRow.version == grant.version,
-                            GrantRow.status == grant.status)
-                     .values(**changes).execution_options(synchronize_session=False))
-    if done.rowcount != 1:
-        raise Conflict("conflict", f"grant {grant.id} was changed by someone else; nothing was done")
-    committed(grant, changes)
+    update_checked(s, grant, changes, GrantRow.status == grant.status,
+                   lost=f"grant {grant.id} was changed by someone else; nothing was done")
 
 
 def transition_many(s: Session, changes: Sequence[tuple[GrantRow, dict[str, Any]]]) -> None:
     """Many transitions by primary key in one statement, for rows read and locked in ``s``:
     each ``(grant, values)`` with the new ``status`` among the values."""
     require_all("grant", ((g.status, values["status"]) for g, values in changes))
-    if changes:
-        s.execute(sa.update(GrantRow).execution_options(synchronize_session=False),
-                  [{"id": g.id, "version": g.version + 1, **values} for g, values in changes])
+    update_many(s, GrantRow, changes)
 
 
 def start_revoking_many(s: Session, ids: Sequence[int], now: datetime, **values: Any) -> int:

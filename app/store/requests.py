@@ -2,26 +2,17 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Mapping, Sequence
+from typing import Any, Sequence
 
 import sqlalchemy as sa
-from sqlalchemy.orm.attributes import set_committed_value
 from sqlmodel import Session
 
-from app.domain.errors import Conflict, NotFound
+from app.domain.errors import NotFound
 from app.domain.inputs import MAX_ID
 from app.domain.states import require, require_all
 from app.store.bulk import insert_rows
 from app.store.tables import RequestRow
-
-
-def committed(obj: Any, values: Mapping[str, Any]) -> None:
-    """Show on ``obj`` what an UPDATE statement just wrote, without marking it to be written again.
-
-    (The ORM's own synchronisation evaluates every object in the session for every UPDATE,
-    which made a batch of N transitions cost O(N^2).)"""
-    for key, value in values.items():
-        set_committed_value(obj, key, value)
+from app.store.versions import update_checked, update_many
 
 
 def load(s: Session, request_id: int) -> RequestRow:
@@ -49,23 +40,15 @@ def create_many(s: Session, rows: Sequence[dict[str, Any]]) -> None:
 def transition(s: Session, row: RequestRow, state: str, now: datetime, **values: Any) -> None:
     """The optimistic transition: changes the row only if nobody changed it since it was read."""
     require("request", row.state, state)
-    changes = dict(state=str(state), version=row.version + 1, updated_at=now, **values)
-    done = s.execute(sa.update(RequestRow)
-                     .where(RequestRow.id == row.id, RequestRow.version == row.version,
-                            RequestRow.state == row.state)
-                     .values(**changes).execution_options(synchronize_session=False))
-    if done.rowcount != 1:
-        raise Conflict("conflict", f"REQ-{row.id} was changed by someone else; nothing was done, reload it")
-    committed(row, changes)
+    update_checked(s, row, dict(state=str(state), updated_at=now, **values), RequestRow.state == row.state,
+                   lost=f"REQ-{row.id} was changed by someone else; nothing was done, reload it")
 
 
 def transition_many(s: Session, changes: Sequence[tuple[RequestRow, dict[str, Any]]]) -> None:
     """Many transitions by primary key in one statement, for rows read and locked in ``s`` (on
     SQLite the whole database is): each ``(row, values)`` with the new ``state`` among the values."""
     require_all("request", ((row.state, values["state"]) for row, values in changes))
-    if changes:
-        s.execute(sa.update(RequestRow).execution_options(synchronize_session=False),
-                  [{"id": row.id, "version": row.version + 1, **values} for row, values in changes])
+    update_many(s, RequestRow, changes)
 
 
 def touch_many(s: Session, ids: Sequence[int], state: str, now: datetime) -> int:
@@ -81,9 +64,5 @@ def amend(s: Session, row: RequestRow, now: datetime, **values: Any) -> None:
     """Change columns that are not the request's state (the ticket a created change linked), in
     any state, under the same version check: a racing transition sees the version move."""
     assert "state" not in values, "a state change is a transition()"
-    changes = dict(version=row.version + 1, updated_at=now, **values)
-    done = s.execute(sa.update(RequestRow).where(RequestRow.id == row.id, RequestRow.version == row.version)
-                     .values(**changes).execution_options(synchronize_session=False))
-    if done.rowcount != 1:
-        raise Conflict("conflict", f"REQ-{row.id} was changed by someone else; nothing was done, reload it")
-    committed(row, changes)
+    update_checked(s, row, dict(updated_at=now, **values),
+                   lost=f"REQ-{row.id} was changed by someone else; nothing was done, reload it")
