@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Mapping
 
 from app.clock import Clock, system_clock
-from app.config import Config, secret
+from app.config import Config, check_trusted, secret
 from app.domain.errors import ConfigError
 from app.identity import Directory, StaticDirectory
 from app.jobs.engine import Engine
@@ -175,6 +175,13 @@ def build(config: Config, *, clock: Clock = system_clock, backends: dict[str, Ba
     logging.basicConfig(level=config.settings.logging.level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("alembic", "apscheduler", "botocore"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # The HTTP clients' own INFO and DEBUG lines carry what must never reach a log: httpx logs each
+    # request's URL (a webhook URL is a secret), httpcore and urllib3 headers (the Authorization of
+    # ServiceNow's basic auth or bearer token) and bodies (OAuth's client secret, tokens). Pinned to
+    # WARNING whatever [logging] level is configured; their failures still reach the logs, as ours.
+    for secretive in ("httpx", "httpcore", "urllib3", "requests_oauthlib", "oauthlib"):
+        logging.getLogger(secretive).setLevel(logging.WARNING)
+    check_trusted(config.policy_path, "paths.policy")
     policy = load_policy(config.policy_path)
     environ = os.environ if environ is None else environ
     backends = backends if backends is not None else build_backends(config, policy, environ)

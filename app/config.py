@@ -242,7 +242,27 @@ def find_config(explicit: str | None, environ: Mapping[str, str], cwd: Path) -> 
         "create one with 'jit init --sandbox DIR' or copy config.example.toml"])
 
 
+def check_trusted(path: Path, what: str) -> None:
+    """Refuse a file that decides what ``jit`` does (the config, a policy) unless root or this
+    account owns it and nobody else can write it: sudo's rule for sudoers. So a ``jit.toml`` that
+    another user left in a shared directory, naming their own ``visudo``, is never obeyed."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return  # reading it reports the missing file
+    except OSError as exc:
+        raise ConfigError(str(path), [f"{what}: cannot read ({exc.strerror})"]) from None
+    me = os.geteuid()
+    if st.st_uid not in (0, me):
+        raise ConfigError(str(path), [f"{what}: owned by uid {st.st_uid}, not by root or uid {me}: "
+                                      "refusing to obey a file someone else controls"])
+    if st.st_mode & 0o022:
+        raise ConfigError(str(path), [f"{what}: writable by group or others (chmod go-w): "
+                                      "refusing to obey a file someone else can change"])
+
+
 def load_config(path: Path) -> Config:
+    check_trusted(path, "config")
     try:
         settings = build(Settings, parse_toml(path), str(path))
     except PolicyError as exc:

@@ -1,7 +1,8 @@
 """Who is acting, and which groups they are in."""
 from __future__ import annotations
 
-import getpass
+import os
+import pwd
 import re
 from typing import Mapping, Protocol
 
@@ -10,8 +11,19 @@ from app.domain.errors import IdentityError
 from policies.names import PERSON
 
 
+def account_name(uid: int) -> str:
+    """The account database's name for ``uid``: who the kernel says runs a process (or, for the
+    server to come, holds the other end of a Unix socket). Never ``$LOGNAME`` or ``$USER``, which
+    anyone sets (``getpass.getuser()`` believes them first)."""
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        raise IdentityError(f"uid {uid} has no entry in the account database") from None
+
+
 def acting_user(config: Config, environ: Mapping[str, str]) -> str:
-    """The OS account running ``jit``; ``JIT_USER`` only where the config allows impersonation."""
+    """The OS account running ``jit`` (its real uid, from the kernel); ``JIT_USER`` only where the
+    config allows impersonation (the sandbox)."""
     override = environ.get("JIT_USER")
     if override:
         if not config.settings.identity.allow_impersonation:
@@ -19,7 +31,7 @@ def acting_user(config: Config, environ: Mapping[str, str]) -> str:
                                 f"{config.source}; refusing to act as another person")
         person = override
     else:
-        person = getpass.getuser()
+        person = account_name(os.getuid())
     if not re.fullmatch(PERSON, person):
         raise IdentityError(f"user name {person!r} is not a valid account name")
     return person

@@ -6,6 +6,7 @@ SQLAlchemy's ``OperationalError`` is mapped to ``StoreError`` here, once.
 """
 from __future__ import annotations
 
+import os
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -38,6 +39,20 @@ def _sqlite_setup(engine: Engine) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
+def _create_private(path: Path) -> None:
+    """Create the SQLite file 0600 in a 0700 directory when they do not exist yet, whatever the
+    umask (SQLite gives its -wal and -shm files the database file's mode). Existing ones are left
+    as their owner set them."""
+    if not path.parent.exists():
+        path.parent.mkdir(parents=True, mode=0o700)
+        path.parent.chmod(0o700)  # mkdir's mode is filtered by the umask
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        os.chmod(path, 0o600)
+    except FileExistsError:
+        pass
+
+
 class Store:
     """The database. ``transaction()`` is one unit of work: commit on success, roll back on error."""
 
@@ -46,7 +61,7 @@ class Store:
         if url.startswith("sqlite"):
             path = url.split("///", 1)[-1]
             if path and path != ":memory:":
-                Path(path).parent.mkdir(parents=True, exist_ok=True)
+                _create_private(Path(path))
             self.engine = sa.create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
             _sqlite_setup(self.engine)
         else:

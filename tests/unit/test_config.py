@@ -1,7 +1,8 @@
 """Finding, parsing and validating jit.toml; the acting identity; bad config through the CLI."""
 from __future__ import annotations
 
-import getpass
+import os
+import pwd
 import io
 from pathlib import Path
 
@@ -142,9 +143,9 @@ def _identity_config(tmp_path: Path, allow: bool):
 def test_jit_user_honoured_only_with_impersonation(tmp_path: Path) -> None:
     allowed = _identity_config(tmp_path / "a", True)
     assert acting_user(allowed, {"JIT_USER": "bob"}) == "bob"
-    assert acting_user(allowed, {}) == getpass.getuser()
+    assert acting_user(allowed, {}) == pwd.getpwuid(os.getuid()).pw_name
     denied = _identity_config(tmp_path / "d", False)
-    assert acting_user(denied, {}) == getpass.getuser()
+    assert acting_user(denied, {}) == pwd.getpwuid(os.getuid()).pw_name
     with pytest.raises(IdentityError, match="allow_impersonation"):
         acting_user(denied, {"JIT_USER": "bob"})
 
@@ -172,3 +173,20 @@ def test_cli_invalid_jit_user_refused(tmp_path: Path) -> None:
     assert rc == 2
     assert "not a valid account name" in err.getvalue()
     assert out.getvalue() == ""
+
+
+def test_the_acting_user_is_the_kernels_not_the_environments(tmp_path: Path, monkeypatch) -> None:
+    real = pwd.getpwuid(os.getuid()).pw_name
+    for name in ("LOGNAME", "USER", "LNAME", "USERNAME"):  # what getpass.getuser() reads first
+        monkeypatch.setenv(name, "bob" if real != "bob" else "alice")
+    assert acting_user(_identity_config(tmp_path, False), dict(os.environ)) == real
+
+
+def test_a_config_or_policy_others_can_write_is_refused(tmp_path: Path) -> None:
+    config = _write(tmp_path / "jit.toml", "[identity]\nallow_impersonation = false\n")
+    config.chmod(0o666)
+    with pytest.raises(ConfigError, match=r"config: writable by group or others") as exc:
+        load_config(config)
+    assert exc.value.source == str(config)
+    config.chmod(0o644)
+    assert load_config(config).source == config.resolve()

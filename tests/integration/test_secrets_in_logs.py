@@ -1,0 +1,90 @@
+"""No secret in any log line at any level, and the database created private.
+
+The product wired by ``bootstrap.build`` with ``[logging] level = "DEBUG"`` talks to the
+ServiceNow simulator over real HTTP (basic auth with a distinctive password) and delivers a
+webhook to a receiver whose URL carries a secret path; every record logged at every level is
+searched for both secrets. A control shows the search would find them: the same calls with the
+HTTP clients' loggers unpinned do log the webhook URL.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import stat
+from pathlib import Path
+
+import pytest
+from webhook_receiver import Receiver
+
+from app.bootstrap import build
+from app.config import load_config
+from app.dev.sandbox import write_sandbox
+from app.store import Store
+from integrations.servicenow.simulator import Simulator, SimulatorOptions
+
+PASSWORD = "pw-8d1f0c2e-never-logged"
+HOOK_SECRET = "hook-5b7e91aa-never-logged"
+
+
+@pytest.fixture
+def world(tmp_path):
+    sim = Simulator(SimulatorOptions(seed="demo", password=PASSWORD)).start()
+    receiver = Receiver()
+    config = write_sandbox(tmp_path / "sb", servicenow_url=sim.base_url)
+    (tmp_path / "sb" / "snow-password").write_text(PASSWORD)
+    config.write_text(config.read_text() + '\n[logging]\nlevel = "DEBUG"\n'
+                      if "[logging]" not in config.read_text() else
+                      config.read_text().replace('level = "INFO"', 'level = "DEBUG"'))
+    environ = {**os.environ, "JIT_WEBHOOK_URL": f"{receiver.url}/{HOOK_SECRET}"}
+    yield config, environ, receiver
+    receiver.server.shutdown()
+    sim.stop()
+
+
+def exercise(config: Path, environ: dict[str, str]) -> None:
+    sv = build(load_config(config), environ=environ)
+    try:
+        assert sv.tickets.find("CHG0000001") is not None  # an authenticated ServiceNow call
+        sv.deliverer.webhook.send({"text": "a test message"})
+    finally:
+        sv.close()
+
+
+def test_no_secret_reaches_the_logs_at_debug(world, caplog):
+    config, environ, receiver = world
+    caplog.set_level(logging.DEBUG)
+    exercise(config, environ)
+    assert receiver.texts() == ["a test message"]
+    logged = "\n".join(f"{r.name} {r.levelname} {r.getMessage()}" for r in caplog.records)
+    assert caplog.records, "nothing was logged at DEBUG: the search below would prove nothing"
+    assert PASSWORD not in logged and HOOK_SECRET not in logged
+
+
+def test_the_search_finds_a_secret_when_a_client_logs_it(world, caplog, monkeypatch):
+    config, environ, _ = world
+    caplog.set_level(logging.DEBUG)
+    original = logging.Logger.setLevel
+    monkeypatch.setattr(logging.Logger, "setLevel",  # bootstrap's pinning undone for httpx
+                        lambda self, level: original(self, logging.DEBUG if self.name == "httpx" else level))
+    exercise(config, environ)
+    assert HOOK_SECRET in "\n".join(r.getMessage() for r in caplog.records)
+
+
+def test_a_new_sqlite_database_is_private_whatever_the_umask(tmp_path):
+    old = os.umask(0)
+    try:
+        store = Store(f"sqlite:///{tmp_path / 'state' / 'jit.db'}")
+        store.migrate()
+        store.dispose()
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "state").stat().st_mode) == 0o700
+    for name in ("jit.db", "jit.db-wal", "jit.db-shm"):
+        path = tmp_path / "state" / name
+        if path.exists():
+            assert stat.S_IMODE(path.stat().st_mode) == 0o600, name
+    existing = tmp_path / "mine.db"
+    existing.touch(mode=0o640)
+    existing.chmod(0o640)
+    Store(f"sqlite:///{existing}").dispose()
+    assert stat.S_IMODE(existing.stat().st_mode) == 0o640  # an owner's own choice is left alone
