@@ -156,6 +156,8 @@ def parser() -> argparse.ArgumentParser:
 
     c = cmd("engine", "run the engine: activation, expiry, escalation, lapse, recovery")
     c.add_argument("--once", action="store_true", help="one pass, then exit")
+    c = cmd("server", "run the engine and serve the API on a Unix socket (first step: whoami, list, show)")
+    c.add_argument("--socket", required=True, metavar="PATH", help="the Unix socket to listen on")
     return p
 
 
@@ -299,6 +301,8 @@ def _run(args: argparse.Namespace, sv: Services, environ: Mapping[str, str], out
     cmd = args.command
     if cmd == "engine":
         return _engine(args, sv, out)
+    if cmd == "server":
+        return _server(args, sv, out)
     if cmd == "audit":
         if args.audit_command == "verify":
             result = audit_queries.verify(sv.store)
@@ -458,6 +462,19 @@ def _sync_status(args: argparse.Namespace, sv: Services, out: TextIO) -> int:
         out.write(f"caught up    {_fmt_time(c['at'])} after {c['down_s']:.0f}s without ServiceNow: read "
                   f"{c['caught_up']} change(s), the oldest {c['behind_s']:.0f}s late\n")
     out.write("recent errors:\n" + "".join(f"  {e}\n" for e in state.errors) if state.errors else "no recent errors\n")
+    return 0
+
+
+def _server(args: argparse.Namespace, sv: Services, out: TextIO) -> int:
+    from app.server.run import serve  # aiohttp only for the server
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    sv.engine.start()
+    try:
+        serve(sv, Path(args.socket), stop, ready=lambda: (out.write(f"serving on unix:{args.socket}\n"), out.flush()))
+    finally:
+        sv.engine.stop()
     return 0
 
 

@@ -8,77 +8,14 @@ copy of this checkout's code.
 """
 from __future__ import annotations
 
-import hashlib
 import os
-import pwd
-import shutil
-import subprocess
 import sys
-import tempfile
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-SYSTEM_PYTHON = Path("/usr/bin/python3")
-ACCOUNT = "jitt-alice"
+from accounts import ACCOUNT, SKIP, account, code_copy, run_as, shared_dir, system_venv  # noqa: F401
 
-pytestmark = pytest.mark.skipif(
-    os.geteuid() != 0 or not shutil.which("useradd") or not shutil.which("setpriv") or not SYSTEM_PYTHON.exists(),
-    reason="real-account tests need root, useradd, setpriv and /usr/bin/python3 (CI runs them as root)")
-
-
-@pytest.fixture(scope="session")
-def system_venv() -> Path:
-    """A venv on /usr/bin/python3 with the project's dependencies, readable and runnable by anyone."""
-    key = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()[:12]
-    venv = Path(f"/var/tmp/jit-system-venv-{key}")
-    if not (venv / ".installed").exists():
-        shutil.rmtree(venv, ignore_errors=True)
-        subprocess.run([str(SYSTEM_PYTHON), "-m", "venv", str(venv)], check=True)
-        subprocess.run([str(venv / "bin" / "pip"), "install", "--quiet", str(ROOT)], check=True, cwd="/")
-        (venv / ".installed").touch()
-    venv.chmod(0o755)
-    return venv
-
-
-@pytest.fixture(scope="session")
-def shared_dir() -> Path:
-    """A directory every account can read (pytest's own tmp directories are root's, 0700)."""
-    where = Path(tempfile.mkdtemp(prefix="jit-accounts-", dir="/var/tmp"))
-    where.chmod(0o755)
-    yield where
-    shutil.rmtree(where, ignore_errors=True)
-
-
-@pytest.fixture(scope="session")
-def code_copy(shared_dir: Path) -> Path:
-    """This checkout's code where any account can read it (the checkout may sit in root's home)."""
-    where = shared_dir / "code"
-    for package in ("app", "integrations", "policies"):
-        shutil.copytree(ROOT / package, where / package, ignore=shutil.ignore_patterns("__pycache__"))
-    subprocess.run(["chmod", "-R", "go+rX", str(where)], check=True)
-    return where
-
-
-@pytest.fixture(scope="session")
-def account() -> pwd.struct_passwd:
-    created = False
-    try:
-        entry = pwd.getpwnam(ACCOUNT)
-    except KeyError:
-        subprocess.run(["useradd", "--no-create-home", "--shell", "/usr/sbin/nologin", ACCOUNT], check=True)
-        created, entry = True, pwd.getpwnam(ACCOUNT)
-    yield entry
-    if created:
-        subprocess.run(["userdel", ACCOUNT], check=False)
-
-
-def run_as(entry: pwd.struct_passwd, venv: Path, code: Path, source: str, env: dict[str, str]):
-    argv = ["setpriv", f"--reuid={entry.pw_uid}", f"--regid={entry.pw_gid}", "--clear-groups",
-            str(venv / "bin" / "python"), "-c", source]
-    return subprocess.run(argv, env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(code), **env}, cwd="/",
-                          capture_output=True, text=True, timeout=120)
+pytestmark = SKIP
 
 
 PROBE = """

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-HEAVY = ["textual", "boto3", "botocore", "ldap3", "pysnow", "pypsrp", "apscheduler", "httpx"]
+HEAVY = ["textual", "boto3", "botocore", "ldap3", "pysnow", "pypsrp", "apscheduler", "httpx", "aiohttp"]
 
 
 def loaded_after(statement: str) -> list[str]:

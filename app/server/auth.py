@@ -1,0 +1,43 @@
+"""Who is calling: the uid the kernel reports for the Unix-socket connection (``SO_PEERCRED``),
+mapped through the account database. Never a header, a body or an environment variable."""
+from __future__ import annotations
+
+import socket
+import struct
+from dataclasses import dataclass
+from typing import Awaitable, Callable
+
+from aiohttp import web
+
+from app.domain.errors import IdentityError
+from app.identity import account_name
+
+_CRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
+
+
+@dataclass(frozen=True)
+class Principal:
+    person: str
+    how: str  # e.g. "peer-uid:1001", recorded with what the person does
+
+
+PRINCIPAL = web.RequestKey("principal", Principal)  # set by ``authenticate`` before any handler runs
+
+
+def peer_principal(request: web.Request) -> Principal:
+    sock = request.transport.get_extra_info("socket") if request.transport else None
+    if sock is None or sock.family != socket.AF_UNIX:
+        raise IdentityError("the caller cannot be identified: not a Unix-socket connection")
+    _pid, uid, _gid = _CRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _CRED.size))
+    return Principal(account_name(uid), f"peer-uid:{uid}")
+
+
+@web.middleware
+async def authenticate(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+                       ) -> web.StreamResponse:
+    """Runs before every handler: the principal is set from the kernel or the request is 401."""
+    try:
+        request[PRINCIPAL] = peer_principal(request)
+    except IdentityError as exc:
+        return web.json_response({"error": {"rule": "identity", "message": str(exc), "field": None}}, status=401)
+    return await handler(request)
