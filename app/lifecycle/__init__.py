@@ -17,12 +17,9 @@ version it read, so of two concurrent transitions exactly one changes the row. T
 intent is committed before the backend is called and its outcome after, so a crash in
 between is finished by ``recover()`` on the next pass.
 
-One winner per race, by construction: the approval that completes a request (and a submit or
-bypass approved at once) claims its activation, the grant row in 'applying', in the same
-transaction, so a cancel, deny or revoke racing it finds either the request still pending (and
-then exactly one of the two version-checked UPDATEs succeeds) or an activation running; the
-loser gets ``Conflict`` (exit 4) with nothing done. A grant's claim is kept by ``Leases`` while
-its backend call runs; an outcome is written only while the claim is still this process's.
+One winner per race, by construction: see ``app/domain/states.py``. A grant's claim is kept by
+``app/store/leases.py`` while its backend call runs; an outcome is written only while the claim
+is still this process's.
 """
 from __future__ import annotations
 

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable
 from aiohttp import web
 
 from app.domain.errors import Conflict, JitError, NotFound, Refused
+from app.domain.states import RequestState
 from app.server.auth import PRINCIPAL, authenticate
 
 if TYPE_CHECKING:
@@ -64,6 +65,8 @@ async def show(request: web.Request) -> web.Response:
 async def listing(request: web.Request) -> web.Response:
     sv: Services = request.app[SERVICES]
     state = request.query.get("state") or None
+    if state is not None and state not in set(RequestState):
+        return _error(400, "state", f"{state[:40]!r} is not a state ({', '.join(RequestState)})", "state")
     views = await _blocking(request, lambda: sv.lifecycle.list(state=state))
     return web.json_response([v.to_json() for v in views])
 

@@ -79,11 +79,27 @@ def test_requests_are_read_over_the_socket_with_one_error_shape(server):
         listed = c.get("/v1/requests", params={"state": "active"})
         missing = c.get("/v1/requests/REQ-99999")
         bad = c.get("/v1/requests/one")
+        bad_state = c.get("/v1/requests", params={"state": "actve"})
     assert shown.status_code == 200 and shown.json()["requester"] == "alice" and shown.json()["state"] == "active"
     assert [v["id"] for v in listed.json()] == [rid]
     assert missing.status_code == 404
     assert missing.json() == {"error": {"rule": "request", "message": "REQ-99999 does not exist", "field": None}}
     assert bad.status_code == 400 and bad.json()["error"]["field"] == "id"
+    assert bad_state.status_code == 400 and bad_state.json()["error"]["field"] == "state"
+
+
+def test_a_path_that_is_not_a_socket_is_never_replaced(shared_dir):
+    from app.domain.errors import ConfigError
+    where = Path(tempfile.mkdtemp(dir=shared_dir))
+    sv = build(load_config(write_sandbox(where / "sb", servicenow_url=None)))
+    victim = where / "jit.sock"
+    victim.write_text("not a socket")
+    try:
+        with pytest.raises(ConfigError, match="exists and is not a socket"):
+            serve(sv, victim, threading.Event())
+    finally:
+        sv.close()
+    assert victim.read_text() == "not a socket"
 
 
 def test_jit_server_serves_until_sigterm(shared_dir):

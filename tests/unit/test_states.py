@@ -8,6 +8,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from sqlmodel import select
 
 from app.domain import states
 from app.domain.errors import Refused
@@ -96,8 +97,8 @@ def test_every_row_of_both_tables_is_performed(lifecycle, backend, clock, store)
 def test_a_grant_transition_names_the_version_it_read(lifecycle, store):
     rid = dev(lifecycle)
     with store.transaction() as s:
-        stale = GrantRow(**{k: getattr(s.exec(__import__("sqlmodel").select(GrantRow)).first(), k)
-                            for k in GrantRow.model_fields})
+        row = s.exec(select(GrantRow)).first()
+        stale = GrantRow(**{k: getattr(row, k) for k in GrantRow.model_fields})
     lifecycle.extend("alice", rid, M, "a minute more")
     with store.transaction() as s, pytest.raises(Refused):
         grant_store.transition(s, stale, "revoking", lifecycle.clock())
