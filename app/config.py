@@ -1,8 +1,8 @@
-"""The deployment config (``jit.toml``): found, parsed and validated before anything starts.
+"""The deployment config (``jit.toml``): parsed and validated before anything starts.
 
-Search order: ``--config``, then ``$JIT_CONFIG``, then ``./jit.toml``, then the user config
-directory (``$XDG_CONFIG_HOME/jit/jit.toml``, default ``~/.config/jit/jit.toml``).
-Relative paths inside the file are relative to the file's own directory.
+``jit server`` and ``jit engine`` read ``--config``, else ``/etc/jit/jit.toml``, and nothing else
+(never a file in the current directory). Clients read only its ``[client]`` table
+(``app.client.connection``). Relative paths inside the file are relative to the file's own directory.
 """
 from __future__ import annotations
 
@@ -40,7 +40,28 @@ class Paths(_Strict):
 
 
 class Identity(_Strict):
-    allow_impersonation: StrictBool = False  # honour JIT_USER; unsafe in production
+    allow_impersonation: StrictBool | None = None  # gone: refused with a sentence saying where it went
+
+    @field_validator("allow_impersonation")
+    @classmethod
+    def _gone(cls, value: bool | None) -> None:
+        if value is not None:
+            raise ValueError("no longer exists: the person is the one the kernel, a certificate or a token "
+                             "names; only 'jit server --dev DIR' lets a client play someone (remove this key)")
+        return None
+
+
+class Server(_Strict):
+    socket: str = "/run/jit/jit.sock"  # 0666 inside a 0755 directory: who may do what is decided per call
+
+
+class Client(_Strict):
+    """What a client (``jit``, ``jit console``) reads of this file: where the server is."""
+
+    server: str = ""  # unix:///run/jit/jit.sock or https://HOST:PORT
+    cert: str = ""
+    key: str = ""
+    ca: str = ""
 
 
 class Person(_Strict):
@@ -56,8 +77,8 @@ class Directory(_Strict):
 
 class SudoSettings(_Strict):
     sudoers_dir: str = "/etc/sudoers.d"
-    visudo: str = "visudo"
-    cvtsudoers: str = "cvtsudoers"
+    visudo: str = "/usr/sbin/visudo"  # absolute and root-owned: the server refuses anything else
+    cvtsudoers: str = "/usr/bin/cvtsudoers"
     timestamp_dir: str = ""  # sudo's credential cache (/run/sudo/ts); emptied per user at revoke
     runas: str = "root"
 
@@ -179,6 +200,8 @@ class Settings(_Strict):
     notify: Notify = Notify()
     console: Console = Console()
     logging: Logging = Logging()
+    server: Server = Server()
+    client: Client = Client()
 
 
 class Config:
@@ -222,24 +245,6 @@ def secret(config: "Config", environ: Mapping[str, str], env_name: str, file_nam
         except OSError as exc:
             raise ConfigError(str(path), [f"{what}: cannot read ({exc.strerror})"]) from None
     return None
-
-
-def find_config(explicit: str | None, environ: Mapping[str, str], cwd: Path) -> Path:
-    """Return the config path by the documented search order, or raise ``ConfigError``."""
-    if explicit:
-        return Path(explicit)
-    if environ.get("JIT_CONFIG"):
-        return Path(environ["JIT_CONFIG"])
-    local = cwd / "jit.toml"
-    if local.is_file():
-        return local
-    base = Path(environ.get("XDG_CONFIG_HOME") or Path(environ.get("HOME", "~")) / ".config")
-    user = Path(os.path.expanduser(str(base))) / "jit" / "jit.toml"
-    if user.is_file():
-        return user
-    raise ConfigError("configuration", [
-        f"no config found (looked at --config, $JIT_CONFIG, {local}, {user}); "
-        "create one with 'jit init --sandbox DIR' or copy config.example.toml"])
 
 
 def check_trusted(path: Path, what: str) -> None:

@@ -45,7 +45,7 @@ def _cpu_load(request: pytest.FixtureRequest):
 @pytest.fixture(autouse=True)
 def _clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """Keep the developer's own config, identity and crash points out of the tests."""
-    for var in ("JIT_CONFIG", "JIT_USER", "JIT_FAILPOINTS"):
+    for var in ("JIT_CONFIG", "JIT_USER", "JIT_FAILPOINTS", "JIT_SERVER", "JIT_TOKEN"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
 

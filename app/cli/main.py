@@ -1,7 +1,10 @@
-"""``jit``: argument parsing and printing only; every decision lives in the lifecycle.
+"""``jit``: argument parsing and printing only. Every command but the local ones (``init``,
+``demo``, ``snow-sim``, ``policy lint``, ``server``, ``engine``) is a call to ``jit server``'s API
+(``app.client``): the server decides who is asking and whether they may; this process holds no
+database, no secret and no backend, and imports none of their libraries.
 
 Exit codes: 0 done; 1 refused by a rule or check (named on stderr); 2 bad configuration or
-usage; 3 no such request; 4 someone else changed it first; 5 the database failed.
+usage; 3 no such request; 4 someone else changed it first; 5 no server answers, or its database failed.
 """
 from __future__ import annotations
 
@@ -13,22 +16,18 @@ import re
 import signal
 import sys
 import threading
-from dataclasses import asdict
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Mapping, Sequence, TextIO
 
-from app.bootstrap import Services, build, lint_backends, policy_problems
-from app.config import find_config, load_config
+from app.client.connection import Client, client_settings
+from app.domain.errors import ConfigError, IdentityError, JitError, Refused
 from app.domain.states import REVIEW_OUTCOMES, RequestState
-from app.domain.errors import ConfigError, IdentityError, Refused, StoreError
 from app.domain.views import Outcome, RequestView
-from app.identity import acting_user
-from app.queries import audit as audit_queries
-from app.queries.exposure import exposure
-from policies import authority
 from policies.durations import format_duration, parse_duration
-from policies.loader import PolicyError, load_policy
+
+
+SERVER_CONFIG = "/etc/jit/jit.toml"
 
 
 class UsageError(Exception):
@@ -60,12 +59,20 @@ def _instant(text: str) -> datetime:
 
 
 def parser() -> argparse.ArgumentParser:
+    # --config and --server may come before or after the command (jit server --config FILE)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    common.add_argument("--server", metavar="URL", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     p = argparse.ArgumentParser(prog="jit", description="Just-in-time privileged access.")
-    p.add_argument("--config", help="config file (else $JIT_CONFIG, ./jit.toml, ~/.config/jit/jit.toml)")
+    p.add_argument("--config", metavar="FILE",
+                   help="server and engine: their config (else /etc/jit/jit.toml); clients: the file whose "
+                        "[client] table says where the server is (else $JIT_CONFIG, ~/.config/jit/jit.toml)")
+    p.add_argument("--server", metavar="URL", help="the jit server: unix:///run/jit/jit.sock or https://HOST:PORT "
+                                                 "(else $JIT_SERVER, [client] server, unix:///run/jit/jit.sock)")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def cmd(name: str, help_: str) -> argparse.ArgumentParser:
-        return sub.add_parser(name, help=help_, description=help_)
+        return sub.add_parser(name, help=help_, description=help_, parents=[common])
 
     c = cmd("init", "write a runnable sandbox (config, policy, SQLite, sudoers.d, people)")
     c.add_argument("--sandbox", required=True, metavar="DIR", help="directory to create")
@@ -83,19 +90,18 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--rate-limit", type=int, metavar="N", help="answer 429 past N requests per second")
 
     sync = cmd("sync", "ServiceNow sync").add_subparsers(dest="sync_command", required=True)
-    c = sync.add_parser("status", help="last run, watermark and recent errors",
+    c = sync.add_parser("status", parents=[common], help="last run, watermark and recent errors",
                         description="last run, watermark and recent errors")
     c.add_argument("--json", action="store_true")
     c = cmd("demo", "open the console on a fresh, seeded sandbox (--narrate: a CLI walk-through instead)")
     c.add_argument("--narrate", action="store_true", help="narrated CLI walk-through of every flow, no console")
-    c = cmd("console", "the approval console (a terminal UI)")
-    c.add_argument("--with-engine", action="store_true", help="run the engine in this process too")
-    cmd("whoami", "show the acting person and their groups")
+    cmd("console", "the approval console (a terminal UI)")
+    cmd("whoami", "show who the server says you are, how that was proven, and your groups")
 
     pol = cmd("policy", "lint or explain policies").add_subparsers(dest="policy_command", required=True)
-    c = pol.add_parser("lint", help="validate policy files", description="validate policy files")
+    c = pol.add_parser("lint", parents=[common], help="validate policy files", description="validate policy files")
     c.add_argument("files", nargs="+", metavar="FILE")
-    c = pol.add_parser("explain", help="show the whole decision without submitting anything",
+    c = pol.add_parser("explain", parents=[common], help="show the whole decision without submitting anything",
                        description="show the whole decision without submitting anything")
     _request_args(c, reason_required=False)
 
@@ -131,19 +137,22 @@ def parser() -> argparse.ArgumentParser:
     c = cmd("list", "list requests")
     c.add_argument("--state", choices=[s.value for s in RequestState])
     c.add_argument("--mine", action="store_true", help="only my requests")
+    c.add_argument("--requester", metavar="PERSON", help="only this person's requests")
+    c.add_argument("--limit", type=int, default=100, metavar="N", help="at most N (1-500; default 100)")
+    c.add_argument("--before", type=_request_id, metavar="ID", help="the page before this request id")
     c.add_argument("--json", action="store_true")
     c = cmd("show", "show one request with its checks, approvals and grant")
     c.add_argument("id", type=_request_id)
     c.add_argument("--json", action="store_true")
 
     aud = cmd("audit", "verify or export the audit chain").add_subparsers(dest="audit_command", required=True)
-    aud.add_parser("verify", help="check the hash chain; names the first broken event",
+    aud.add_parser("verify", parents=[common], help="check the hash chain; names the first broken event",
                    description="check the hash chain; names the first broken event")
-    c = aud.add_parser("export", help="write every event as JSON lines", description="write every event")
+    c = aud.add_parser("export", parents=[common], help="write every event as JSON lines", description="write every event")
     c.add_argument("--format", choices=("jsonl",), default="jsonl")
 
     aws = cmd("aws", "AWS helpers").add_subparsers(dest="aws_command", required=True)
-    c = aws.add_parser("credentials", help="STS credentials for your active AWS grant (credential_process JSON)",
+    c = aws.add_parser("credentials", parents=[common], help="STS credentials for your active AWS grant (credential_process JSON)",
                        description="STS credentials for your active AWS grant, as the AWS CLI's "
                                    "credential_process expects: credential_process = jit aws credentials ID")
     c.add_argument("id", type=_request_id)
@@ -154,10 +163,12 @@ def parser() -> argparse.ArgumentParser:
     c = cmd("stats", "exposure now: who holds elevated access against who could, privilege-hours")
     c.add_argument("--json", action="store_true")
 
-    c = cmd("engine", "run the engine: activation, expiry, escalation, lapse, recovery")
+    c = cmd("engine", "run the engine alone, without the API: activation, expiry, escalation, lapse, recovery")
     c.add_argument("--once", action="store_true", help="one pass, then exit")
-    c = cmd("server", "run the engine and serve the API on a Unix socket (first step: whoami, list, show)")
-    c.add_argument("--socket", required=True, metavar="PATH", help="the Unix socket to listen on")
+    c = cmd("server", "the control plane: the engine, the sync, the outbox and the API")
+    c.add_argument("--socket", metavar="PATH", help="the Unix socket to listen on (else [server] socket)")
+    c.add_argument("--dev", metavar="DIR", help="dev mode on a sandbox in DIR (written when missing): listens on "
+                                               "DIR/jit.sock and lets clients play anyone with JIT_USER")
     return p
 
 
@@ -220,6 +231,9 @@ def print_outcome(o: Outcome, out: TextIO) -> None:
 
 
 # ---------------------------------------------------------------- commands
+LOCAL = {"init", "demo", "snow-sim", "server", "engine", "console"}
+
+
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None,
          out: TextIO | None = None, err: TextIO | None = None) -> int:
     environ = os.environ if environ is None else environ
@@ -231,12 +245,12 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     except SystemExit as exc:
         return int(exc.code or 0)
     try:
-        return _dispatch(args, environ, out, err)
+        if args.command in LOCAL or (args.command == "policy" and args.policy_command == "lint"):
+            return _local(args, environ, out, err)
+        with Client(client_settings(args.server, args.config, environ)) as client:
+            return _remote(args, client, environ, out, err)
     except ConfigError as exc:
         err.write(f"configuration error in {exc.source}:\n" + "".join(f"  {p}\n" for p in exc.problems))
-        return 2
-    except PolicyError as exc:
-        err.write(f"policy error in {exc.source}:\n" + "".join(f"  {p}\n" for p in exc.problems))
         return 2
     except IdentityError as exc:
         err.write(f"identity error: {exc}\n")
@@ -247,39 +261,69 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     except Refused as exc:
         err.write(f"refused: {exc.rule}: {exc.message}\n")
         return exc.exit_code
-    except StoreError as exc:
-        err.write(f"database error: {exc}\n")
-        return 5
+    except JitError as exc:
+        kind = "database error" if type(exc).__name__ == "StoreError" else "error"
+        err.write(f"{kind}: {exc}\n")
+        return exc.exit_code
 
 
-def _dispatch(args: argparse.Namespace, environ: Mapping[str, str], out: TextIO, err: TextIO) -> int:
+# ------------------------------------------------------------ local commands
+def _local(args: argparse.Namespace, environ: Mapping[str, str], out: TextIO, err: TextIO) -> int:
+    from policies.loader import PolicyError  # the server's and the linter's libraries, not a client's
+    try:
+        return _local_command(args, environ, out, err)
+    except PolicyError as exc:
+        err.write(f"policy error in {exc.source}:\n" + "".join(f"  {p}\n" for p in exc.problems))
+        return 2
+
+
+def _local_command(args: argparse.Namespace, environ: Mapping[str, str], out: TextIO, err: TextIO) -> int:
     if args.command == "init":
         from app.dev.sandbox import write_sandbox
         url = None if args.servicenow_url == "off" else args.servicenow_url
         path = write_sandbox(Path(args.sandbox), force=args.force, servicenow_url=url)
-        out.write(f"sandbox written: {path}\n  try:  JIT_CONFIG={path} JIT_USER=alice jit whoami\n")
+        out.write(f"sandbox written: {path}\n  try:  jit server --dev {path.parent} &\n"
+                  f"        JIT_SERVER=unix://{path.parent / 'jit.sock'} JIT_USER=alice jit whoami\n")
         return 0
     if args.command == "demo":
         from app.dev.demo import run_console_demo, run_demo
         return run_demo(out, cli=main) if args.narrate else run_console_demo(out, environ)
     if args.command == "snow-sim":
         return _snow_sim(args, environ, out)
-    if args.command == "policy" and args.policy_command == "lint":
+    if args.command == "policy":
         return _lint(args.files, environ, args.config, out, err)
-
-    config = load_config(find_config(args.config, environ, Path.cwd()))
-    services = build(config, environ=environ)
-    try:
-        return _run(args, services, environ, out, err)
-    finally:
-        services.close()
+    if args.command == "console":  # still on the server's own files until it moves onto the API
+        from app.bootstrap import build
+        from app.config import load_config
+        from app.identity import account_name
+        from app.tui.launch import run_console  # Textual only when the console opens
+        sv = build(load_config(Path(args.config or SERVER_CONFIG)), environ=environ)
+        try:
+            return run_console(sv, account_name(os.getuid()), with_engine=False)
+        finally:
+            sv.close()
+    if args.command == "server":
+        from app.server.run import run_server  # aiohttp, the database, the backends: only here
+        if args.dev:
+            if args.config:
+                raise UsageError("--dev DIR uses DIR/jit.toml; leave out --config")
+            from app.dev.sandbox import write_sandbox
+            config = Path(args.dev) / "jit.toml"
+            if not config.exists():
+                write_sandbox(Path(args.dev), servicenow_url=None)
+        else:
+            config = Path(args.config or SERVER_CONFIG)
+        return run_server(config, socket=args.socket, dev=bool(args.dev), environ=environ, out=out, err=err)
+    return _engine(args, environ, out)
 
 
 def _lint(files: list[str], environ: Mapping[str, str], config_path: str | None, out: TextIO, err: TextIO) -> int:
-    try:  # the configured backends check role settings (e.g. unsafe sudo commands)
-        config = load_config(find_config(config_path, environ, Path.cwd()))
-    except ConfigError:
-        config = None
+    """Policy files checked where they are written: by the configured backends when ``--config``
+    names a config (no secrets needed), else by the default sudo backend."""
+    from app.bootstrap import lint_backends, policy_problems
+    from app.config import load_config
+    from policies.loader import PolicyError, load_policy
+    config = load_config(Path(config_path)) if config_path else None
     failed = 0
     for name in files:
         try:
@@ -296,123 +340,23 @@ def _lint(files: list[str], environ: Mapping[str, str], config_path: str | None,
     return 2 if failed else 0
 
 
-def _run(args: argparse.Namespace, sv: Services, environ: Mapping[str, str], out: TextIO, err: TextIO) -> int:
-    lc = sv.lifecycle
-    cmd = args.command
-    if cmd == "engine":
-        return _engine(args, sv, out)
-    if cmd == "server":
-        return _server(args, sv, out)
-    if cmd == "audit":
-        if args.audit_command == "verify":
-            result = audit_queries.verify(sv.store)
-            (out if result.ok else err).write(("audit chain ok: " if result.ok else "audit chain BROKEN: ")
-                                              + result.message + "\n")
-            return 0 if result.ok else 1
-        for line in audit_queries.export(sv.store):
-            out.write(line + "\n")
+def _engine(args: argparse.Namespace, environ: Mapping[str, str], out: TextIO) -> int:
+    from app.bootstrap import build
+    from app.config import load_config
+    sv = build(load_config(Path(args.config or SERVER_CONFIG)), environ=environ)
+    try:
+        if args.once:
+            out.write(f"engine pass: {sv.engine.run_once()}\n")
+            return 0
+        stop = threading.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: stop.set())
+        out.write("engine running (Ctrl-C to stop)\n")
+        out.flush()
+        sv.engine.run_forever(stop)
         return 0
-    if cmd == "sync":
-        return _sync_status(args, sv, out)
-    if cmd == "console":
-        return open_console(sv, acting_user(sv.config, environ), with_engine=args.with_engine)
-    if cmd == "show":
-        view = lc.get(args.id)
-        if args.json:
-            out.write(json.dumps(view.to_json(), indent=2) + "\n")
-        else:
-            print_request(view, out)
-        return 0
-
-    if cmd == "stats":
-        return _stats(args, sv, out)
-    me = acting_user(sv.config, environ)
-    if cmd == "reconcile":
-        return _reconcile(args, sv, me, out)
-    if cmd == "aws":
-        out.write(json.dumps(lc.aws_credentials(me, args.id)) + "\n")
-        return 0
-    if cmd == "whoami":
-        groups = sorted(sv.directory.groups_of(me))
-        out.write(f"{me}  groups: {', '.join(groups) or '(none)'}\n")
-        return 0
-    if cmd == "list":
-        rows = lc.list(state=args.state, requester=me if args.mine else None)
-        if args.json:
-            out.write(json.dumps([r.to_json() for r in rows], indent=2) + "\n")
-        else:
-            print_table(rows, out)
-        return 0
-    if cmd == "policy":  # explain
-        d = lc.preview(me, args.target, args.role, args.duration, args.reason, args.ticket, args.start)
-        out.write(f"{me} -> {args.role} on {args.target} for {format_duration(args.duration)}: "
-                  f"{'ALLOWED' if d.allowed else 'REFUSED'}\n")
-        for c in d.checks:
-            out.write(f"  [{'pass' if c.passed else 'FAIL'}] {c.name}: {c.message}\n")
-        if d.allowed:
-            how = ("approved at once (self-service)" if d.auto_approved else
-                   f"{d.approval} approval from {' and '.join(d.approver_groups)}")
-            out.write(f"  approval: {how}\n")
-        out.write("  (nothing was submitted)\n")
-        return 0 if d.allowed else 1
-
-    if cmd == "request":
-        result = lc.submit(me, args.target, args.role, args.duration, args.reason, args.ticket, args.start)
-    elif cmd == "approve":
-        result = lc.approve(me, args.id, args.comment)
-    elif cmd == "deny":
-        result = lc.deny(me, args.id, args.reason)
-    elif cmd == "cancel":
-        result = lc.cancel(me, args.id)
-    elif cmd == "release":
-        result = lc.release(me, args.id)
-    elif cmd == "revoke":
-        result = lc.revoke(me, args.id, args.reason)
-    elif cmd == "extend":
-        result = lc.extend(me, args.id, args.by, args.reason)
-    elif cmd == "bypass":
-        result = lc.bypass(me, args.target, args.role, args.duration, args.incident, args.reason)
-    elif cmd == "review":
-        result = lc.review(me, args.id, args.outcome, args.comment)
-    else:  # pragma: no cover - argparse restricts the choices
-        raise UsageError(f"unknown command {cmd}")
-    print_outcome(result, out)
-    return 0 if result.request.state != "failed" else 1
-
-
-def _reconcile(args: argparse.Namespace, sv: Services, me: str, out: TextIO) -> int:
-    refusal = authority.may_fix_drift(sv.policy, me, sv.directory.groups_of(me)) if args.fix else None
-    if refusal:
-        raise Refused("reconcile", refusal)
-    findings = sv.reconciler.run(fix=args.fix, actor=me)
-    if args.json:
-        out.write(json.dumps([asdict(f) for f in findings], indent=2) + "\n")
-    elif not findings:
-        out.write("no drift: every managed artifact is backed by a live grant and every grant's artifact exists\n")
-    else:
-        for f in findings:
-            who = f" {f.person}" if f.person else ""
-            grant = f" grant {f.grant_id}" if f.grant_id else ""
-            out.write(f"{f.kind.upper():9} {f.backend}{who}{grant}: {f.ref}: {f.detail}"
-                      f"{' -> ' + f.action if f.action != 'none' else ''}\n")
-    unresolved = [f for f in findings if f.action == "none" or f.action.startswith("failed")]
-    return 1 if unresolved else 0
-
-
-def _stats(args: argparse.Namespace, sv: Services, out: TextIO) -> int:
-    e = exposure(sv.store, sv.policy, sv.directory, sv.clock())
-    if args.json:
-        out.write(json.dumps({**asdict(e), "ratio": round(e.ratio, 4)}, indent=2) + "\n")
-        return 0
-    out.write(f"elevated now      {e.elevated_now} of {e.eligible} eligible people ({e.ratio:.0%})\n"
-              f"privilege-hours   {e.privilege_hours_7d} in 7 days, {e.privilege_hours_30d} in 30 days\n"
-              f"bypass reviews    {e.bypasses_awaiting_review} awaiting\n")
-    return 0
-
-
-def open_console(sv: Services, person: str, *, with_engine: bool) -> int:
-    from app.tui.launch import run_console  # Textual is imported only when the console opens
-    return run_console(sv, person, with_engine=with_engine)
+    finally:
+        sv.close()
 
 
 def _snow_sim(args: argparse.Namespace, environ: Mapping[str, str], out: TextIO) -> int:
@@ -426,6 +370,7 @@ def _snow_sim(args: argparse.Namespace, environ: Mapping[str, str], out: TextIO)
         raise UsageError(f"cannot listen on {args.host}:{args.port}: {exc.strerror}") from None
     out.write(f"ServiceNow simulator on {sim.base_url} (user {args.user}); Ctrl-C to stop\n")
     out.flush()
+
     def interrupt(*_: object) -> None:  # stop() from here would wait on the loop it runs in
         raise KeyboardInterrupt
 
@@ -439,53 +384,141 @@ def _snow_sim(args: argparse.Namespace, environ: Mapping[str, str], out: TextIO)
     return 0
 
 
-def _sync_status(args: argparse.Namespace, sv: Services, out: TextIO) -> int:
-    if sv.sync is None:
-        raise UsageError("ServiceNow is not enabled in this configuration ([servicenow] enabled = false)")
-    state = sv.sync.status()
-    data = {"last_run_at": state.last_run_at if state else None, "last_ok_at": state.last_ok_at if state else None,
-            "watermark": state.watermark if state else None, "behind_s": state.behind_s if state else None,
-            "processed": state.processed if state else 0, "last_error": state.last_error if state else None,
-            "recent_errors": list(state.errors) if state else [],
-            "circuit": sv.tickets.client.breaker.state, "last_catch_up": sv.sync.last_catch_up()}
+# ------------------------------------------------------------ API commands
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat().replace("+00:00", "Z") if value else None
+
+
+def _when(text: str | None) -> datetime | None:
+    return datetime.fromisoformat(text.replace("Z", "+00:00")) if text else None
+
+
+def _remote(args: argparse.Namespace, api: Client, environ: Mapping[str, str], out: TextIO, err: TextIO) -> int:
+    cmd = args.command
+    if cmd == "whoami":
+        me = api.get("/v1/whoami")
+        out.write(f"{me['person']}  groups: {', '.join(me['groups']) or '(none)'}  "
+                  f"(authenticated by {me['authenticated_by']})\n")
+        return 0
+    if cmd == "show":
+        data = api.get(f"/v1/requests/{args.id}")
+        if args.json:
+            out.write(json.dumps(data, indent=2) + "\n")
+        else:
+            print_request(RequestView.from_json(data), out)
+        return 0
+    if cmd == "list":
+        if not 1 <= args.limit <= 500:
+            raise UsageError("--limit: must be between 1 and 500")
+        page = api.get("/v1/requests", {"state": args.state, "mine": "true" if args.mine else None,
+                                        "requester": args.requester, "limit": args.limit, "before": args.before})
+        if args.json:
+            out.write(json.dumps(page["items"], indent=2) + "\n")
+        else:
+            print_table([RequestView.from_json(v) for v in page["items"]], out)
+            if page["next"]:
+                out.write(f"(more: jit list --before {page['next']})\n")
+        return 0
+    if cmd == "audit":
+        if args.audit_command == "verify":
+            result = api.get("/v1/audit/verify")
+            (out if result["ok"] else err).write(("audit chain ok: " if result["ok"] else "audit chain BROKEN: ")
+                                                 + result["message"] + "\n")
+            return 0 if result["ok"] else 1
+        for line in api.lines("/v1/audit/export"):
+            out.write(line + "\n")
+        return 0
+    if cmd == "sync":
+        return _sync_status(args, api.get("/v1/sync/status"), out)
+    if cmd == "stats":
+        e = api.get("/v1/stats")
+        if args.json:
+            out.write(json.dumps(e, indent=2) + "\n")
+            return 0
+        out.write(f"elevated now      {e['elevated_now']} of {e['eligible']} eligible people ({e['ratio']:.0%})\n"
+                  f"privilege-hours   {e['privilege_hours_7d']} in 7 days, {e['privilege_hours_30d']} in 30 days\n"
+                  f"bypass reviews    {e['bypasses_awaiting_review']} awaiting\n")
+        return 0
+    if cmd == "reconcile":
+        return _reconcile(args, api.post("/v1/reconcile", {"fix": args.fix})["findings"], out)
+    if cmd == "aws":
+        out.write(json.dumps(api.post(f"/v1/requests/{args.id}/credentials")) + "\n")
+        return 0
+    if cmd == "policy":  # explain
+        d = api.post("/v1/policy/explain", _wanted(args))
+        out.write(f"{d['person']} -> {args.role} on {args.target} for {format_duration(args.duration)}: "
+                  f"{'ALLOWED' if d['allowed'] else 'REFUSED'}\n")
+        for c in d["checks"]:
+            out.write(f"  [{'pass' if c['passed'] else 'FAIL'}] {c['name']}: {c['message']}\n")
+        if d["allowed"]:
+            how = ("approved at once (self-service)" if d["auto_approved"] else
+                   f"{d['approval']} approval from {' and '.join(d['approver_groups'])}")
+            out.write(f"  approval: {how}\n")
+        out.write("  (nothing was submitted)\n")
+        return 0 if d["allowed"] else 1
+
+    rid = getattr(args, "id", None)
+    if cmd == "request":
+        result = api.post("/v1/requests", _wanted(args))
+    elif cmd == "approve":
+        result = api.post(f"/v1/requests/{rid}/approve", {"comment": args.comment})
+    elif cmd in ("deny", "revoke"):
+        result = api.post(f"/v1/requests/{rid}/{cmd}", {"reason": args.reason})
+    elif cmd in ("cancel", "release"):
+        result = api.post(f"/v1/requests/{rid}/{cmd}")
+    elif cmd == "extend":
+        result = api.post(f"/v1/requests/{rid}/extend", {"by": format_duration(args.by), "reason": args.reason})
+    elif cmd == "bypass":
+        result = api.post("/v1/bypass", {"target": args.target, "role": args.role,
+                                          "duration": format_duration(args.duration),
+                                          "incident": args.incident, "reason": args.reason})
+    elif cmd == "review":
+        result = api.post(f"/v1/requests/{rid}/review", {"outcome": args.outcome, "comment": args.comment})
+    else:  # pragma: no cover - argparse restricts the choices
+        raise UsageError(f"unknown command {cmd}")
+    outcome = Outcome.from_json(result)
+    print_outcome(outcome, out)
+    return 0 if outcome.request.state != "failed" else 1
+
+
+def _wanted(args: argparse.Namespace) -> dict[str, Any]:
+    return {"target": args.target, "role": args.role, "duration": format_duration(args.duration),
+            "reason": args.reason, "ticket": args.ticket, "start": _iso(args.start)}
+
+
+def _reconcile(args: argparse.Namespace, findings: list[dict], out: TextIO) -> int:
     if args.json:
-        out.write(json.dumps({k: _fmt_time(v) if isinstance(v, datetime) else v for k, v in data.items()},
-                             indent=2, default=lambda v: _fmt_time(v) if isinstance(v, datetime) else str(v)) + "\n")
+        out.write(json.dumps(findings, indent=2) + "\n")
+    elif not findings:
+        out.write("no drift: every managed artifact is backed by a live grant and every grant's artifact exists\n")
+    else:
+        for f in findings:
+            who = f" {f['person']}" if f.get("person") else ""
+            grant = f" grant {f['grant_id']}" if f.get("grant_id") else ""
+            out.write(f"{f['kind'].upper():9} {f['backend']}{who}{grant}: {f['ref']}: {f['detail']}"
+                      f"{' -> ' + f['action'] if f['action'] != 'none' else ''}\n")
+    unresolved = [f for f in findings if f["action"] == "none" or f["action"].startswith("failed")]
+    return 1 if unresolved else 0
+
+
+def _sync_status(args: argparse.Namespace, data: dict[str, Any], out: TextIO) -> int:
+    if not data.get("enabled"):
+        raise UsageError("ServiceNow is not enabled in the server's configuration ([servicenow] enabled = false)")
+    data = {k: v for k, v in data.items() if k != "enabled"}
+    times = {k: _fmt_time(_when(data[k])) for k in ("last_run_at", "last_ok_at", "watermark")}
+    if args.json:
+        out.write(json.dumps({**data, **{k: times[k] if data[k] else None for k in times}, "last_catch_up": (
+            {**c, "at": _fmt_time(_when(c["at"]))} if (c := data["last_catch_up"]) else None)}, indent=2) + "\n")
         return 0
-    if state is None:
-        out.write("the ServiceNow sync has not run yet (it runs in 'jit engine')\n")
+    if data["last_run_at"] is None:
+        out.write("the ServiceNow sync has not run yet (it runs in 'jit server')\n")
         return 0
-    out.write(f"last run     {_fmt_time(state.last_run_at)}\nlast success {_fmt_time(state.last_ok_at)}\n"
-              f"watermark    {_fmt_time(state.watermark)}\nbehind       {state.behind_s or 0:.0f}s at the last run\n"
-              f"processed    {state.processed} change(s) in all\n")
+    out.write(f"last run     {times['last_run_at']}\nlast success {times['last_ok_at']}\n"
+              f"watermark    {times['watermark']}\nbehind       {data['behind_s'] or 0:.0f}s at the last run\n"
+              f"processed    {data['processed']} change(s) in all\n")
     if (c := data["last_catch_up"]) is not None:
-        out.write(f"caught up    {_fmt_time(c['at'])} after {c['down_s']:.0f}s without ServiceNow: read "
+        out.write(f"caught up    {_fmt_time(_when(c['at']))} after {c['down_s']:.0f}s without ServiceNow: read "
                   f"{c['caught_up']} change(s), the oldest {c['behind_s']:.0f}s late\n")
-    out.write("recent errors:\n" + "".join(f"  {e}\n" for e in state.errors) if state.errors else "no recent errors\n")
-    return 0
-
-
-def _server(args: argparse.Namespace, sv: Services, out: TextIO) -> int:
-    from app.server.run import serve  # aiohttp only for the server
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    sv.engine.start()
-    try:
-        serve(sv, Path(args.socket), stop, ready=lambda: (out.write(f"serving on unix:{args.socket}\n"), out.flush()))
-    finally:
-        sv.engine.stop()
-    return 0
-
-
-def _engine(args: argparse.Namespace, sv: Services, out: TextIO) -> int:
-    if args.once:
-        out.write(f"engine pass: {sv.engine.run_once()}\n")
-        return 0
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    out.write("engine running (Ctrl-C to stop)\n")
-    out.flush()
-    sv.engine.run_forever(stop)
+    errors = data["recent_errors"]
+    out.write("recent errors:\n" + "".join(f"  {e}\n" for e in errors) if errors else "no recent errors\n")
     return 0

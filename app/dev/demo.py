@@ -11,6 +11,7 @@ import os
 import re
 import shlex
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 from typing import Callable, TextIO
@@ -81,11 +82,32 @@ def run_console_demo(out: TextIO, environ) -> int:
 
 
 def run_demo(out: TextIO, directory: Path | None = None, *, cli: Callable[..., int]) -> int:
-    """``jit demo --narrate``: every persona's commands typed through ``cli`` (the CLI's ``main``,
-    handed in so the sandbox never imports the front end it drives)."""
+    """``jit demo --narrate``: ``jit server --dev`` in the background, and every persona's commands
+    typed through ``cli`` (the CLI's ``main``, handed in so the sandbox never imports the front end
+    it drives), each one a client of that server as in production."""
     directory = directory or Path(tempfile.mkdtemp(prefix="jit-demo-"))
-    with _outside_world(directory, out) as (sim, ldap, aws):
+    with _outside_world(directory, out) as (sim, ldap, aws), dev_server_process(directory, out):
         return _walk_through(out, directory, sim, ldap, aws, cli)
+
+
+@contextlib.contextmanager
+def dev_server_process(directory: Path, out: TextIO):
+    """``jit server --dev DIR`` as its own process, until the block ends (SIGTERM)."""
+    out.write(f"$ jit server --dev {directory} &\n")
+    proc = subprocess.Popen([sys.executable, "-m", "app", "server", "--dev", str(directory)],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        line = proc.stdout.readline().strip()
+        if not line.startswith("serving on"):
+            raise RuntimeError(f"jit server --dev did not start (exit {proc.wait(10)})")
+        out.write(f"  {line} (dev mode: JIT_USER picks the person; every event records it)\n")
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
 
 
 def _aws_world(server: "moto.MotoServer") -> None:
@@ -150,34 +172,34 @@ def _walk_through(out: TextIO, directory: Path, sim: Simulator, ldap, aws, main:
     run("alice", "policy explain web-prod-01 service-admin --duration 2h --ticket CHG0000001 "
                  "--reason 'restart nginx after the TLS renewal'")
     say("alice requests it: production is high risk, so it needs a manager AND a system owner.")
-    run("alice", "request web-prod-01 service-admin --duration 2h --ticket CHG0000001 "
-                 "--reason 'restart nginx after the TLS renewal'")
+    first = _request_id(run("alice", "request web-prod-01 service-admin --duration 2h --ticket CHG0000001 "
+                                     "--reason 'restart nginx after the TLS renewal'"))
     say("bob (manager) approves: one of two approvals, still pending.")
-    run("bob", "approve 1 --comment 'ok for the renewal'")
+    run("bob", f"approve {first} --comment 'ok for the renewal'")
     say("alice tries to approve her own request: refused.")
-    run("alice", "approve 1", expect=1)
+    run("alice", f"approve {first}", expect=1)
     say("carol (system owner) approves: dual approval complete, the grant is applied at once.")
-    run("carol", "approve 1 --comment 'go ahead'")
+    run("carol", f"approve {first} --comment 'go ahead'")
     for f in sudoers():
         out.write(f"\n# The sudoers drop-in {f.name}, time-boxed by sudo itself (NOTAFTER in UTC):\n")
         out.write("".join(f"    {l}\n" for l in f.read_text().splitlines()))
         check = subprocess.run(["visudo", "-cf", str(f)], capture_output=True, text=True)
         out.write(f"  visudo -cf: {(check.stdout + check.stderr).strip()}\n")
     say("alice is done early and releases: the file is removed.")
-    run("alice", "release 1")
+    run("alice", f"release {first}")
     out.write(f"  sudoers.d now holds {len(sudoers())} jit file(s)\n")
     say("alice asks for 10 minutes on the dev server: low risk, approved at once.")
     run("alice", "request web-dev-01 service-admin --duration 10m --reason 'check the nginx config on dev'")
     say("03:00, production is down. dave (on-call) uses the emergency bypass: active at once.")
-    run("dave", "bypass web-prod-01 service-admin --duration 1h --incident INC0000042 "
-                "--reason 'nginx down, customers affected'")
+    bypass = _request_id(run("dave", "bypass web-prod-01 service-admin --duration 1h --incident INC0000042 "
+                                     "--reason 'nginx down, customers affected'"))
     say("A second bypass is refused until the first one is reviewed.")
     run("dave", "bypass web-prod-01 service-admin --duration 1h --incident INC0000043 "
                 "--reason 'nginx down again after restart'", expect=1)
     say("dave cannot review his own bypass.")
-    run("dave", "review 3 --outcome justified --comment 'it was needed'", expect=1)
+    run("dave", f"review {bypass} --outcome justified --comment 'it was needed'", expect=1)
     say("erin (security operator) reviews it.")
-    run("erin", "review 3 --outcome justified --comment 'outage INC0000042 confirmed'")
+    run("erin", f"review {bypass} --outcome justified --comment 'outage INC0000042 confirmed'")
     say("Now dave may bypass again.")
     run("dave", "bypass web-prod-01 service-admin --duration 30m --incident INC0000043 "
                 "--reason 'nginx down again after restart'")
@@ -187,7 +209,7 @@ def _walk_through(out: TextIO, directory: Path, sim: Simulator, ldap, aws, main:
     say("The engine's pass: expiry, escalation, lapse, crash recovery, and the ServiceNow sync. The approved\n"
         "# change CHG0000001 carries u_jit_target/u_jit_role, so it becomes alice's grant for its window,\n"
         "# and every step so far is written back to its ticket as a work note.")
-    run(None, "engine --once")
+    run(None, f"engine --once --config {config}")
     run("erin", "list")
     change = next(r for r in sim.records("change_request") if r["number"] == "CHG0000001")
     out.write("\n# Work notes on CHG0000001 in ServiceNow:\n")
@@ -219,8 +241,8 @@ def _walk_through(out: TextIO, directory: Path, sim: Simulator, ldap, aws, main:
     run(None, "stats")
     say("The audit log is a hash chain: any edit, deletion or reordering is detected.")
     run(None, "audit verify")
-    out.write(f"\nSandbox left at {directory}; try:\n  export JIT_CONFIG={config} JIT_USER=alice\n"
-              "  .venv/bin/jit list\n")
+    out.write(f"\nSandbox left at {directory}; try:\n  .venv/bin/jit server --dev {directory} &\n"
+              f"  export JIT_CONFIG={config} JIT_USER=alice\n  .venv/bin/jit list\n")
     out.write("\ndemo finished: all steps behaved as expected\n" if not failures
               else f"\ndemo finished with {failures} unexpected result(s)\n")
     return 1 if failures else 0

@@ -23,10 +23,13 @@ url = ""                       # empty: SQLite at data/jit.db
 data_dir = "data"
 policy = "policy.toml"
 
-[identity]
-# The sandbox lets JIT_USER pick the acting person. UNSAFE IN PRODUCTION: anyone could act
-# as anyone. Production configs leave this false so the OS account is the identity.
-allow_impersonation = true
+[server]
+socket = "jit.sock"            # production: /run/jit/jit.sock
+
+[client]
+# Where `jit` and `jit console` find the server when JIT_CONFIG names this file. Only
+# `jit server --dev` (the sandbox's server) lets a client play someone else with JIT_USER.
+server = "unix://SOCKET"
 
 [backends.sudo]
 sudoers_dir = "sudoers.d"      # production: /etc/sudoers.d
@@ -119,7 +122,7 @@ def write_sandbox(directory: Path, *, force: bool = False, servicenow_url: str |
     secret.chmod(0o600)
     secret.write_text("admin\n")
     text = CONFIG.replace("SN_ENABLED", "true" if servicenow_url else "false")
-    text = text.replace("SN_URL", servicenow_url or "http://127.0.0.1:8080")
+    text = text.replace("SN_URL", servicenow_url or "http://127.0.0.1:8080").replace("SOCKET", str(directory / "jit.sock"))
     if ldap:
         (directory / "ldap-password").touch(mode=0o600)
         (directory / "ldap-password").write_text(ldap.password + "\n")

@@ -20,6 +20,15 @@ class Refused(JitError):
         self.message = message
 
 
+class BadInput(Refused):
+    """What was typed cannot be used: ``rule`` is the field, ``message`` the reason. Nothing was
+    written. (Exit 1 like any refusal; HTTP 422 naming the field.)"""
+
+    @property
+    def field(self) -> str:
+        return self.rule
+
+
 class NotFound(Refused):
     exit_code = 3
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from app.domain.errors import Refused
+from app.domain.errors import BadInput
 from policies.names import NAME, PERSON, TARGET
 
 PERSON_RE = re.compile(PERSON)
@@ -21,24 +21,24 @@ def check_text(field_name: str, value: str | None, *, required: bool, limit: int
     """The text stripped, or None when empty and not required; Refused when it cannot be stored or shown safely."""
     if value is None or not value.strip():
         if required:
-            raise Refused(field_name, "is required")
+            raise BadInput(field_name, "is required")
         return None
     if len(value) > limit:
-        raise Refused(field_name, f"is longer than {limit} characters")
+        raise BadInput(field_name, f"is longer than {limit} characters")
     if CONTROL_RE.search(value):
-        raise Refused(field_name, "must not contain control characters, line breaks or bidi overrides")
+        raise BadInput(field_name, "must not contain control characters, line breaks or bidi overrides")
     if SURROGATE_RE.search(value):  # undecodable bytes from argv; not storable as UTF-8
-        raise Refused(field_name, "must be valid Unicode text (it holds an unpaired surrogate)")
+        raise BadInput(field_name, "must be valid Unicode text (it holds an unpaired surrogate)")
     return value.strip()
 
 
 def check_person(field_name: str, person: str) -> None:
     if not PERSON_RE.fullmatch(person or ""):
-        raise Refused(field_name, f"{person!r} is not a valid account name")
+        raise BadInput(field_name, f"{person!r} is not a valid account name")
 
 
 def check_names(target: str, role: str) -> None:
     if not TARGET_RE.fullmatch(target or ""):
-        raise Refused("target", f"{target!r} is not a valid target name (letters, digits, '.' and '-')")
+        raise BadInput("target", f"{target!r} is not a valid target name (letters, digits, '.' and '-')")
     if not ROLE_RE.fullmatch(role or ""):
-        raise Refused("role", f"{role!r} is not a valid role name (lower-case letters, digits and '-')")
+        raise BadInput("role", f"{role!r} is not a valid role name (lower-case letters, digits and '-')")

@@ -64,6 +64,26 @@ class RequestView:
         data = asdict(self)
         return _jsonable(data)
 
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "RequestView":
+        """The view back from ``to_json()`` (what a client of the API receives)."""
+        d = dict(data)
+        for key in ("starts_at", "expires_at", "created_at", "escalated_at"):
+            d[key] = _instant(d[key])
+        d["approver_groups"] = tuple(d["approver_groups"])
+        d["checks"] = tuple(d["checks"])
+        d["approvals"] = tuple(ApprovalView(a["approver"], tuple(a["groups"]), a["comment"], _instant(a["at"]))
+                               for a in d["approvals"])
+        if g := d.get("grant"):
+            d["grant"] = GrantView(**{k: _instant(v) if k.endswith("_at") else v for k, v in g.items()})
+        if r := d.get("review"):
+            d["review"] = {**r, "reviewed_at": _instant(r.get("reviewed_at"))}
+        return cls(**d)
+
+
+def _instant(text: str | None) -> datetime | None:
+    return datetime.fromisoformat(text.replace("Z", "+00:00")) if text else None
+
 
 def _jsonable(value: Any) -> Any:
     if isinstance(value, datetime):
@@ -82,3 +102,10 @@ class Outcome:
     request: RequestView
     message: str
     notes: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"message": self.message, "notes": list(self.notes), "request": self.request.to_json()}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "Outcome":
+        return cls(RequestView.from_json(data["request"]), data["message"], list(data["notes"]))

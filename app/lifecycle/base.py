@@ -71,9 +71,12 @@ class LifecycleBase:
             return self._view(s, self._load(s, request_id))
 
     def list(self, *, state: str | None = None, requester: str | None = None,
-             limit: int = 500) -> list[RequestView]:
+             limit: int = 500, before: int | None = None) -> list[RequestView]:
+        """Newest first; ``before`` an id pages back from there."""
         with self.store.transaction() as s:
             q = select(RequestRow).order_by(RequestRow.id.desc()).limit(limit)
+            if before is not None:
+                q = q.where(RequestRow.id < before)
             if state:
                 q = q.where(RequestRow.state == state)
             if requester:

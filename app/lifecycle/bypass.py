@@ -7,7 +7,7 @@ from datetime import timedelta
 import sqlalchemy as sa
 from sqlmodel import select
 
-from app.domain.errors import Conflict, Refused
+from app.domain.errors import BadInput, Conflict, Refused
 from app.domain.inputs import check_text
 from app.domain.views import Outcome, RequestView
 from app.lifecycle.base import LifecycleBase, checks_of
@@ -56,7 +56,7 @@ class Bypass(LifecycleBase):
     def review(self, actor: str, request_id: int, outcome: str, comment: str) -> Outcome:
         comment = check_text("comment", comment, required=True) or ""
         if outcome not in REVIEW_OUTCOMES:
-            raise Refused("outcome", "must be 'justified' or 'violation'")
+            raise BadInput("outcome", "must be 'justified' or 'violation'")
         now = self.clock()
         with self.store.transaction() as s:
             row = self._load(s, request_id)

@@ -9,7 +9,7 @@ from typing import Any
 from sqlmodel import Session, select
 
 from app import failpoints
-from app.domain.errors import Conflict, Refused
+from app.domain.errors import BadInput, Conflict, Refused
 from app.domain.inputs import check_text
 from app.domain.views import Outcome
 from app.lifecycle.base import LifecycleBase, checks_of, log
@@ -168,7 +168,7 @@ class Grants(LifecycleBase):
         """Extend an active or approved request, through every policy check again."""
         reason = check_text("reason", reason, required=True) or ""
         if by <= timedelta(0):
-            raise Refused("by", "must be longer than zero")
+            raise BadInput("by", "must be longer than zero")
         now = self.clock()
         with self.store.transaction() as s:
             row = self._load(s, request_id)

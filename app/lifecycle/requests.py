@@ -5,7 +5,7 @@ from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from app.domain.errors import Refused
+from app.domain.errors import BadInput, Refused
 from app.domain.inputs import check_names, check_person, check_text
 from app.domain.views import Outcome
 from app.lifecycle.base import AUTO_APPROVED, LifecycleBase, checks_of
@@ -26,15 +26,15 @@ class Requests(LifecycleBase):
         if start is None:
             return now, False
         if start.tzinfo is None:
-            raise Refused("start", "needs a UTC offset, e.g. 2026-11-24T09:00:00Z")
+            raise BadInput("start", "needs a UTC offset, e.g. 2026-11-24T09:00:00Z")
         try:
             start = start.astimezone(now.tzinfo)
         except OverflowError:  # e.g. 0001-01-01T00:00:00+14:00 lies before the first representable UTC instant
-            raise Refused("start", "is out of the representable date range") from None
+            raise BadInput("start", "is out of the representable date range") from None
         if start < now - timedelta(minutes=1):
-            raise Refused("start", f"{start:%Y-%m-%d %H:%M} UTC is in the past")
+            raise BadInput("start", f"{start:%Y-%m-%d %H:%M} UTC is in the past")
         if start > now + MAX_LEAD:
-            raise Refused("start", f"{start:%Y-%m-%d} is more than a year ahead")
+            raise BadInput("start", f"{start:%Y-%m-%d} is more than a year ahead")
         return max(start, now), True
 
     def _access_request(self, person: str, target: str, role: str, duration: timedelta, reason: str,
@@ -44,7 +44,7 @@ class Requests(LifecycleBase):
         reason = check_text("reason", reason, required=True) or ""
         ticket = check_text("ticket", ticket, required=False, limit=64)
         if duration <= timedelta(0):
-            raise Refused("duration", "must be longer than zero")
+            raise BadInput("duration", "must be longer than zero")
         starts_at, scheduled = self._resolve_start(start)
         return AccessRequest(person, target, role, starts_at, duration, reason, ticket), scheduled
 

@@ -1,27 +1,26 @@
 """Who is calling: the uid the kernel reports for the Unix-socket connection (``SO_PEERCRED``),
-mapped through the account database. Never a header, a body or an environment variable."""
+mapped through the account database. Never a header, a body or an environment variable, except
+in dev mode (``jit server --dev``), where the ``X-Jit-User`` header a client sends from its
+``JIT_USER`` names the person it plays, recorded as impersonated by the real caller."""
 from __future__ import annotations
 
+import re
 import socket
 import struct
-from dataclasses import dataclass
 from typing import Awaitable, Callable
 
 from aiohttp import web
 
 from app.domain.errors import IdentityError
+from app.domain.principal import Principal
 from app.identity import account_name
+from policies.names import PERSON
 
 _CRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
-
-
-@dataclass(frozen=True)
-class Principal:
-    person: str
-    how: str  # e.g. "peer-uid:1001", recorded with what the person does
-
+IMPERSONATE_HEADER = "X-Jit-User"
 
 PRINCIPAL = web.RequestKey("principal", Principal)  # set by ``authenticate`` before any handler runs
+IMPERSONATION = web.AppKey("impersonation", bool)  # dev mode only
 
 
 def peer_principal(request: web.Request) -> Principal:
@@ -32,12 +31,25 @@ def peer_principal(request: web.Request) -> Principal:
     return Principal(account_name(uid), f"peer-uid:{uid}")
 
 
+def impersonated(request: web.Request, real: Principal) -> Principal:
+    """Dev mode: the person the client plays, recorded with who really called."""
+    person = request.headers.get(IMPERSONATE_HEADER, "")
+    if not person:
+        return real
+    if not re.fullmatch(PERSON, person):
+        raise IdentityError(f"user name {person[:40]!r} is not a valid account name ({IMPERSONATE_HEADER})")
+    return Principal(person, f"dev-impersonation:{person} by {real.how}")
+
+
 @web.middleware
 async def authenticate(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
                        ) -> web.StreamResponse:
     """Runs before every handler: the principal is set from the kernel or the request is 401."""
     try:
-        request[PRINCIPAL] = peer_principal(request)
+        principal = peer_principal(request)
+        if request.app.get(IMPERSONATION):
+            principal = impersonated(request, principal)
+        request[PRINCIPAL] = principal
     except IdentityError as exc:
         return web.json_response({"error": {"rule": "identity", "message": str(exc), "field": None}}, status=401)
     return await handler(request)

@@ -1,12 +1,13 @@
-"""Serving the API on a Unix socket (``jit server``), beside the engine, until told to stop."""
+"""``jit server``: the API on a Unix socket, beside the engine, until told to stop."""
 from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import stat
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, Mapping, TextIO
 
 from aiohttp import web
 
@@ -30,13 +31,13 @@ def _prepare(socket_path: Path) -> None:
 
 
 def serve(services: Services, socket_path: Path, stop: threading.Event, *,
-          ready: Callable[[], None] | None = None) -> None:
+          ready: Callable[[], None] | None = None, impersonation: bool = False) -> None:
     """Listen on ``socket_path`` (0666: who may do what is decided per request, by peer uid) until
-    ``stop`` is set. The caller runs the engine."""
+    ``stop`` is set. The caller runs the engine. ``impersonation``: dev mode only."""
     _prepare(socket_path)
 
     async def main() -> None:
-        runner = web.AppRunner(make_app(services), handle_signals=False)
+        runner = web.AppRunner(make_app(services, impersonation=impersonation), handle_signals=False)
         await runner.setup()
         try:
             await web.UnixSite(runner, str(socket_path)).start()
@@ -49,3 +50,29 @@ def serve(services: Services, socket_path: Path, stop: threading.Event, *,
             socket_path.unlink(missing_ok=True)
 
     asyncio.run(main())
+
+
+def run_server(config_path: Path, *, socket: str | None, dev: bool, environ: Mapping[str, str],
+               out: TextIO, err: TextIO) -> int:
+    """``jit server``: the checks, the services, the engine, the API, until SIGTERM or SIGINT."""
+    from app.bootstrap import build
+    from app.config import load_config
+    from app.server.preflight import check_deployment
+    config = load_config(config_path)
+    check_deployment(config, dev=dev)
+    socket_path = Path(socket) if socket else config.path(config.settings.server.socket)
+    if dev:
+        err.write(f"DEV MODE on {config.base}: any client of {socket_path} may act as anyone by setting JIT_USER;\n"
+                  "every event it causes is recorded as impersonated. Never run this in production.\n")
+        err.flush()
+    sv = build(config, environ=environ)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    sv.engine.start()
+    try:
+        serve(sv, socket_path, stop, impersonation=dev,
+              ready=lambda: (out.write(f"serving on unix:{socket_path}\n"), out.flush()))
+    finally:
+        sv.close()
+    return 0

@@ -15,6 +15,7 @@ from typing import Any, Iterable, Iterator, NamedTuple
 import orjson
 from sqlmodel import Session, select
 
+from app.domain.principal import authenticated
 from app.store.bulk import insert_rows
 from app.store.tables import AuditEvent, AuditHead, JSONText
 
@@ -72,7 +73,10 @@ def _head(session: Session) -> AuditHead:
 
 def append(session: Session, *, at: datetime, actor: str, action: str,
            request_id: int | None = None, **details: Any) -> AuditEvent:
-    """Add one event to the chain within ``session``'s transaction."""
+    """Add one event to the chain within ``session``'s transaction. An event of the person acting
+    now records how they were authenticated (``app.domain.principal``)."""
+    if how := authenticated(actor):
+        details["authenticated"] = how
     head = _head(session)
     text = canonical(details)
     seq = head.seq + 1
@@ -103,6 +107,8 @@ def append_many(session: Session, events: Iterable[tuple[datetime, str, str, int
     rows, out = [], []
     seq, prev = head.seq, head.hash
     for at, actor, action, request_id, details in events:
+        if how := authenticated(actor):
+            details = {**details, "authenticated": how}
         seq += 1
         text = canonical(details)
         digest = event_hash(seq, at, actor, action, request_id, text, prev)
@@ -165,6 +171,22 @@ def _stream(session: Session, batch: int) -> Iterator[AuditEvent]:
 
 def export_jsonl(session: Session, batch: int = 5000) -> Iterator[str]:
     for row in _stream(session, batch):
-        yield canonical({"seq": row.seq, "at": row.at.isoformat(), "actor": row.actor, "action": row.action,
-                         "request_id": row.request_id, "details": json.loads(row.details),
-                         "prev_hash": row.prev_hash, "hash": row.hash})
+        yield exported(row)
+
+
+def page(session: Session, after: int, limit: int) -> list[AuditEvent]:
+    """Events after sequence number ``after``, oldest first, at most ``limit``."""
+    return list(session.exec(select(AuditEvent).where(AuditEvent.seq > after)
+                             .order_by(AuditEvent.seq).limit(limit)).all())
+
+
+def newest_seq(session: Session) -> int:
+    head = session.get(AuditHead, 1)
+    return head.seq if head is not None else 0
+
+
+def exported(row: AuditEvent) -> str:
+    """One event as ``jit audit export`` writes it (a line of canonical JSON)."""
+    return canonical({"seq": row.seq, "at": row.at.isoformat(), "actor": row.actor, "action": row.action,
+                      "request_id": row.request_id, "details": json.loads(row.details),
+                      "prev_hash": row.prev_hash, "hash": row.hash})

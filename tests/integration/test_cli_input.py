@@ -12,6 +12,7 @@ import pytest
 
 from app.cli.main import main
 from app.dev.sandbox import write_sandbox
+from tests.serving import dev_server
 
 pytestmark = pytest.mark.skipif(shutil.which("visudo", path=os.environ["PATH"] + ":/usr/sbin") is None,
                                 reason="sudo's visudo is not installed")
@@ -29,7 +30,9 @@ class Result:
 
 @pytest.fixture
 def sb(tmp_path: Path) -> Path:
-    return write_sandbox(tmp_path / "sb").parent
+    config = write_sandbox(tmp_path / "sb")
+    with dev_server(config):
+        yield config.parent
 
 
 @pytest.fixture

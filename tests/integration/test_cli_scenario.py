@@ -11,6 +11,7 @@ import pytest
 
 from app.dev.sandbox import write_sandbox
 from integrations.servicenow.simulator import Simulator, SimulatorOptions
+from tests.serving import dev_server
 
 pytestmark = pytest.mark.skipif(not Path("/usr/sbin/visudo").exists() and not
                                 subprocess.run(["which", "visudo"], capture_output=True).returncode == 0,
@@ -27,7 +28,11 @@ def sim():
 @pytest.fixture
 def jit(tmp_path, sim):
     config = write_sandbox(tmp_path / "sandbox", servicenow_url=sim.base_url)
+    with dev_server(config):  # the API on the sandbox's socket; each `jit` below is a client process
+        yield _runner(tmp_path, config)
 
+
+def _runner(tmp_path, config):
     def run(user, *args, expect=0):
         env = {**os.environ, "JIT_CONFIG": str(config)}
         env.pop("JIT_USER", None)
@@ -103,11 +108,12 @@ def test_audit_verify_fails_after_tampering(jit, tmp_path):
     assert "event 2 was altered" in out
 
 
-def test_impersonation_refused_without_the_flag(jit, tmp_path):
-    config = tmp_path / "sandbox" / "jit.toml"
-    config.write_text(config.read_text().replace("allow_impersonation = true", "allow_impersonation = false"))
-    out = jit("bob", "approve", "1", expect=2)
-    assert "allow_impersonation is false" in out
+def test_the_dev_server_records_every_impersonation(jit):
+    jit("alice", "request", "web-dev-01", "service-admin", "--duration", "10m", "--reason", "check nginx config")
+    [event] = [json.loads(line) for line in jit(None, "audit", "export").splitlines()
+               if json.loads(line)["action"] == "request.submitted"]
+    assert event["actor"] == "alice"
+    assert event["details"]["authenticated"] == f"dev-impersonation:alice by peer-uid:{os.getuid()}"
 
 
 def free_port() -> int:
@@ -138,8 +144,10 @@ def test_servicenow_acceptance_with_snow_sim_process(tmp_path):
             assert proc.returncode == expect, (args, proc.stdout, proc.stderr)
             return proc.stdout + proc.stderr
 
-        out = jit("engine", "--once")
+        out = jit("engine", "--once", "--config", str(config))
         assert "created 1 request(s)" in out and "outbox: sent 1" in out
+        served = dev_server(config)
+        served.__enter__()
         [grant] = json.loads(jit("list", "--json", user="erin"))
         assert (grant["state"], grant["requester"], grant["ticket"], grant["approval_model"]) == (
             "active", "alice", "CHG0000001", "servicenow")
@@ -155,6 +163,7 @@ def test_servicenow_acceptance_with_snow_sim_process(tmp_path):
                   "--reason", "start the TLS renewal early", user="alice", expect=1)
         assert "change_window" in out and "outside the change window" in out
         assert "no recent errors" in jit("sync", "status")
+        served.__exit__(None, None, None)
     finally:
         sim.terminate()
         sim.wait(timeout=10)

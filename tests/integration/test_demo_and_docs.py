@@ -24,11 +24,13 @@ def test_demo_runs_every_step_as_narrated(tmp_path: Path) -> None:
 def test_example_config_is_valid_and_names_every_key() -> None:
     path = ROOT / "config.example.toml"
     config = load_config(path)
-    assert config.settings.identity.allow_impersonation is False
+    assert "identity" not in tomllib.loads(path.read_text())  # allow_impersonation is gone
     data = tomllib.loads(path.read_text())
 
     def keys(model, prefix=""):
         for name, field in model.model_fields.items():
+            if name == "identity":
+                continue  # only there to refuse the old allow_impersonation with a sentence
             sub = field.annotation
             if isinstance(sub, type) and hasattr(sub, "model_fields") and name != "people":
                 yield from keys(sub, f"{prefix}{name}.")

@@ -16,11 +16,17 @@ from app.config import load_config
 from app.dev.sandbox import write_sandbox
 from app.queries.exposure import exposure
 from tests.conftest import T0
+from tests.serving import dev_server
 
 
 @pytest.fixture
 def sandbox(tmp_path):
     config = write_sandbox(tmp_path / "sb", servicenow_url=None)
+    with dev_server(config):
+        yield _jit(tmp_path, config)
+
+
+def _jit(tmp_path, config):
 
     def jit(user, *args, expect=0):
         out, err = io.StringIO(), io.StringIO()

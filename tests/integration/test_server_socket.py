@@ -81,11 +81,11 @@ def test_requests_are_read_over_the_socket_with_one_error_shape(server):
         bad = c.get("/v1/requests/one")
         bad_state = c.get("/v1/requests", params={"state": "actve"})
     assert shown.status_code == 200 and shown.json()["requester"] == "alice" and shown.json()["state"] == "active"
-    assert [v["id"] for v in listed.json()] == [rid]
+    assert [v["id"] for v in listed.json()["items"]] == [rid] and listed.json()["next"] is None
     assert missing.status_code == 404
     assert missing.json() == {"error": {"rule": "request", "message": "REQ-99999 does not exist", "field": None}}
-    assert bad.status_code == 400 and bad.json()["error"]["field"] == "id"
-    assert bad_state.status_code == 400 and bad_state.json()["error"]["field"] == "state"
+    assert bad.status_code == 422 and bad.json()["error"]["field"] == "id"
+    assert bad_state.status_code == 422 and bad_state.json()["error"]["field"] == "state"
 
 
 def test_a_path_that_is_not_a_socket_is_never_replaced(shared_dir):
@@ -109,8 +109,8 @@ def test_jit_server_serves_until_sigterm(shared_dir):
     where = Path(tempfile.mkdtemp(dir=shared_dir))
     config = write_sandbox(where / "sb", servicenow_url=None)
     sock = where / "run" / "jit.sock"
-    proc = subprocess.Popen([sys.executable, "-m", "app", "server", "--socket", str(sock)],
-                            env={**os.environ, "JIT_CONFIG": str(config)}, stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, "-m", "app", "server", "--dev", str(config.parent), "--socket", str(sock)],
+                            stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout.readline().strip() == f"serving on unix:{sock}"
         with client(sock) as c:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import io
 import os
+import pwd
 import shutil
 from contextlib import closing
 from datetime import timedelta
@@ -29,10 +30,10 @@ from app.bootstrap import build
 from app.cli.main import main
 from app.config import load_config
 from app.dev.sandbox import write_sandbox
-from app.domain.errors import IdentityError, Refused
-from app.identity import acting_user
+from app.domain.errors import Refused
 from app.queries.console import ConsoleData
 from app.store import audit
+from tests.serving import dev_server
 
 pytestmark = pytest.mark.skipif(shutil.which("visudo", path=os.environ["PATH"] + ":/usr/sbin") is None,
                                 reason="sudo's visudo is not installed")
@@ -46,16 +47,18 @@ class Sandbox:
     def __init__(self, root: Path, db_url: str, *, impersonation: bool = True) -> None:
         self.config = write_sandbox(root / "sb", servicenow_url=None)
         text = self.config.read_text().replace('url = ""', f'url = "{db_url}"', 1)
-        if not impersonation:
-            text = text.replace("allow_impersonation = true", "allow_impersonation = false", 1)
         text += "".join(f'\n[directory.people.{name}]\ngroups = {groups!r}\n'.replace("'", '"')
                         for name, groups in EXTRA_PEOPLE.items())
         self.config.write_text(text)
         self.sudoers = self.config.parent / "sudoers.d"
         self.env = {"JIT_CONFIG": str(self.config), "HOME": str(root), "PATH": os.environ["PATH"]}
         self.engine = sa.create_engine(db_url)
-        with closing(self.services()):  # creates the schema, as every jit command does on start
-            pass
+        self._server = dev_server(self.config, impersonation=impersonation)  # JIT_USER honoured only in dev mode
+        self._server.__enter__()
+
+    def close(self) -> None:
+        self._server.__exit__(None, None, None)
+        self.engine.dispose()
 
     def jit(self, *argv: str, user: str | None = None) -> tuple[int, str, str]:
         out, err = io.StringIO(), io.StringIO()
@@ -101,7 +104,7 @@ class Sandbox:
 def sb(tmp_path: Path, db_url: str):
     s = Sandbox(tmp_path, db_url)
     yield s
-    s.engine.dispose()
+    s.close()
 
 
 def assert_refused_and_unchanged(sb: Sandbox, before: dict, audit_before: list, *, refusal_event: tuple | None):
@@ -195,27 +198,26 @@ def test_review_by_the_bypasser_is_refused_even_for_a_reviewer(sb):
 # ------------------------------------------------------------------ impersonation
 @pytest.fixture
 def production(tmp_path: Path, db_url: str):
-    """The same installation with [identity] allow_impersonation = false, as production runs."""
+    """The same installation served without dev mode, as production runs."""
     s = Sandbox(tmp_path / "prod", db_url, impersonation=False)
     yield s
-    s.engine.dispose()
+    s.close()
 
 
-@pytest.mark.parametrize("argv", [["approve", "{rid}"], ["deny", "{rid}", "--reason", "no"], ["whoami"],
-                                  ["request", "web-dev-01", "service-admin", "--duration", "10m", "--reason", REASON],
-                                  ["console"]], ids=["approve", "deny", "whoami", "request", "console"])
-def test_impersonation_without_the_config_flag(production, argv, monkeypatch):
-    # If the rule broke, `jit console` would open the terminal UI and wait for keys: fail fast instead.
-    monkeypatch.setattr("app.cli.main.open_console", lambda sv, person, with_engine: 0)
+@pytest.mark.parametrize("argv", [["approve", "{rid}"], ["deny", "{rid}", "--reason", "no"],
+                                  ["request", "web-dev-01", "service-admin", "--duration", "10m", "--reason", REASON]],
+                         ids=["approve", "deny", "request"])
+def test_jit_user_changes_nothing_outside_dev_mode(production, argv):
+    """bob is a manager; a client setting JIT_USER=bob is still the account the kernel names."""
+    me = pwd.getpwuid(os.getuid()).pw_name
+    assert production.ok("whoami", user="bob").startswith(f"{me}  groups: (none)")
     rid = _pending_request(production)
     before, audit_before = production.state(), production.audit()
-    argv = [a.format(rid=rid) for a in argv]
-    err = refused_cli(production, *argv, user="bob", rc=2)  # bob is a manager: the identity alone refuses
-    assert err == (f"identity error: JIT_USER is set but [identity] allow_impersonation is false in "
-                   f"{production.config.resolve()}; refusing to act as another person")
-    assert_refused_and_unchanged(production, before, audit_before, refusal_event=None)
-    with closing(production.services()) as sv, pytest.raises(IdentityError, match="allow_impersonation is false"):
-        acting_user(sv.config, {"JIT_USER": "bob"})
+    code, out, err = production.jit(*[a.format(rid=rid) for a in argv], user="bob")
+    assert code == 1 and me in err and "bob" not in err, (code, out, err)
+    events = production.audit()[len(audit_before):]
+    assert [actor for _, actor, _ in events] in ([], [me])  # at most the refusal, and never as bob
+    assert production.state() == before
 
 
 def _pending_request(sb: Sandbox) -> int:

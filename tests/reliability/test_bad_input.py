@@ -42,6 +42,7 @@ from integrations.ldap import LdapBackend, dn_error
 from integrations.notify import NotifyError, Webhook
 from integrations.servicenow import query
 from integrations.servicenow.client import Credentials, ServiceNowClient, ServiceNowError
+from tests.serving import dev_server
 from integrations.servicenow.simulator import Simulator, SimulatorOptions
 from integrations.servicenow.tickets import Tickets
 from integrations.sudo import command_error
@@ -114,7 +115,8 @@ def world(tmp_path_factory: pytest.TempPathFactory):
     w = World(tmp_path_factory.mktemp("bad-input"))
     w.lc.submit("alice", "web-dev-01", "service-admin", timedelta(minutes=10), REASON)  # one real row to keep
     assert w.snapshot()["sudoers"] == ["jit_g1"]
-    yield w
+    with dev_server(w.config):  # the CLI's calls go to a server of its own, on the system clock, as before
+        yield w
     w.sv.close()
 
 
@@ -661,7 +663,7 @@ def test_mutated_config_file_is_refused_before_anything_is_written(tmp_path_fact
     except ConfigError as exc:
         assert exc.problems and all(p.strip() for p in exc.problems)
     out, err = io.StringIO(), io.StringIO()
-    rc = main(["whoami"], {"JIT_CONFIG": str(config), "JIT_USER": "alice", "HOME": str(root)}, out, err)
+    rc = main(["--config", str(config), "engine", "--once"], {"HOME": str(root)}, out, err)
     assert rc == 2 and err.getvalue().startswith("configuration error in "), err.getvalue()
     assert "Traceback" not in err.getvalue()
     assert all(line.startswith("  ") and ": " in line for line in err.getvalue().splitlines()[1:])
@@ -673,7 +675,7 @@ def test_odd_keys_never_split_or_disguise_a_problem_line(tmp_path):
     config = tmp_path / "jit.toml"
     config.write_text('"a\\nb" = 1\n[engine]\n"x\\u202ey" = 2\n')
     out, err = io.StringIO(), io.StringIO()
-    assert main(["whoami"], {"JIT_CONFIG": str(config), "JIT_USER": "alice"}, out, err) == 2
+    assert main(["--config", str(config), "engine", "--once"], {}, out, err) == 2
     assert sorted(err.getvalue().splitlines()[1:]) == ["  'a\\nb': unknown key", "  engine.'x\\u202ey': unknown key"]
     policy = tmp_path / "p.toml"
     policy.write_text('version = 1\n[environments.e]\nmax_duration = "1h"\n[tiers]\n[targets."t\\n1"]\n'

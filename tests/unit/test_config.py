@@ -1,4 +1,4 @@
-"""Finding, parsing and validating jit.toml; the acting identity; bad config through the CLI."""
+"""Finding the server, parsing and validating jit.toml, the person named by the kernel, bad config through the CLI."""
 from __future__ import annotations
 
 import os
@@ -9,10 +9,9 @@ from pathlib import Path
 import pytest
 
 from app.cli.main import main
-from app.config import find_config, load_config
+from app.config import load_config
 from app.dev.sandbox import write_sandbox
-from app.domain.errors import ConfigError, IdentityError
-from app.identity import acting_user
+from app.domain.errors import ConfigError
 
 
 def _write(path: Path, text: str = "") -> Path:
@@ -22,38 +21,37 @@ def _write(path: Path, text: str = "") -> Path:
 
 
 # ------------------------------------------------------------ search order
-@pytest.fixture
-def layout(tmp_path: Path) -> dict[str, Path]:
-    return {
-        "explicit": _write(tmp_path / "explicit.toml"),
-        "env": _write(tmp_path / "env.toml"),
-        "cwd": _write(tmp_path / "cwd" / "jit.toml").parent,
-        "xdg": _write(tmp_path / "xdg" / "jit" / "jit.toml"),
-        "home": _write(tmp_path / "home" / ".config" / "jit" / "jit.toml"),
-    }
-
-
-def test_search_order(layout: dict[str, Path], tmp_path: Path) -> None:
-    env = {"JIT_CONFIG": str(layout["env"]), "XDG_CONFIG_HOME": str(tmp_path / "xdg"),
-           "HOME": str(tmp_path / "home")}
-    cwd = layout["cwd"]
-    assert find_config(str(layout["explicit"]), env, cwd) == layout["explicit"]
-    assert find_config(None, env, cwd) == layout["env"]
+def test_a_client_finds_the_server_by_flag_then_environment_then_client_table(tmp_path: Path) -> None:
+    from app.client.connection import DEFAULT_SERVER, client_settings
+    explicit = _write(tmp_path / "explicit.toml", '[client]\nserver = "unix:///explicit.sock"\n')
+    env_file = _write(tmp_path / "env.toml", '[client]\nserver = "unix:///env.sock"\n')
+    _write(tmp_path / "xdg" / "jit" / "jit.toml", '[client]\nserver = "unix:///xdg.sock"\n')
+    env = {"JIT_SERVER": "unix:///var.sock", "JIT_CONFIG": str(env_file), "XDG_CONFIG_HOME": str(tmp_path / "xdg")}
+    assert client_settings("https://flag:8443", None, env).server == "https://flag:8443"
+    assert client_settings(None, str(explicit), env).server == "unix:///var.sock"
+    del env["JIT_SERVER"]
+    assert client_settings(None, str(explicit), env).server == "unix:///explicit.sock"
+    assert client_settings(None, None, env).server == "unix:///env.sock"
     del env["JIT_CONFIG"]
-    assert find_config(None, env, cwd) == cwd / "jit.toml"
-    empty = tmp_path / "empty"
-    empty.mkdir()
-    assert find_config(None, env, empty) == layout["xdg"]
-    del env["XDG_CONFIG_HOME"]
-    assert find_config(None, env, empty) == layout["home"]
+    assert client_settings(None, None, env).server == "unix:///xdg.sock"
+    assert client_settings(None, None, {"HOME": str(tmp_path / "nohome")}).server == DEFAULT_SERVER
 
 
-def test_no_config_found_says_how_to_create_one(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError) as info:
-        find_config(None, {"HOME": str(tmp_path / "nohome")}, tmp_path)
-    assert len(info.value.problems) == 1
-    assert "jit init --sandbox" in info.value.problems[0]
-    assert str(tmp_path / "jit.toml") in info.value.problems[0]  # says where it looked
+def test_a_clients_table_with_unknown_keys_is_refused_by_name(tmp_path: Path) -> None:
+    from app.client.connection import client_settings
+    bad = _write(tmp_path / "c.toml", '[client]\nserver = "unix:///x.sock"\nsevrer = "typo"\n')
+    with pytest.raises(ConfigError, match="client.sevrer: unknown key"):
+        client_settings(None, str(bad), {})
+
+
+def test_the_server_and_engine_never_read_a_config_from_the_current_directory(tmp_path: Path,
+                                                                               monkeypatch) -> None:
+    planted = _write(tmp_path / "shared" / "jit.toml", '[backends.sudo]\nvisudo = "./evil"\n')
+    monkeypatch.chdir(planted.parent)
+    out, err = io.StringIO(), io.StringIO()
+    env = {"HOME": str(tmp_path), "JIT_CONFIG": str(planted)}
+    assert main(["engine", "--once"], env, out, err) == 2
+    assert "/etc/jit/jit.toml" in err.getvalue() and str(planted) not in err.getvalue()
 
 
 # -------------------------------------------------------------- validation
@@ -87,7 +85,7 @@ def test_every_problem_is_reported_with_its_key_path(tmp_path: Path) -> None:
         assert sum(p.startswith(key) for p in problems) == 1, (key, problems)
 
 
-def test_allow_impersonation_must_be_a_real_boolean(tmp_path: Path) -> None:
+def test_allow_impersonation_is_refused_with_the_rest(tmp_path: Path) -> None:
     problems = _problems(_write(tmp_path / "jit.toml", BAD))
     assert len(problems) == 5, problems
     assert any(p.startswith("identity.allow_impersonation:") for p in problems)
@@ -126,7 +124,7 @@ def test_explicit_database_url_is_kept(tmp_path: Path) -> None:
 def test_cli_bad_config_exits_2_and_starts_nothing(tmp_path: Path) -> None:
     bad = _write(tmp_path / "jit.toml", BAD + '\n[paths]\ndata_dir = "data"\npolicy = "policy.toml"\n')
     out, err = io.StringIO(), io.StringIO()
-    rc = main(["--config", str(bad), "list"], {"HOME": str(tmp_path)}, out, err)
+    rc = main(["--config", str(bad), "engine", "--once"], {"HOME": str(tmp_path)}, out, err)
     assert rc == 2
     for key in ("database.ulr", "database.url", "engine.poll_interval", "directory.people.Bad Name"):
         assert key in err.getvalue()
@@ -135,55 +133,51 @@ def test_cli_bad_config_exits_2_and_starts_nothing(tmp_path: Path) -> None:
     assert not list(tmp_path.rglob("*.db"))
 
 
+def test_allow_impersonation_is_gone_with_a_sentence_saying_where(tmp_path: Path) -> None:
+    for value in ("true", "false"):
+        problems = _problems(_write(tmp_path / value / "jit.toml", f"[identity]\nallow_impersonation = {value}\n"))
+        assert len(problems) == 1 and problems[0].startswith("identity.allow_impersonation: no longer exists")
+        assert "jit server --dev" in problems[0]
+
+
+def test_no_server_is_one_line_naming_the_url_exit_5(tmp_path: Path) -> None:
+    out, err = io.StringIO(), io.StringIO()
+    url = f"unix://{tmp_path}/absent.sock"
+    assert main(["--server", url, "list"], {"HOME": str(tmp_path)}, out, err) == 5
+    assert err.getvalue() == f"error: no jit server answers at {url} (No such file or directory)\n"
+    assert out.getvalue() == ""
+
+
 # ---------------------------------------------------------------- identity
-def _identity_config(tmp_path: Path, allow: bool):
-    return load_config(_write(tmp_path / "jit.toml", f"[identity]\nallow_impersonation = {str(allow).lower()}\n"))
+def _served(tmp_path: Path, *, impersonation: bool):
+    from tests.serving import dev_server
+    return dev_server(write_sandbox(tmp_path / "sb"), impersonation=impersonation)
 
 
-def test_jit_user_honoured_only_with_impersonation(tmp_path: Path) -> None:
-    allowed = _identity_config(tmp_path / "a", True)
-    assert acting_user(allowed, {"JIT_USER": "bob"}) == "bob"
-    assert acting_user(allowed, {}) == pwd.getpwuid(os.getuid()).pw_name
-    denied = _identity_config(tmp_path / "d", False)
-    assert acting_user(denied, {}) == pwd.getpwuid(os.getuid()).pw_name
-    with pytest.raises(IdentityError, match="allow_impersonation"):
-        acting_user(denied, {"JIT_USER": "bob"})
-
-
-@pytest.mark.parametrize("name", ["Bob; rm", "bob\n", "../root", "Alice", "a" * 40])
-def test_invalid_jit_user_refused(tmp_path: Path, name: str) -> None:
-    with pytest.raises(IdentityError, match="not a valid account name"):
-        acting_user(_identity_config(tmp_path, True), {"JIT_USER": name})
-
-
-def test_cli_impersonation_refused_when_disabled(tmp_path: Path) -> None:
-    cfg = write_sandbox(tmp_path / "sb")
-    cfg.write_text(cfg.read_text().replace("allow_impersonation = true", "allow_impersonation = false"))
+@pytest.mark.parametrize("name", ["Bob; rm", "../root", "Alice", "a" * 40])
+def test_invalid_jit_user_refused_by_the_dev_server(tmp_path: Path, name: str) -> None:
     out, err = io.StringIO(), io.StringIO()
-    rc = main(["whoami"], {"JIT_CONFIG": str(cfg), "JIT_USER": "alice", "HOME": str(tmp_path)}, out, err)
-    assert rc == 2
-    assert "allow_impersonation" in err.getvalue()
-    assert "alice" not in out.getvalue()
-
-
-def test_cli_invalid_jit_user_refused(tmp_path: Path) -> None:
-    cfg = write_sandbox(tmp_path / "sb")
-    out, err = io.StringIO(), io.StringIO()
-    rc = main(["whoami"], {"JIT_CONFIG": str(cfg), "JIT_USER": "Bob; rm", "HOME": str(tmp_path)}, out, err)
+    with _served(tmp_path, impersonation=True):
+        rc = main(["whoami"], {"JIT_CONFIG": str(tmp_path / "sb" / "jit.toml"), "JIT_USER": name}, out, err)
     assert rc == 2
     assert "not a valid account name" in err.getvalue()
     assert out.getvalue() == ""
 
 
-def test_the_acting_user_is_the_kernels_not_the_environments(tmp_path: Path, monkeypatch) -> None:
+def test_the_person_is_the_kernels_not_the_environments(tmp_path: Path) -> None:
+    """Without dev mode, JIT_USER, LOGNAME and USER change nothing: the peer uid decides."""
     real = pwd.getpwuid(os.getuid()).pw_name
-    for name in ("LOGNAME", "USER", "LNAME", "USERNAME"):  # what getpass.getuser() reads first
-        monkeypatch.setenv(name, "bob" if real != "bob" else "alice")
-    assert acting_user(_identity_config(tmp_path, False), dict(os.environ)) == real
+    other = "bob" if real != "bob" else "alice"
+    env = {"JIT_CONFIG": str(tmp_path / "sb" / "jit.toml"), "JIT_USER": other, "LOGNAME": other, "USER": other}
+    out, err = io.StringIO(), io.StringIO()
+    with _served(tmp_path, impersonation=False):
+        assert main(["whoami"], env, out, err) == 0, err.getvalue()
+    assert out.getvalue().startswith(f"{real}  groups:")
+    assert f"(authenticated by peer-uid:{os.getuid()})" in out.getvalue()
 
 
 def test_a_config_or_policy_others_can_write_is_refused(tmp_path: Path) -> None:
-    config = _write(tmp_path / "jit.toml", "[identity]\nallow_impersonation = false\n")
+    config = _write(tmp_path / "jit.toml", "[logging]\nlevel = \"INFO\"\n")
     config.chmod(0o666)
     with pytest.raises(ConfigError, match=r"config: writable by group or others") as exc:
         load_config(config)
