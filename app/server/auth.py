@@ -1,11 +1,13 @@
 """Who is calling: the uid the kernel reports for the Unix-socket connection (``SO_PEERCRED``),
-mapped through the account database. Never a header, a body or an environment variable."""
+mapped through the account database; over TCP (``[server] listen``), a verified client certificate
+or an OIDC bearer token, checked by ``REMOTE`` (app/server/remote.py). Never a name in a header, a
+body or an environment variable."""
 from __future__ import annotations
 
 import socket
 import struct
 from dataclasses import dataclass
-from typing import Awaitable, Callable
+from typing import Awaitable, Callable, Protocol
 
 from aiohttp import web
 
@@ -24,6 +26,17 @@ class Principal:
 PRINCIPAL = web.RequestKey("principal", Principal)  # set by ``authenticate`` before any handler runs
 
 
+class Remote(Protocol):
+    """Names TCP callers (app/server/remote.py); ``serve()`` sets one as ``REMOTE`` when it listens on TCP."""
+
+    async def principal(self, request: web.Request) -> Principal: ...  # IdentityError when it cannot
+
+    async def refused(self, request: web.Request, reason: IdentityError) -> None: ...  # audits a 401
+
+
+REMOTE = web.AppKey("remote", Remote)
+
+
 def peer_principal(request: web.Request) -> Principal:
     sock = request.transport.get_extra_info("socket") if request.transport else None
     if sock is None or sock.family != socket.AF_UNIX:
@@ -32,12 +45,21 @@ def peer_principal(request: web.Request) -> Principal:
     return Principal(account_name(uid), f"peer-uid:{uid}")
 
 
+def _tcp(request: web.Request) -> bool:
+    sock = request.transport.get_extra_info("socket") if request.transport else None
+    return sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6)
+
+
 @web.middleware
 async def authenticate(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
                        ) -> web.StreamResponse:
-    """Runs before every handler: the principal is set from the kernel or the request is 401."""
+    """Runs before every handler: the principal is set from the kernel (Unix socket) or by ``REMOTE``
+    (TCP), or the request is 401 (on TCP, audited)."""
+    remote = request.app.get(REMOTE) if _tcp(request) else None
     try:
-        request[PRINCIPAL] = peer_principal(request)
+        request[PRINCIPAL] = await remote.principal(request) if remote is not None else peer_principal(request)
     except IdentityError as exc:
+        if remote is not None:
+            await remote.refused(request, exc)
         return web.json_response({"error": {"rule": "identity", "message": str(exc), "field": None}}, status=401)
     return await handler(request)
