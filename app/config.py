@@ -6,12 +6,16 @@
 """
 from __future__ import annotations
 
+import ipaddress
 import os
+import re
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Literal, Mapping
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, field_validator
+from pydantic import (BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationInfo, field_validator,
+                      model_validator)
 
 from app.domain.errors import ConfigError
 from policies.loader import PolicyError, build, parse_toml
@@ -49,10 +53,6 @@ class Identity(_Strict):
             raise ValueError("no longer exists: the person is the one the kernel, a certificate or a token "
                              "names; only 'jit server --dev DIR' lets a client play someone (remove this key)")
         return None
-
-
-class Server(_Strict):
-    socket: str = "/run/jit/jit.sock"  # 0666 inside a 0755 directory: who may do what is decided per call
 
 
 class Client(_Strict):
@@ -187,6 +187,137 @@ class Console(_Strict):
 
 class Logging(_Strict):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+
+# Only asymmetric JOSE algorithms: with "none" nobody signs, and with HS* the verifier's key is a
+# shared secret, so a server holding the IdP's *public* key would accept tokens anyone can sign.
+JoseAlgorithm = Literal["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"]
+_JOSE = set(JoseAlgorithm.__args__)  # type: ignore[attr-defined]
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class Oidc(_Strict):
+    """Bearer tokens from one OpenID Connect provider (``[server.oidc]``); off while every key is empty.
+    Cross-field rules are field validators reading the fields declared before them (``info.data``),
+    so each problem is reported at its own key (``server.oidc.audience: required ...``)."""
+
+    issuer: str = ""               # the exact "iss" of its tokens, e.g. https://idp.example.org/realms/ops
+    audience: str = Field(default="", validate_default=True)   # the "aud" its tokens carry for jit
+    jwks_url: str = ""             # its signing keys over https (plain http only on loopback)...
+    jwks_file: str = Field(default="", validate_default=True)  # ...or a JWKS JSON file; exactly one of the two
+    username_claim: str = Field(default="preferred_username", pattern=r"^[A-Za-z_][A-Za-z0-9_.:-]{0,63}$")
+    algorithms: tuple[JoseAlgorithm, ...] = ("RS256", "ES256")  # the only ones a token may use
+    leeway: Duration = timedelta(seconds=30)  # clock skew allowed on exp / nbf / iat
+
+    @field_validator("audience")
+    @classmethod
+    def _audience(cls, value: str, info: ValidationInfo) -> str:
+        if info.data.get("issuer") and not value:
+            raise ValueError("required when issuer is set (tokens for other clients must not count)")
+        return value
+
+    @field_validator("jwks_url")
+    @classmethod
+    def _keys_url(cls, value: str) -> str:
+        if not value:
+            return value
+        url = urlsplit(value)
+        if url.scheme == "https" and url.hostname:
+            return value
+        if url.scheme == "http" and url.hostname and _loopback(url.hostname):
+            return value
+        raise ValueError("must be an https:// URL (http:// only on loopback): the keys decide who may act")
+
+    @field_validator("jwks_file")
+    @classmethod
+    def _one_source(cls, value: str, info: ValidationInfo) -> str:
+        if info.data.get("issuer") and "jwks_url" in info.data and bool(info.data["jwks_url"]) == bool(value):
+            raise ValueError("set exactly one of jwks_url and jwks_file")
+        return value
+
+    @field_validator("algorithms", mode="before")
+    @classmethod
+    def _asymmetric(cls, value: object) -> object:
+        if isinstance(value, (list, tuple)) and not value:
+            raise ValueError("name at least one algorithm")
+        for alg in value if isinstance(value, (list, tuple)) else ():
+            if isinstance(alg, str) and alg not in _JOSE and (alg.lower() == "none" or alg.upper().startswith("HS")):
+                raise ValueError(f"{alg!r} is refused: only asymmetric algorithms ({', '.join(sorted(_JOSE))}); "
+                                 "with 'none' or HS* anyone could mint a token")
+        return value
+
+    @field_validator("leeway")
+    @classmethod
+    def _small(cls, value: timedelta) -> timedelta:
+        if not timedelta(0) <= value <= timedelta(minutes=5):
+            raise ValueError("must be between 0s and 5m")
+        return value
+
+    @model_validator(mode="after")
+    def _issuer(self) -> "Oidc":
+        if not self.issuer and (self.audience or self.jwks_url or self.jwks_file):
+            raise ValueError("issuer is required when any other [server.oidc] key is set")
+        return self
+
+
+class Server(_Strict):
+    """``jit server``: the Unix socket always; TCP with TLS when ``listen`` is set. Fields are declared
+    in the order their cross-field validators read them (see ``Oidc``)."""
+
+    socket: str = "/run/jit/jit.sock"  # 0666 inside a 0755 directory: who may do what is decided per call
+    listen: str = ""               # "HOST:PORT" ("[::1]:8443" for IPv6): TCP with TLS beside the socket
+    tls_cert: str = Field(default="", validate_default=True)   # the server's certificate chain (PEM)
+    tls_key: str = Field(default="", validate_default=True)    # its private key (PEM, chmod 600)
+    oidc: Oidc = Oidc()            # callers proven by a bearer token...
+    client_ca: str = Field(default="", validate_default=True)  # ...or by a client certificate from this CA (PEM)
+    cert_identity: Literal["cn", "email", "dns", "uri"] = "cn"  # which name in the certificate is the person
+
+    @field_validator("listen")
+    @classmethod
+    def _host_port(cls, value: str) -> str:
+        if value:
+            split_listen(value)
+        return value
+
+    @field_validator("tls_cert", "tls_key")
+    @classmethod
+    def _tls(cls, value: str, info: ValidationInfo) -> str:
+        if info.data.get("listen") and not value:
+            raise ValueError("required when listen is set (TCP is served only with TLS)")
+        return value
+
+    @field_validator("client_ca")
+    @classmethod
+    def _proof(cls, value: str, info: ValidationInfo) -> str:
+        oidc = info.data.get("oidc")
+        if info.data.get("listen") and not value and oidc is not None and not oidc.issuer:
+            raise ValueError("required when listen is set, unless [server.oidc] is configured: "
+                             "a TCP caller must be proven by a certificate or a token")
+        return value
+
+
+def split_listen(value: str) -> tuple[str, int]:
+    """``"HOST:PORT"`` (``"[::1]:8443"``) as ``(host, port)``; ValueError saying what is wrong."""
+    host, sep, port = value.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError(f"{value!r}: {host!r} is not an IPv6 address") from None
+    elif ":" in host:
+        raise ValueError(f"{value!r}: write an IPv6 address in brackets, e.g. [::1]:8443")
+    if not sep or not host or not re.fullmatch(r"[A-Za-z0-9.:-]{1,253}", host):
+        raise ValueError(f"{value!r} is not HOST:PORT (e.g. 0.0.0.0:8443 or [::1]:8443)")
+    if not (port.isdigit() and 1 <= int(port) <= 65535):
+        raise ValueError(f"{value!r}: the port must be 1-65535")
+    return host, int(port)
 
 
 class Settings(_Strict):

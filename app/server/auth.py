@@ -1,13 +1,15 @@
 """Who is calling: the uid the kernel reports for the Unix-socket connection (``SO_PEERCRED``),
-mapped through the account database. Never a header, a body or an environment variable, except
-in dev mode (``jit server --dev``), where the ``X-Jit-User`` header a client sends from its
-``JIT_USER`` names the person it plays, recorded as impersonated by the real caller."""
+mapped through the account database; over TCP (``[server] listen``), a verified client certificate
+or an OIDC bearer token, checked by ``REMOTE`` (app/server/remote.py). Never a name in a header, a
+body or an environment variable, except in dev mode (``jit server --dev``, Unix socket only), where
+the ``X-Jit-User`` header a client sends from its ``JIT_USER`` names the person it plays, recorded
+as impersonated by the real caller."""
 from __future__ import annotations
 
 import re
 import socket
 import struct
-from typing import Awaitable, Callable
+from typing import Awaitable, Callable, Protocol
 
 from aiohttp import web
 
@@ -21,6 +23,17 @@ IMPERSONATE_HEADER = "X-Jit-User"
 
 PRINCIPAL = web.RequestKey("principal", Principal)  # set by ``authenticate`` before any handler runs
 IMPERSONATION = web.AppKey("impersonation", bool)  # dev mode only
+
+
+class Remote(Protocol):
+    """Names TCP callers (app/server/remote.py); ``serve()`` sets one as ``REMOTE`` when it listens on TCP."""
+
+    async def principal(self, request: web.Request) -> Principal: ...  # IdentityError when it cannot
+
+    async def refused(self, request: web.Request, reason: IdentityError) -> None: ...  # audits a 401
+
+
+REMOTE = web.AppKey("remote", Remote)
 
 
 def peer_principal(request: web.Request) -> Principal:
@@ -39,17 +52,27 @@ def impersonated(request: web.Request, real: Principal) -> Principal:
     if not re.fullmatch(PERSON, person):
         raise IdentityError(f"user name {person[:40]!r} is not a valid account name ({IMPERSONATE_HEADER})")
     return Principal(person, f"dev-impersonation:{person} by {real.how}")
+def _tcp(request: web.Request) -> bool:
+    sock = request.transport.get_extra_info("socket") if request.transport else None
+    return sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6)
 
 
 @web.middleware
 async def authenticate(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
                        ) -> web.StreamResponse:
-    """Runs before every handler: the principal is set from the kernel or the request is 401."""
+    """Runs before every handler: the principal is set from the kernel (Unix socket) or by ``REMOTE``
+    (TCP), or the request is 401 (on TCP, audited)."""
+    remote = request.app.get(REMOTE) if _tcp(request) else None
     try:
-        principal = peer_principal(request)
-        if request.app.get(IMPERSONATION):
-            principal = impersonated(request, principal)
+        if remote is not None:
+            principal = await remote.principal(request)
+        else:
+            principal = peer_principal(request)
+            if request.app.get(IMPERSONATION):
+                principal = impersonated(request, principal)
         request[PRINCIPAL] = principal
     except IdentityError as exc:
+        if remote is not None:
+            await remote.refused(request, exc)
         return web.json_response({"error": {"rule": "identity", "message": str(exc), "field": None}}, status=401)
     return await handler(request)

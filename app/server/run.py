@@ -1,7 +1,9 @@
-"""``jit server``: the API on a Unix socket, beside the engine, until told to stop."""
+"""Serving the API on a Unix socket (``jit server``), and on TCP with TLS when ``[server] listen`` is
+set, beside the engine, until told to stop."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
 import stat
@@ -13,9 +15,12 @@ from aiohttp import web
 
 from app.domain.errors import ConfigError
 from app.server.api import make_app
+from app.server.auth import REMOTE
 
 if TYPE_CHECKING:
     from app.bootstrap import Services
+
+log = logging.getLogger("jit.server")
 
 
 def _prepare(socket_path: Path) -> None:
@@ -33,15 +38,26 @@ def _prepare(socket_path: Path) -> None:
 def serve(services: Services, socket_path: Path, stop: threading.Event, *,
           ready: Callable[[], None] | None = None, impersonation: bool = False) -> None:
     """Listen on ``socket_path`` (0666: who may do what is decided per request, by peer uid) until
-    ``stop`` is set. The caller runs the engine. ``impersonation``: dev mode only."""
+    ``stop`` is set (``impersonation``: dev mode only); with ``[server] listen``, also on that TCP address with TLS, callers proven by a
+    client certificate or a bearer token (app/server/remote.py). The caller runs the engine."""
+    tcp = None
+    if services.config.settings.server.listen:
+        from app.server.remote import tcp_listener  # PyJWT and cryptography only when TCP is served
+        tcp = tcp_listener(services)  # a bad certificate, key, CA or JWKS stops us before anything listens
     _prepare(socket_path)
 
     async def main() -> None:
-        runner = web.AppRunner(make_app(services, impersonation=impersonation), handle_signals=False)
+        app = make_app(services, impersonation=impersonation)
+        if tcp is not None:
+            app[REMOTE] = tcp.remote
+        runner = web.AppRunner(app, handle_signals=False)
         await runner.setup()
         try:
             await web.UnixSite(runner, str(socket_path)).start()
             os.chmod(socket_path, 0o666)
+            if tcp is not None:
+                await web.TCPSite(runner, tcp.host, tcp.port, ssl_context=tcp.context).start()
+                log.info("serving TLS on %s", services.config.settings.server.listen)
             if ready is not None:
                 ready()
             await asyncio.get_running_loop().run_in_executor(None, stop.wait)

@@ -8,7 +8,8 @@ import sys
 
 import pytest
 
-HEAVY = ["textual", "boto3", "botocore", "ldap3", "pysnow", "pypsrp", "apscheduler", "httpx", "aiohttp"]
+HEAVY = ["textual", "boto3", "botocore", "ldap3", "pysnow", "pypsrp", "apscheduler", "httpx", "aiohttp",
+         "jwt", "cryptography"]  # the last two: the TCP listener's, loaded only when the server listens on TCP
 
 
 def loaded_after(statement: str, heavy: list[str] = HEAVY) -> list[str]:
@@ -42,3 +43,8 @@ def test_the_client_probe_sees_the_database_library():  # ...and it can fail: a 
 
 def test_the_probe_sees_a_heavy_import():  # the check above can fail: opening the console does load Textual
     assert "textual" in loaded_after("import app.tui.launch")
+
+
+def test_the_server_loads_the_jose_and_x509_libraries_only_for_tcp():
+    assert {"jwt", "cryptography"} & set(loaded_after("import app.server.run")) == set()
+    assert {"jwt", "cryptography"} <= set(loaded_after("import app.server.remote"))
