@@ -36,6 +36,7 @@ bench: $(STAMP)
 	$(PY) tests/benchmarks/revocation_lag.py
 	$(PY) tests/benchmarks/console_bench.py
 	$(PY) tests/benchmarks/cli_startup.py
+	$(PY) tests/benchmarks/api_latency.py
 	$(PY) tests/benchmarks/engines_split.py
 	$(PY) tests/benchmarks/fuzz_inputs.py --inputs 10000 --seed 1
 

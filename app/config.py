@@ -277,6 +277,8 @@ class Server(_Strict):
     oidc: Oidc = Oidc()            # callers proven by a bearer token...
     client_ca: str = Field(default="", validate_default=True)  # ...or by a client certificate from this CA (PEM)
     cert_identity: Literal["cn", "email", "dns", "uri"] = "cn"  # which name in the certificate is the person
+    rate_limit: StrictInt = Field(default=50, ge=1, le=100_000)   # calls a second per person, past the burst...
+    rate_burst: StrictInt = Field(default=200, ge=1, le=100_000)  # ...then 429 with Retry-After
 
     @field_validator("listen")
     @classmethod

@@ -183,13 +183,13 @@ ROUTE = {r.path: r for r in ROUTES if r.method == "GET"}
 STREAMS = {"/v1/audit/export": audit_export, "/v1/events": event_stream, "/v1/openapi.json": serve_openapi}
 
 
-def make_app(services: Services, *, workers: int = 8, rate: float = 50.0, burst: int = 200,
-             impersonation: bool = False) -> web.Application:
+def make_app(services: Services, *, workers: int = 8, impersonation: bool = False) -> web.Application:
     """The API over ``services``; ``impersonation`` only for ``jit server --dev``."""
+    settings = services.config.settings.server
     app = web.Application(middlewares=[errors, authenticate, rate_limit], client_max_size=MAX_BODY)
     app[SERVICES] = services
     app[POOL] = ThreadPoolExecutor(workers, thread_name_prefix="jit-api")
-    app[LIMIT] = RateLimit(rate, burst)
+    app[LIMIT] = RateLimit(settings.rate_limit, settings.rate_burst)
     app[events.HUB] = events.Hub(lambda: audit_queries.newest_seq(services.store), app[POOL])
     app[IMPERSONATION] = impersonation
     for route in ROUTES:

@@ -41,6 +41,8 @@ class Hub:
             try:
                 seq = await loop.run_in_executor(self._pool, self._newest)
                 failures = 0
+            except RuntimeError:  # the pool is shut down: the server is stopping
+                return
             except Exception as exc:  # the database is down: streams wait, the watcher backs off
                 failures += 1
                 if failures == 1:

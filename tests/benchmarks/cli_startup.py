@@ -1,16 +1,16 @@
 """Wall time of a CLI call against a bare interpreter, measured in the same run.
 
-Writes a sandbox (``jit init --sandbox``, ServiceNow off so nothing waits on the network), then
-times, ``--repeat`` times each, interleaved: ``python -c pass``; ``python -c "import app.cli.main"``
-(what the entry point imports before it reads a config); and ``jit list`` as alice (the whole
-command: config, policy, the store opened and migrated, the query, the table printed). Prints the
+Starts ``jit server --dev`` on a fresh sandbox (ServiceNow off so nothing waits on the network),
+then times, ``--repeat`` times each, interleaved: ``python -c pass``; ``python -c "import
+app.cli.main"`` (what the entry point imports); ``jit list`` and ``jit request`` as alice (the whole
+client command: the call over the Unix socket, the server's work, the answer printed). Prints the
 median and best of each and the median as a ratio to ``python -c pass``, and which heavy modules a
 ``jit list`` loaded.
 
     .venv/bin/python tests/benchmarks/cli_startup.py [--repeat 15]
 
-Goal (issue 13): the CLI imports lazily; the server issue's thin client takes ``jit list`` to
-about 3x a bare interpreter. Not part of `make test`; `make bench` runs it.
+Goal (issue 14): ``jit list`` and ``jit request`` <= 3x a bare interpreter. Not part of `make
+test`; `make bench` runs it.
 """
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 HEAVY = ("textual", "boto3", "botocore", "ldap3", "pysnow", "pypsrp", "apscheduler", "httpx", "alembic",
-         "sqlalchemy", "pydantic")
+         "sqlalchemy", "pydantic", "aiohttp")
 
 
 def timed(argv: list[str], env: dict[str, str]) -> float:
@@ -42,14 +42,18 @@ def main() -> int:
     py = sys.executable
     with tempfile.TemporaryDirectory(prefix="jit-cli-bench-") as tmp:
         env = {**os.environ, "PYTHONPATH": str(ROOT), "JIT_USER": "alice"}
-        subprocess.run([py, "-m", "app", "init", "--sandbox", tmp, "--servicenow-url", "off"], env=env, cwd=ROOT,
-                       check=True, stdout=subprocess.DEVNULL)
-        env["JIT_CONFIG"] = str(Path(tmp) / "jit.toml")
-        jit_list = [py, "-c", "import sys; from app.cli.main import main; sys.exit(main(['list']))"]
-        subprocess.run(jit_list, env=env, cwd=ROOT, check=True, stdout=subprocess.DEVNULL)  # migrates once
+        server = subprocess.Popen([py, "-m", "app", "server", "--dev", tmp], env=env, cwd=ROOT, text=True,
+                                  stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        assert server.stdout.readline().startswith("serving on"), "jit server --dev did not start"
+        env["JIT_CONFIG"] = str(Path(tmp) / "jit.toml")  # its [client] table names the server's socket
+        run = "import sys; from app.cli.main import main; sys.exit(main(sys.argv[1:]))"
+        jit_list = [py, "-c", run, "list"]
+        jit_request = [py, "-c", run, "request", "web-prod-01", "service-admin", "--duration", "1h", "--ticket",
+                       "CHG0000001", "--reason", "restart nginx after the TLS renewal"]  # pending: no limit reached
+        subprocess.run(jit_list, env=env, cwd=ROOT, check=True, stdout=subprocess.DEVNULL)  # warms the server
         cases = {"python -c pass": [py, "-c", "pass"],
                  "import app.cli.main": [py, "-c", "import app.cli.main"],
-                 "jit list": jit_list}
+                 "jit list": jit_list, "jit request": jit_request}
         times: dict[str, list[float]] = {name: [] for name in cases}
         for _ in range(args.repeat):  # interleaved, so a noisy moment hits every case alike
             for name, argv in cases.items():
@@ -58,6 +62,8 @@ def main() -> int:
                  f"print(json.dumps([m for m in {HEAVY!r} if m in sys.modules]), file=sys.stderr)")
         loaded = json.loads(subprocess.run([py, "-c", probe], env=env, cwd=ROOT, check=True, capture_output=True,
                                            text=True).stderr.strip().splitlines()[-1])
+        server.terminate()
+        server.wait(20)
     base = statistics.median(times["python -c pass"])
     print(f"CLI start-up, {args.repeat} runs each, interleaved (wall time; ratio of medians to python -c pass)")
     print(f"{'command':24} {'median ms':>10} {'best ms':>9} {'ratio':>7}")

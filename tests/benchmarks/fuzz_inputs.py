@@ -157,8 +157,12 @@ class World:
         self.webhook = Webhook(f"http://127.0.0.1:{self.hook_server.server_address[1]}/hook", timeout=2)
         self.env = {"JIT_CONFIG": str(self.config), "JIT_USER": "alice", "HOME": str(tmp),
                     "PATH": "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin"}
+        from tests.serving import dev_server
+        self.served = dev_server(self.config)  # the CLI's calls go to a dev server on this sandbox
+        self.served.__enter__()
 
     def close(self) -> None:
+        self.served.__exit__(None, None, None)
         self.webhook.close()
         self.hook_server.shutdown()
         self.client.close()

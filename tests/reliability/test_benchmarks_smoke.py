@@ -28,6 +28,7 @@ CASES = {
                          ["start", "to", "drawn"]),
     "fuzz_inputs.py": (["--inputs", "10"], "entry point", ["total"]),
     "cli_startup.py": (["--repeat", "1"], "CLI start-up", ["jit", "list"]),
+    "api_latency.py": (["--clients", "3", "--rounds", "1", "--postgres", ""], "API latency", ["SQLite"]),
     "engines_split.py": (["--grants", "6", "--latency-ms", "1", "--postgres", PG_URL], "expired grants",
                          ["|", "3", "|"]),
 }

@@ -81,13 +81,13 @@ def test_engines_share_the_work_and_take_over_a_dead_ones_claims(tmp_path, pg_ur
     config = sandbox(tmp_path, pg_url)
     sv = build(load_config(config))  # migrates the schema once, before the engines start
     sudoers = config.parent / "sudoers.d"
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "JIT_CONFIG": str(config)}
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
     engines: list[subprocess.Popen] = []
     try:
         for n, failpoint in enumerate(["revoke.before_backend", None, None]):
             log = open(tmp_path / f"engine{n}.log", "w")
             engines.append(subprocess.Popen(
-                [*(prefix if failpoint else []), sys.executable, "-m", "app", "engine"], stdout=log,
+                [*(prefix if failpoint else []), sys.executable, "-m", "app", "engine", "--config", str(config)], stdout=log,
                 stderr=subprocess.STDOUT, env={**env, **({"JIT_FAILPOINTS": failpoint} if failpoint else {})}))
         doomed, survivors = engines[0], engines[1:]
         host = OTHER_HOST if prefix else os.uname().nodename
