@@ -157,6 +157,16 @@ class Client:
             self._conn.close()
             self._conn = None
 
+    def interrupt(self) -> None:
+        """From another thread: end a stream this client is reading (``lines()`` then returns)."""
+        conn = self._conn
+        sock = conn.sock if conn is not None else None
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
     def __enter__(self) -> "Client":
         return self
 
