@@ -231,7 +231,7 @@ def print_outcome(o: Outcome, out: TextIO) -> None:
 
 
 # ---------------------------------------------------------------- commands
-LOCAL = {"init", "demo", "snow-sim", "server", "engine", "console"}
+LOCAL = {"init", "demo", "snow-sim", "server", "engine"}
 
 
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None,
@@ -292,16 +292,6 @@ def _local_command(args: argparse.Namespace, environ: Mapping[str, str], out: Te
         return _snow_sim(args, environ, out)
     if args.command == "policy":
         return _lint(args.files, environ, args.config, out, err)
-    if args.command == "console":  # still on the server's own files until it moves onto the API
-        from app.bootstrap import build
-        from app.config import load_config
-        from app.identity import account_name
-        from app.tui.launch import run_console  # Textual only when the console opens
-        sv = build(load_config(Path(args.config or SERVER_CONFIG)), environ=environ)
-        try:
-            return run_console(sv, account_name(os.getuid()), with_engine=False)
-        finally:
-            sv.close()
     if args.command == "server":
         from app.server.run import run_server  # aiohttp, the database, the backends: only here
         if args.dev:
@@ -400,6 +390,8 @@ def _remote(args: argparse.Namespace, api: Client, environ: Mapping[str, str], o
         out.write(f"{me['person']}  groups: {', '.join(me['groups']) or '(none)'}  "
                   f"(authenticated by {me['authenticated_by']})\n")
         return 0
+    if cmd == "console":
+        return open_console(api)
     if cmd == "show":
         data = api.get(f"/v1/requests/{args.id}")
         if args.json:
@@ -479,6 +471,19 @@ def _remote(args: argparse.Namespace, api: Client, environ: Mapping[str, str], o
     outcome = Outcome.from_json(result)
     print_outcome(outcome, out)
     return 0 if outcome.request.state != "failed" else 1
+
+
+def open_console(api: Client) -> int:
+    """The console as a client of ``api``: the operator, its reads and actions, the keys of the
+    server's ``[console] keys``, and live updates from ``/v1/events``."""
+    from app.client.console import RemoteConsoleData
+    data = RemoteConsoleData(api)
+    try:
+        keymap = data.keymap()
+        from app.tui.launch import run_console  # Textual only when the console opens
+        return run_console(data, keymap)
+    finally:
+        data.close()
 
 
 def _wanted(args: argparse.Namespace) -> dict[str, Any]:

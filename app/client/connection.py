@@ -174,6 +174,10 @@ class Client:
     def close(self) -> None:
         self._conn.close()
 
+    def interrupt(self) -> None:
+        """From another thread: end a stream this client is reading (``lines()`` then returns)."""
+        self._conn.interrupt()
+
     def __enter__(self) -> "Client":
         return self
 

@@ -131,6 +131,15 @@ class Connection:
         if not keep:
             self.close()
 
+    def interrupt(self) -> None:
+        """From another thread: end the answer being read (its reader sees the end)."""
+        sock = self._sock
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
     def close(self) -> None:
         if self._file is not None:
             self._file.close()

@@ -61,24 +61,35 @@ def _outside_world(directory: Path, out: TextIO):
 
 
 def run_console_demo(out: TextIO, environ) -> int:
-    """``jit demo``: a fresh sandbox with the simulators and seeded work, then the console
-    (as $JIT_USER, default bob the manager) with the engine running in-process."""
+    """``jit demo``: a fresh sandbox with the simulators and seeded work, ``jit server --dev`` in the
+    background (the engine runs there), then the console as its client, as $JIT_USER (default bob
+    the manager)."""
     from app.bootstrap import build
-    from app.tui.launch import run_console
+    from app.client.connection import Client, client_settings
+    from app.client.console import RemoteConsoleData
     from app.config import load_config
+    from app.tui.launch import run_console
     directory = Path(environ.get("JIT_DEMO_DIR") or tempfile.mkdtemp(prefix="jit-demo-"))
     with _outside_world(directory, out):
-        config = directory / "jit.toml"
-        services = build(load_config(config), environ={**environ, "JIT_CONFIG": str(config)})
-        try:
+        config_file = directory / "jit.toml"
+        config = load_config(config_file)
+        services = build(config, environ={**environ, "JIT_CONFIG": str(config_file)})
+        try:  # seeded before the server opens the database: one writer at a time on SQLite
             seed_console(services.lifecycle)
-            person = environ.get("JIT_USER") or "bob"
+        finally:
+            services.close()
+        person = environ.get("JIT_USER") or "bob"
+        socket_path = config.path(config.settings.server.socket)
+        with dev_server_process(directory, out):
             out.write(f"sandbox {directory}; opening the console as {person} (JIT_USER=erin for the security "
                       "operator, dave for on-call)\n")
             out.flush()
-            return run_console(services, person, with_engine=True)
-        finally:
-            services.close()
+            settings = client_settings(f"unix://{socket_path}", None, {"JIT_USER": person})
+            data = RemoteConsoleData(Client(settings))
+            try:
+                return run_console(data, data.keymap())
+            finally:
+                data.close()
 
 
 def run_demo(out: TextIO, directory: Path | None = None, *, cli: Callable[..., int]) -> int:

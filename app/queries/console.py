@@ -3,17 +3,23 @@
 Every method may block (database, ServiceNow, backends): the console calls them from workers.
 Actions go through the lifecycle as the operator, so the console refuses exactly what the
 lifecycle refuses, with the same rule and reason.
+
+``jit server`` serves these reads under ``/v1/console/...``; ``jit console`` reads them there
+(``app.client.console.RemoteConsoleData``). The dataclasses and their JSON form live in
+``app.domain.console``, so the client does not import this module's database libraries.
 """
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
-from datetime import datetime, timedelta
+from dataclasses import asdict
+from datetime import timedelta
+from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 from sqlmodel import select
 
+from app.domain.console import ActiveItem, AuditItem, Health, Operator, QueueItem
 from app.domain.views import RequestView
 from app.queries.exposure import exposure
 from app.store import HEARTBEAT_PREFIX, ApprovalRow, AuditEvent, AuditHead, GrantRow, RequestRow, SyncState, audit
@@ -22,78 +28,6 @@ from policies.approvals import approvals_needed
 
 if TYPE_CHECKING:  # the read model is handed the wiring; it never builds it
     from app.bootstrap import Services
-
-
-@dataclass(frozen=True)
-class Operator:
-    person: str
-    groups: frozenset[str]
-    can_approve: bool
-    can_review: bool
-    can_bypass: bool
-    can_revoke: bool
-
-
-@dataclass(frozen=True)
-class QueueItem:
-    id: int
-    label: str
-    requester: str
-    target: str
-    role: str
-    environment: str
-    tier: str
-    duration: timedelta
-    ticket: str | None
-    created_at: datetime
-    approvals: int
-    needed: int
-    approvers: tuple[str, ...]
-    verdict: str
-    escalated: bool
-    approval_model: str
-    approver_groups: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class ActiveItem:
-    id: int
-    label: str
-    requester: str
-    target: str
-    role: str
-    kind: str
-    starts_at: datetime
-    expires_at: datetime
-    backend: str
-
-
-@dataclass(frozen=True)
-class AuditItem:
-    seq: int
-    at: datetime
-    actor: str
-    action: str
-    request_id: int | None
-    summary: str
-
-
-@dataclass(frozen=True)
-class Health:
-    engine_running: bool
-    engines: tuple[tuple[str, datetime], ...]
-    sync_enabled: bool
-    sync_last_run: datetime | None
-    sync_last_ok: datetime | None
-    sync_watermark: datetime | None
-    sync_behind_s: float | None
-    sync_errors: tuple[str, ...]
-    elevated_now: int
-    eligible: int
-    privilege_hours_7d: float
-    bypasses_awaiting_review: int
-    audit_ok: bool
-    audit_message: str
 
 
 def _summary(details: str) -> str:
@@ -113,13 +47,20 @@ def _audit_item(e: AuditEvent) -> AuditItem:
 
 
 class ConsoleData:
+    poll_seconds = 1.0  # how often the console asks change_token() (one row read each time)
+
     def __init__(self, services: Services, operator: str) -> None:
         self.services = services
         self.lifecycle = services.lifecycle
         self.clock = services.clock
-        groups = services.directory.groups_of(operator)
-        self.operator = Operator(person=operator, groups=groups,
-                                 **asdict(authority.capabilities(services.policy, groups)))
+        self.person = operator
+
+    @cached_property
+    def operator(self) -> Operator:
+        """Who the console is for, with what they may do (asked of the directory once, when first needed)."""
+        groups = self.services.directory.groups_of(self.person)
+        return Operator(person=self.person, groups=groups,
+                        **asdict(authority.capabilities(self.services.policy, groups)))
 
     # ------------------------------------------------------------------ reads
     def change_token(self) -> int:
@@ -222,22 +163,22 @@ class ConsoleData:
 
     # ---------------------------------------------------------------- actions
     def approve(self, request_id: int, comment: str = "") -> str:
-        return self._said(self.lifecycle.approve(self.operator.person, request_id, comment))
+        return self._said(self.lifecycle.approve(self.person, request_id, comment))
 
     def deny(self, request_id: int, reason: str) -> str:
-        return self._said(self.lifecycle.deny(self.operator.person, request_id, reason))
+        return self._said(self.lifecycle.deny(self.person, request_id, reason))
 
     def revoke(self, request_id: int, reason: str) -> str:
-        return self._said(self.lifecycle.revoke(self.operator.person, request_id, reason))
+        return self._said(self.lifecycle.revoke(self.person, request_id, reason))
 
     def extend(self, request_id: int, by: timedelta, reason: str) -> str:
-        return self._said(self.lifecycle.extend(self.operator.person, request_id, by, reason))
+        return self._said(self.lifecycle.extend(self.person, request_id, by, reason))
 
     def bypass(self, target: str, role: str, duration: timedelta, incident: str, reason: str) -> str:
-        return self._said(self.lifecycle.bypass(self.operator.person, target, role, duration, incident, reason))
+        return self._said(self.lifecycle.bypass(self.person, target, role, duration, incident, reason))
 
     def review(self, request_id: int, outcome: str, comment: str) -> str:
-        return self._said(self.lifecycle.review(self.operator.person, request_id, outcome, comment))
+        return self._said(self.lifecycle.review(self.person, request_id, outcome, comment))
 
     @staticmethod
     def _said(outcome: Any) -> str:

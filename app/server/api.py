@@ -22,7 +22,7 @@ from app.queries import audit as audit_queries
 from app.server import events, openapi
 from app.server.auth import IMPERSONATION, PRINCIPAL, authenticate
 from app.server.limits import RateLimit
-from app.server.routes import ROUTES, Call, Route, request_id
+from app.server.routes import ROUTES, Call, Route, request_id, ticket_number
 
 if TYPE_CHECKING:
     from app.bootstrap import Services
@@ -32,6 +32,8 @@ SERVICES = web.AppKey("services", object)
 POOL = web.AppKey("pool", ThreadPoolExecutor)
 LIMIT = web.AppKey("rate_limit", RateLimit)
 MAX_BODY = 64 * 1024
+IDLE_SECONDS = 15.0  # a comment on an idle event stream this often keeps proxies from closing it
+WAKE_SECONDS = 1.0  # an idle stream looks this often whether its client is still there
 
 
 def error(status: int, rule: str, message: str, field: str | None = None,
@@ -129,7 +131,8 @@ def _handler(route: Route) -> Callable[[web.Request], Awaitable[web.StreamRespon
     async def handle(request: web.Request) -> web.StreamResponse:
         body = await _input(request, route)
         rid = request_id(request.match_info["id"]) if "id" in request.match_info else None
-        call = Call(request.app[SERVICES], request[PRINCIPAL], rid, body)
+        number = ticket_number(request.match_info["number"]) if "number" in request.match_info else None
+        call = Call(request.app[SERVICES], request[PRINCIPAL], rid, body, number)
         return web.json_response(await blocking(request, lambda: route.run(call)), status=route.status)
     return handle
 
@@ -161,18 +164,27 @@ async def event_stream(request: web.Request) -> web.StreamResponse:
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
     await response.prepare(request)
     hub.listeners += 1
+    quiet = 0.0
     try:
-        while True:
+        while not hub.closing:
             page = await blocking(request, lambda: audit_queries.lines_after(sv.store, after, q.limit))
             if page:
                 await response.write("".join(f"id: {seq}\nevent: audit\ndata: {line}\n\n"
                                              for seq, line in page).encode())
                 after = page[-1][0]
                 continue
-            if not await hub.wait_beyond(after, 15.0):
+            if await hub.wait_beyond(after, WAKE_SECONDS):
+                quiet = 0.0
+                continue
+            if request.transport is None or request.transport.is_closing():
+                break  # the client went away while nothing was written
+            quiet += WAKE_SECONDS
+            if quiet >= IDLE_SECONDS:
+                quiet = 0.0
                 await response.write(b": idle\n\n")
-    finally:  # the client went away (the write raised) or the server stops (cancelled)
+    finally:  # the client went away (the write raised or its transport closed) or the server stops
         hub.listeners -= 1
+    return response
 
 
 async def serve_openapi(request: web.Request) -> web.Response:
@@ -199,9 +211,13 @@ def make_app(services: Services, *, workers: int = 8, impersonation: bool = Fals
     async def start_hub(app: web.Application) -> None:
         app[events.HUB].start()
 
+    async def end_streams(app: web.Application) -> None:
+        app[events.HUB].close()
+
     async def close(app: web.Application) -> None:
         await app[events.HUB].stop()
         app[POOL].shutdown(wait=False)
     app.on_startup.append(start_hub)
+    app.on_shutdown.append(end_streams)
     app.on_cleanup.append(close)
     return app

@@ -112,3 +112,11 @@ class AfterQuery(Body):
     model_config = ConfigDict(extra="forbid", strict=False, frozen=True)
     after: int = Field(default=0, ge=0)
     limit: int = Field(default=1000, ge=1, le=5000)
+
+
+class ConsoleAuditQuery(Body):
+    """``GET /v1/console/audit``: the newest ``limit`` events whose actor, action or details hold ``text``."""
+
+    model_config = ConfigDict(extra="forbid", strict=False, frozen=True)
+    text: Annotated[StrictStr, Field(max_length=200)] = ""
+    limit: int = Field(default=500, ge=1, le=5000)

@@ -19,12 +19,18 @@ class Hub:
         self._newest, self._pool, self.interval = newest, pool, interval
         self.seq = -1
         self.listeners = 0
+        self.closing = False  # the server is shutting down: streams end rather than hold it up
         self._moved = asyncio.Event()
         self._task: asyncio.Task | None = None
 
     def start(self) -> None:
         self._moved = asyncio.Event()  # bound to the running loop
         self._task = asyncio.get_running_loop().create_task(self._watch())
+
+    def close(self) -> None:
+        """The server stops: wake every stream so it ends (aiohttp waits for open handlers)."""
+        self.closing = True
+        self._moved.set()
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -48,7 +54,7 @@ class Hub:
                 if failures == 1:
                     log.warning("events: cannot read the audit head: %s", type(exc).__name__)
                 continue
-            if seq != self.seq:
+            if seq != self.seq and not self.closing:
                 self.seq = seq
                 moved, self._moved = self._moved, asyncio.Event()
                 moved.set()

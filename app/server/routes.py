@@ -14,10 +14,12 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from pydantic import BaseModel
 
+from app.domain.console import ticket_to_json
 from app.domain.errors import BadInput, Refused
-from app.domain.inputs import MAX_ID
+from app.domain.inputs import MAX_ID, check_text
 from app.domain.principal import Principal
 from app.queries import audit as audit_queries
+from app.queries.console import ConsoleData
 from app.queries.exposure import exposure
 from app.server import bodies as b
 from policies import authority
@@ -29,12 +31,13 @@ if TYPE_CHECKING:
 @dataclass(frozen=True)
 class Call:
     """What a handler gets: the services, who is calling, the request id of the path (if any),
-    the validated body or query."""
+    the validated body or query, the ticket number of the path (if any)."""
 
     sv: Services
     who: Principal
     id: int | None
     body: Any
+    number: str | None = None
 
     @property
     def person(self) -> str:
@@ -63,6 +66,10 @@ def request_id(text: str) -> int:
     if not (number.isdigit() and 0 < int(number) <= MAX_ID):
         raise BadInput("id", f"{text[:40]!r} is not a request id (REQ-42 or 42)")
     return int(number)
+
+
+def ticket_number(text: str) -> str:
+    return check_text("number", text, required=True, limit=64) or ""
 
 
 def _time(value: datetime | None) -> str | None:
@@ -144,6 +151,10 @@ def audit_verify(c: Call) -> dict:
     return {"ok": v.ok, "events": v.events, "message": v.message, "first_broken": v.first_broken}
 
 
+def audit_head(c: Call) -> dict:
+    return {"seq": audit_queries.newest_seq(c.sv.store)}
+
+
 def stats(c: Call) -> dict:
     e = exposure(c.sv.store, c.sv.policy, c.sv.directory, c.sv.clock())
     return {**asdict(e), "ratio": round(e.ratio, 4)}
@@ -174,6 +185,48 @@ def sync_status(c: Call) -> dict:
             "last_catch_up": json.loads(json.dumps(catch_up, default=_time)) if catch_up else None}
 
 
+# ---------------------------------------------------- the console's read models
+def _console(c: Call) -> ConsoleData:
+    return ConsoleData(c.sv, c.person)
+
+
+def console_queue(c: Call) -> dict:
+    return {"items": [i.to_json() for i in _console(c).queue()]}
+
+
+def console_active(c: Call) -> dict:
+    return {"items": [i.to_json() for i in _console(c).active()]}
+
+
+def console_reviews(c: Call) -> dict:
+    return {"items": [v.to_json() for v in _console(c).reviews()]}
+
+
+def history(c: Call) -> dict:
+    return {"items": [i.to_json() for i in _console(c).history(c.id)]}
+
+
+def console_audit(c: Call) -> dict:
+    q: b.ConsoleAuditQuery = c.body
+    return {"items": [i.to_json() for i in _console(c).audit(q.text, q.limit)]}
+
+
+def console_health(c: Call) -> dict:
+    return _console(c).health().to_json()
+
+
+def console_bypass_choices(c: Call) -> dict:
+    return {"items": [[target, role] for target, role in _console(c).bypass_choices()]}
+
+
+def console_settings(c: Call) -> dict:
+    return {"keys": dict(c.sv.config.settings.console.keys)}
+
+
+def ticket(c: Call) -> dict:
+    return {"ticket": ticket_to_json(_console(c).ticket(c.number))}
+
+
 ROUTES: tuple[Route, ...] = (
     Route("GET", "/v1/whoami", "Who the server says you are, how that was proven, your groups", whoami),
     Route("GET", "/v1/requests", "Requests, newest first, with filters and paging", list_requests,
@@ -198,6 +251,7 @@ ROUTES: tuple[Route, ...] = (
     Route("POST", "/v1/policy/explain", "The whole decision for a request, without submitting it", explain,
           body=b.Explain),
     Route("GET", "/v1/audit/verify", "Check the audit hash chain; names the first broken event", audit_verify),
+    Route("GET", "/v1/audit/head", "The newest audit sequence number (follow /v1/events after it)", audit_head),
     Route("GET", "/v1/audit/export", "Every audit event after a sequence number, as JSON lines", None,
           query=b.AfterQuery, content="application/x-ndjson"),
     Route("GET", "/v1/events", "New audit events as Server-Sent Events, resumable by sequence number", None,
@@ -206,5 +260,20 @@ ROUTES: tuple[Route, ...] = (
     Route("POST", "/v1/reconcile", "Drift between grants and backends; fix it (security operators)", reconcile,
           body=b.Reconcile),
     Route("GET", "/v1/sync/status", "The ServiceNow sync: last run, watermark, recent errors", sync_status),
+    Route("GET", "/v1/requests/{id}/history", "One request's audit events, oldest first", history),
+    Route("GET", "/v1/tickets/{number}", "A ServiceNow ticket as the policy sees it (null: ServiceNow is off)",
+          ticket),
+    Route("GET", "/v1/console/queue", "Pending requests for the console, escalated first, then oldest",
+          console_queue),
+    Route("GET", "/v1/console/active", "Active grants for the console, soonest expiry first", console_active),
+    Route("GET", "/v1/console/reviews", "Emergency bypasses awaiting review", console_reviews),
+    Route("GET", "/v1/console/audit", "Audit events, newest first, filtered by text in actor, action or details",
+          console_audit, query=b.ConsoleAuditQuery),
+    Route("GET", "/v1/console/health", "Engines' heartbeats, the ServiceNow sync, exposure, the audit chain",
+          console_health),
+    Route("GET", "/v1/console/bypass-choices", "The (target, role) pairs an emergency bypass may name",
+          console_bypass_choices),
+    Route("GET", "/v1/console/settings", "The console's key bindings from the server's [console] keys",
+          console_settings),
     Route("GET", "/v1/openapi.json", "This API, described as OpenAPI 3.1", None),
 )

@@ -1,9 +1,9 @@
-"""The actions on a request: what the confirmation asks for, and which ConsoleData call performs it."""
+"""The actions on a request: what the confirmation asks for, and which data-source call performs it."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from app.queries.console import ConsoleData
+from app.domain.console import ConsoleSource
 from app.tui.formatting import duration_error
 from app.tui.modals import Field
 from policies.durations import parse_duration
@@ -34,8 +34,8 @@ ACTIONS: dict[str, ActionSpec] = {
 }
 
 
-def perform(data: ConsoleData, action: str, request_id: int, values: dict[str, str]) -> str:
-    """Run the action through ConsoleData (blocking: call from a worker); raises what it raises."""
+def perform(data: ConsoleSource, action: str, request_id: int, values: dict[str, str]) -> str:
+    """Run the action through the data source (blocking: call from a worker); raises what it raises."""
     if action == "approve":
         return data.approve(request_id, values.get("comment", ""))
     if action == "deny":

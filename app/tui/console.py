@@ -1,4 +1,5 @@
-"""``JitConsole``: the approval console. Screens show; ConsoleData decides; workers do the waiting."""
+"""``JitConsole``: the approval console. Screens show; the data source (``ConsoleSource``: the
+database's ``ConsoleData`` or the API's ``RemoteConsoleData``) decides; workers do the waiting."""
 from __future__ import annotations
 
 import gc
@@ -17,7 +18,7 @@ from textual.logging import TextualHandler
 from textual.message import Message
 
 from app.domain.errors import Refused
-from app.queries.console import ConsoleData
+from app.domain.console import ConsoleSource
 from app.tui.actions import ACTIONS, perform
 from app.tui.commands import ConsoleCommands
 from app.tui.modals import ConfirmModal
@@ -45,8 +46,8 @@ SCREEN_NAMES = {
 class JitConsole(App[None]):
     """The console for ``data.operator``.
 
-    ``keymap`` remaps bindings by id (``{"approve": "y", "view-grants": "g"}``); ``engine``, when given, is
-    started on mount and stopped on unmount (``jit console --with-engine``)."""
+    ``keymap`` remaps bindings by id (``{"approve": "y", "view-grants": "g"}``). The engine runs
+    elsewhere (in ``jit server``); the health screen shows its heartbeats."""
 
     CSS_PATH = str(Path(__file__).with_name("console.tcss"))  # absolute: subclasses elsewhere find it too
     TITLE = "JIT console"
@@ -80,12 +81,11 @@ class JitConsole(App[None]):
         request_id: int | None
         ok: bool
 
-    def __init__(self, data: ConsoleData, *, keymap: dict[str, str] | None = None, engine: Any = None,
+    def __init__(self, data: ConsoleSource, *, keymap: dict[str, str] | None = None,
                  cursor_blink: bool = True) -> None:
         super().__init__()
         self.data = data
         self.operator = data.operator
-        self.engine = engine
         self.cursor_blink = cursor_blink
         self.keymap = dict(keymap or {})
         self.token: int | None = None
@@ -112,8 +112,6 @@ class JitConsole(App[None]):
         self._keep_logs_off_the_screen()
         if self.keymap:
             self.set_keymap(self.keymap)
-        if self.engine is not None:
-            self.engine.start()
         self._polling = True
         self._read_token()  # the queue opens once the token is known: see _token_read
 
@@ -128,13 +126,11 @@ class JitConsole(App[None]):
 
     def _open_first_view(self) -> None:
         self.switch_mode("queue")
-        self.set_interval(self.POLL_SECONDS, self._poll)
+        self.set_interval(getattr(self.data, "poll_seconds", self.POLL_SECONDS), self._poll)
 
     def on_unmount(self) -> None:
         if self._frozen:
             gc.unfreeze()  # back to the collector: the console's objects may now be garbage
-        if self.engine is not None:
-            self.engine.stop()
         root = logging.getLogger()
         for handler in self._moved_handlers:
             root.addHandler(handler)

@@ -1,17 +1,14 @@
-"""Opening the console on wired services: the one place the CLI and the demo start Textual from."""
+"""Opening the console: the one place the CLI and the demo start Textual from."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Mapping
 
-from app.queries.console import ConsoleData
+from app.domain.console import ConsoleSource
 from app.tui.console import JitConsole
 
-if TYPE_CHECKING:
-    from app.bootstrap import Services
 
-
-def run_console(sv: Services, person: str, *, with_engine: bool) -> int:
-    console = JitConsole(ConsoleData(sv, person), keymap=dict(sv.config.settings.console.keys),
-                         engine=sv.engine if with_engine else None)
-    console.run()
+def run_console(data: ConsoleSource, keymap: Mapping[str, str] | None = None) -> int:
+    """The console on ``data`` (``RemoteConsoleData`` for ``jit console``; ``ConsoleData`` in tests),
+    keys remapped by binding id, until the operator quits."""
+    JitConsole(data, keymap=dict(keymap or {})).run()
     return 0

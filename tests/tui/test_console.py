@@ -383,7 +383,7 @@ async def test_detail_shows_checks_approvals_history_and_the_ticket_loading(worl
         assert isinstance(app.screen, QueueScreen)
 
 
-# ------------------------------------------------------------------ keys, help, palette, engine
+# ------------------------------------------------------------------ keys, help, palette
 async def test_keymap_remaps_bindings_by_id(world: World) -> None:
     rid = world.request("alice", DEV, timedelta(hours=3), "longer dev work on the nginx config")
     app = console(world, "bob", keymap={"approve": "y", "view-grants": "g"})
@@ -445,25 +445,6 @@ async def test_command_palette_offers_the_same_actions(world: World) -> None:
         await settle(pilot)
         await pilot.press("enter")
         await until(pilot, lambda: app.current_mode == "audit", what="the audit log")
-
-
-async def test_engine_runs_in_process_while_the_console_is_open(world: World) -> None:
-    class Engine:
-        def __init__(self) -> None:
-            self.calls: list[str] = []
-
-        def start(self) -> None:
-            self.calls.append("start")
-
-        def stop(self) -> None:
-            self.calls.append("stop")
-
-    engine = Engine()
-    app = console(world, "bob", engine=engine)
-    async with app.run_test(size=SIZE) as pilot:
-        await settle(pilot)
-        assert engine.calls == ["start"]
-    assert engine.calls == ["start", "stop"]
 
 
 async def test_audit_log_filters_in_the_database_and_shows_the_chain(world: World) -> None:

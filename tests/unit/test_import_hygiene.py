@@ -28,7 +28,7 @@ CLIENT_HEAVY = HEAVY + ["sqlalchemy", "sqlmodel", "alembic", "psycopg", "pydanti
 RUN = "from app.cli.main import main; main([{argv}], {{'HOME': '/nonexistent'}})"
 
 
-@pytest.mark.parametrize("statement", ["import app.cli.main", RUN.format(argv="'--server', 'unix:///nowhere', 'list'"),
+@pytest.mark.parametrize("statement", ["import app.cli.main", "import app.client.console", RUN.format(argv="'--server', 'unix:///nowhere', 'list'"),
                                        RUN.format(argv="'--server', 'unix:///nowhere', 'request', 'web-dev-01', "
                                                        "'service-admin', '--duration', '1h', '--reason', 'x'"),
                                        RUN.format(argv="'--server', 'unix:///nowhere', 'audit', 'export'")])
@@ -48,3 +48,10 @@ def test_the_probe_sees_a_heavy_import():  # the check above can fail: opening t
 def test_the_server_loads_the_jose_and_x509_libraries_only_for_tcp():
     assert {"jwt", "cryptography"} & set(loaded_after("import app.server.run")) == set()
     assert {"jwt", "cryptography"} <= set(loaded_after("import app.server.remote"))
+
+
+def test_the_console_as_a_client_loads_no_database_or_server_library():
+    # `jit console` opens Textual on RemoteConsoleData: the screens read the domain's dataclasses.
+    # (pydantic comes with policies.authority, whose `offered` the screens ask what to show.)
+    loaded = loaded_after("import app.tui.launch, app.client.console", CLIENT_HEAVY)
+    assert set(loaded) == {"textual", "pydantic"}

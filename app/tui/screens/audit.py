@@ -9,7 +9,7 @@ from textual.binding import Binding
 from textual.widget import Widget
 from textual.widgets import Static
 
-from app.queries.console import AuditItem
+from app.domain.console import AuditItem
 from app.tui import formatting as fmt
 from app.tui.screens.base import ConsoleScreen
 from app.tui.widgets.filter_bar import FilterBar

@@ -12,7 +12,7 @@ from textual.widget import Widget
 from textual.widgets import Footer, Input
 from textual.worker import Worker, WorkerState
 
-from app.queries.console import ConsoleData, Operator
+from app.domain.console import ConsoleSource, Operator
 from app.tui.widgets.filter_bar import FilterBar
 from app.tui.widgets.keyed_table import KeyedTable
 from app.tui.widgets.nav import NavBar
@@ -62,7 +62,7 @@ class ConsoleScreen(Screen):
         def control(self) -> "ConsoleScreen":
             return self.screen
 
-    def __init__(self, data: ConsoleData, chrome: Chrome) -> None:
+    def __init__(self, data: ConsoleSource, chrome: Chrome) -> None:
         super().__init__()
         self.data = data
         self.chrome = chrome
@@ -121,7 +121,7 @@ class RowScreen(ConsoleScreen):
 
     ROW_ACTIONS: ClassVar[tuple[str, ...]] = ()
 
-    def __init__(self, data: ConsoleData, chrome: Chrome) -> None:
+    def __init__(self, data: ConsoleSource, chrome: Chrome) -> None:
         super().__init__(data, chrome)
         self.by_key: dict[str, Any] = {}  # row key -> item, kept by the subclass's loader
         self.filter_text = ""

@@ -11,7 +11,7 @@ from textual.widget import Widget
 from textual.widgets import Static
 
 from app.domain.views import RequestView
-from app.queries.console import AuditItem
+from app.domain.console import AuditItem
 from app.tui import formatting as fmt
 from app.tui.screens.base import Chrome, ConsoleScreen
 from policies.approvals import approvals_needed

@@ -10,7 +10,7 @@ from textual.binding import Binding
 from textual.widget import Widget
 from textual.widgets import Static
 
-from app.queries.console import ActiveItem
+from app.domain.console import ActiveItem
 from app.tui import formatting as fmt
 from app.tui.screens.base import RowScreen
 from app.tui.widgets.filter_bar import FilterBar

@@ -10,7 +10,7 @@ from textual.containers import Grid
 from textual.widget import Widget
 from textual.widgets import Static
 
-from app.queries.console import Health
+from app.domain.console import Health
 from app.tui import formatting as fmt
 from app.tui.screens.base import ConsoleScreen
 

@@ -10,7 +10,7 @@ from textual.binding import Binding
 from textual.widget import Widget
 from textual.widgets import Static
 
-from app.queries.console import QueueItem
+from app.domain.console import QueueItem
 from app.tui import formatting as fmt
 from app.tui.screens.base import RowScreen
 from app.tui.widgets.filter_bar import FilterBar
@@ -93,7 +93,7 @@ class QueueScreen(RowScreen):
             items.sort(key=lambda i: (i.requester, i.created_at, i.id))
         elif order == "target":
             items.sort(key=lambda i: (i.target, i.role, i.created_at, i.id))
-        return items  # "urgency": as ConsoleData orders them (escalated, then oldest)
+        return items  # "urgency": as the data source orders them (escalated, then oldest)
 
     def _refresh_rows(self) -> None:
         shown = self.shown_items()

@@ -4,7 +4,7 @@ from __future__ import annotations
 from textual.content import Content
 from textual.widgets import Static
 
-from app.queries.console import Operator
+from app.domain.console import Operator
 from policies.authority import offers as may
 
 
