@@ -3,9 +3,11 @@
 Prints: start to a drawn queue (from creating the app to the first frame showing every row);
 key press to the next frame (p50, p99, max over 200 presses of Down (Up at the end of a small table), ~30 a second);
 the CPU the once-a-second countdown costs on the grants screen (percent of one core over 20 s, --cpu-seconds).
-Headless (Textual's test driver), SQLite in a temporary sandbox, the rows bulk-inserted.
+Headless (Textual's test driver), SQLite in a temporary sandbox, the rows bulk-inserted. By
+default the console is a client of a ``jit server --dev`` process on that sandbox, as ``jit
+console`` is (``--via local``: on the database in this process, as before the server).
 
-    .venv/bin/python tests/benchmarks/console_bench.py [--pending 10000] [--active 5000]
+    .venv/bin/python tests/benchmarks/console_bench.py [--pending 10000] [--active 5000] [--via api|local]
 """
 from __future__ import annotations
 
@@ -118,18 +120,45 @@ async def measure(data: ConsoleData, pending: int, active: int, cpu_seconds: flo
             "key_max": presses[-1], "countdown_cpu": cpu}
 
 
+def via_api(config: Path, args: argparse.Namespace) -> dict:
+    import os
+    import subprocess
+    from app.client.connection import Client, client_settings
+    from app.client.console import RemoteConsoleData
+    server = subprocess.Popen([sys.executable, "-m", "app", "server", "--dev", str(config.parent)], cwd=ROOT,
+                              env={**os.environ, "PYTHONPATH": str(ROOT)}, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    try:
+        assert server.stdout.readline().startswith("serving on"), "jit server --dev did not start"
+        data = RemoteConsoleData(Client(client_settings(None, str(config), {"JIT_USER": "bob"})))
+        try:
+            return asyncio.run(measure(data, args.pending, args.active, args.cpu_seconds))
+        finally:
+            data.close()
+    finally:
+        server.terminate()
+        server.wait(30)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--pending", type=int, default=10000)
     ap.add_argument("--active", type=int, default=5000)
     ap.add_argument("--cpu-seconds", type=float, default=20, help="how long the countdown's CPU is measured")
+    ap.add_argument("--via", choices=("api", "local"), default="api")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="jit-console-bench-") as tmp:
-        services = build(load_config(write_sandbox(Path(tmp) / "sb", servicenow_url=None)))
+        config = write_sandbox(Path(tmp) / "sb", servicenow_url=None)
+        services = build(load_config(config))
         seed(services, args.pending, args.active)
-        r = asyncio.run(measure(ConsoleData(services, "bob"), args.pending, args.active, args.cpu_seconds))
-        services.close()
-    print(f"\nConsole with {args.pending} pending requests and {args.active} active grants (headless, SQLite)")
+        if args.via == "local":
+            r = asyncio.run(measure(ConsoleData(services, "bob"), args.pending, args.active, args.cpu_seconds))
+            services.close()
+        else:
+            services.close()
+            r = via_api(config, args)
+    print(f"\nConsole with {args.pending} pending requests and {args.active} active grants "
+          f"(headless, SQLite, {'through the API of a jit server process' if args.via == 'api' else 'local'})")
     print(f"{'start to drawn queue':32} {r['drawn_s']:8.2f} s    (goal <= 1.5 s)")
     print(f"{'key press to next frame p50':32} {r['key_p50']:8.1f} ms   (goal <= 50 ms)")
     print(f"{'key press to next frame p99':32} {r['key_p99']:8.1f} ms")

@@ -17,6 +17,7 @@ import pytest
 from sqlmodel import select
 
 from app.cli.main import _sync_status
+from app.server.routes import Call, sync_status
 from app.clock import FrozenClock
 from app.config import EngineSettings
 from app.dev.sandbox import PEOPLE
@@ -187,12 +188,15 @@ def test_long_outage_then_restart_on_the_same_port_catches_up_and_says_how_far_b
         [event] = s.exec(select(AuditEvent).where(AuditEvent.action == "sync.caught_up")).all()
     assert json.loads(event.details) == {"down_s": 7200.0, "behind_s": 6000.0, "caught_up": 3,
                                          "last_ok_at": last_ok.isoformat()}
+    # what `jit sync status` prints of it: the server's answer (its route) through the CLI's printing
+    answer = json.loads(json.dumps(sync_status(Call(SimpleNamespace(sync=world.sync, tickets=world.tickets),
+                                                    None, None, None))))
     out = io.StringIO()
-    _sync_status(SimpleNamespace(json=False), SimpleNamespace(sync=world.sync, tickets=world.tickets), out)
+    _sync_status(SimpleNamespace(json=False), answer, out)
     assert "caught up    " in out.getvalue() and "after 7200s without ServiceNow: read 3 change(s), the oldest " \
         "6000s late" in out.getvalue()
     out = io.StringIO()
-    _sync_status(SimpleNamespace(json=True), SimpleNamespace(sync=world.sync, tickets=world.tickets), out)
+    _sync_status(SimpleNamespace(json=True), answer, out)
     assert json.loads(out.getvalue())["last_catch_up"]["caught_up"] == 3
 
     steady = world.pass_(step=timedelta(0))  # a healthy run re-reads the last second: it is not "behind"
