@@ -16,9 +16,7 @@ import json
 import os
 import re
 import socket
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterator, Mapping, NamedTuple
 
 from app.client.http11 import Closed, Connection, Response
 from app.domain.errors import BadInput, Conflict, ConfigError, IdentityError, JitError, NotFound, Refused
@@ -41,8 +39,7 @@ class ServerError(JitError):
     exit_code = 5
 
 
-@dataclass(frozen=True)
-class ClientSettings:
+class ClientSettings(NamedTuple):
     server: str
     cert: str = ""
     key: str = ""
@@ -78,10 +75,10 @@ def _client_table(config_file: str | None, environ: Mapping[str, str]) -> tuple[
     path = config_file or environ.get("JIT_CONFIG")
     if not path:
         base = environ.get("XDG_CONFIG_HOME") or os.path.join(environ.get("HOME", "~"), ".config")
-        candidate = Path(os.path.expanduser(base)) / "jit" / "jit.toml"
-        if not candidate.is_file():
+        candidate = os.path.join(os.path.expanduser(base), "jit", "jit.toml")
+        if not os.path.isfile(candidate):
             return {}, "default"
-        path = str(candidate)
+        path = candidate
     import tomllib
     try:
         with open(path, "rb") as f:
@@ -95,10 +92,10 @@ def _client_table(config_file: str | None, environ: Mapping[str, str]) -> tuple[
     table = data.get("client", {})
     if not isinstance(table, dict):
         raise ConfigError(path, ["client: must be a table"])
-    base = Path(path).resolve().parent
+    base = os.path.dirname(os.path.realpath(path))
     for key in ("cert", "key", "ca"):  # relative to the file, like every path in it
         if isinstance(table.get(key), str) and table[key] and not os.path.isabs(table[key]):
-            table[key] = str(base / table[key])
+            table[key] = os.path.join(base, table[key])
     return table, path
 
 

@@ -52,8 +52,12 @@ def run(db_label: str, db_url: str, grants: int, workers: int, timeout_s: float)
         time.sleep(max(0.0, (last - datetime.now(timezone.utc)).total_seconds()) + 0.5)  # all expired, unrevoked
         ready: list[float] = []
         start = time.monotonic()
+        env = {**os.environ, "PYTHONPYCACHEPREFIX": str(Path(tmp) / "pycache")}  # as an installed package
+        env.pop("PYTHONDONTWRITEBYTECODE", None)
+        subprocess.run([sys.executable, "-m", "compileall", "-q", "app", "integrations", "policies"], cwd=ROOT,
+                       env=env, check=True)
         engine = subprocess.Popen([sys.executable, "-m", "app", "server", "--dev", str(config.parent)], cwd=ROOT,
-                                  text=True, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+                                  env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
 
         def watch() -> None:
             for line in engine.stdout:
