@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("jit.server")
 SERVICES = web.AppKey("services", object)
 POOL = web.AppKey("pool", ThreadPoolExecutor)
+READS = web.AppKey("event_reads", ThreadPoolExecutor)  # the event streams' reads: never queued behind writes
 LIMIT = web.AppKey("rate_limit", RateLimit)
 MAX_BODY = 64 * 1024
 IDLE_SECONDS = 15.0  # a comment on an idle event stream this often keeps proxies from closing it
@@ -79,14 +80,14 @@ async def rate_limit(request: web.Request, handler: Callable[[web.Request], Awai
     return await handler(request)
 
 
-async def blocking(request: web.Request, call: Callable[[], Any]) -> Any:
+async def blocking(request: web.Request, call: Callable[[], Any], pool: web.AppKey = POOL) -> Any:
     """Run ``call`` in the pool as the authenticated principal."""
     principal = request[PRINCIPAL]
 
     def as_principal() -> Any:
         with acting(principal):
             return call()
-    return await asyncio.get_running_loop().run_in_executor(request.app[POOL], as_principal)
+    return await asyncio.get_running_loop().run_in_executor(request.app[pool], as_principal)
 
 
 def _validated(model: type[BaseModel], data: Any) -> Any:
@@ -167,7 +168,7 @@ async def event_stream(request: web.Request) -> web.StreamResponse:
     quiet = 0.0
     try:
         while not hub.closing:
-            page = await blocking(request, lambda: audit_queries.lines_after(sv.store, after, q.limit))
+            page = await blocking(request, lambda: audit_queries.lines_after(sv.store, after, q.limit), READS)
             if page:
                 await response.write("".join(f"id: {seq}\nevent: audit\ndata: {line}\n\n"
                                              for seq, line in page).encode())
@@ -202,7 +203,8 @@ def make_app(services: Services, *, workers: int = 8, impersonation: bool = Fals
     app[SERVICES] = services
     app[POOL] = ThreadPoolExecutor(workers, thread_name_prefix="jit-api")
     app[LIMIT] = RateLimit(settings.rate_limit, settings.rate_burst)
-    app[events.HUB] = events.Hub(lambda: audit_queries.newest_seq(services.store), app[POOL])
+    app[READS] = ThreadPoolExecutor(2, thread_name_prefix="jit-events")
+    app[events.HUB] = events.Hub(lambda: audit_queries.newest_seq(services.store), app[READS])
     app[IMPERSONATION] = impersonation
     for route in ROUTES:
         handler = STREAMS[route.path] if route.run is None else _handler(route)
@@ -217,6 +219,7 @@ def make_app(services: Services, *, workers: int = 8, impersonation: bool = Fals
     async def close(app: web.Application) -> None:
         await app[events.HUB].stop()
         app[POOL].shutdown(wait=False)
+        app[READS].shutdown(wait=False)
     app.on_startup.append(start_hub)
     app.on_shutdown.append(end_streams)
     app.on_cleanup.append(close)
