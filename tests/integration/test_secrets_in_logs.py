@@ -60,6 +60,33 @@ def test_no_secret_reaches_the_logs_at_debug(world, caplog):
     assert PASSWORD not in logged and HOOK_SECRET not in logged
 
 
+TOKEN = "tok-3f9a7c21-never-logged"
+
+
+def test_no_secret_reaches_the_logs_of_a_served_run_at_debug(world, caplog):
+    """The whole path as deployed: jit server (the API, its access log, the engine's outbox) and a
+    client sending a bearer token; ServiceNow asked over HTTP with its password, a webhook sent."""
+    import httpx
+    from tests.serving import dev_server
+    config, environ, receiver = world
+    caplog.set_level(logging.DEBUG)
+    with dev_server(config, environ=environ) as sv:
+        sock = sv.config.path(sv.config.settings.server.socket)
+        with httpx.Client(transport=httpx.HTTPTransport(uds=str(sock)), base_url="http://jit", timeout=20,
+                          headers={"X-Jit-User": "alice", "Authorization": f"Bearer {TOKEN}"}) as c:
+            assert c.get("/v1/whoami").status_code == 200
+            answer = c.post("/v1/requests", json={"target": "web-prod-01", "role": "service-admin", "duration": "1h",
+                                                  "reason": "restart nginx after the TLS renewal",
+                                                  "ticket": "CHG0000001"})
+            assert answer.status_code == 201, answer.text  # the ticket checked with ServiceNow
+        sv.engine.run_once()  # the outbox: work notes to ServiceNow, the webhook
+    assert receiver.texts(), "no webhook was delivered: the search below would miss its URL"
+    logged = "\n".join(f"{r.name} {r.levelname} {r.getMessage()} {r.args!r}" for r in caplog.records)
+    assert any(r.name.startswith("aiohttp") for r in caplog.records), "the server's own logging was not captured"
+    for secret in (PASSWORD, HOOK_SECRET, TOKEN):
+        assert secret not in logged, secret
+
+
 def test_the_search_finds_a_secret_when_a_client_logs_it(world, caplog, monkeypatch):
     config, environ, _ = world
     caplog.set_level(logging.DEBUG)
