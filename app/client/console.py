@@ -28,7 +28,8 @@ class RemoteConsoleData:
     """``ConsoleData`` through ``client``; the event stream has a connection of its own, to the
     same server with the same settings."""
 
-    poll_seconds = 0.1  # how often the console asks change_token(): a read of memory here
+    poll_seconds = 0.1  # how often the console asks change_token(): a read of memory here...
+    token_in_memory = True  # ...so the console asks on its own loop, without a worker thread
 
     def __init__(self, client: Client, *, clock: Callable[[], datetime] = utc_now) -> None:
         self.client = client

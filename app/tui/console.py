@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import logging
 import sys
+import time
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -16,6 +17,7 @@ from textual.app import App
 from textual.binding import Binding
 from textual.logging import TextualHandler
 from textual.message import Message
+from textual.timer import Timer
 
 from app.domain.errors import Refused
 from app.domain.console import ConsoleSource
@@ -54,6 +56,7 @@ class JitConsole(App[None]):
     COMMANDS = App.COMMANDS | {ConsoleCommands}
     HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (100, "-wide"), (140, "-huge")]
     POLL_SECONDS: ClassVar[float] = 1.0
+    RELOAD_EVERY = 0.3  # seconds between reloads while changes keep coming (a change shows within 0.5 s)
 
     BINDINGS = [
         Binding("1", "view('queue')", "Queue", id="view-queue", show=False, tooltip="Pending requests"),
@@ -91,6 +94,8 @@ class JitConsole(App[None]):
         self.token: int | None = None
         self._polling = False
         self._frozen = False
+        self._reloaded_at = 0.0
+        self._reload_timer: Timer | None = None
         self._moved_handlers: list[logging.Handler] = []
         self._log_handler = TextualHandler()
         for name, screen in VIEWS.items():
@@ -151,7 +156,9 @@ class JitConsole(App[None]):
 
     # ------------------------------------------------------------ live updates
     def _poll(self) -> None:
-        if not self._polling:
+        if getattr(self.data, "token_in_memory", False):  # the API's client: no call, so no worker thread
+            self._apply_token(self.data.change_token())
+        elif not self._polling:
             self._polling = True
             self._read_token()
 
@@ -166,15 +173,35 @@ class JitConsole(App[None]):
     @on(TokenRead)
     def _token_read(self, message: TokenRead) -> None:
         self._polling = False
+        self._apply_token(message.token)
+
+    def _apply_token(self, token: int | None) -> None:
         if self.current_mode == self.DEFAULT_MODE:
             # The first read comes before the first view loads: a change after it moves the token,
             # and the first poll does not load everything a second time.
-            self.token = message.token
+            self.token = token
             self._open_first_view()
             return
-        if message.token is not None and message.token != self.token:
-            self.token = message.token
+        if token is not None and token != self.token:
+            self.token = token
+            self._reload_soon()
+
+    def _reload_soon(self) -> None:
+        """The first change after a quiet second reloads at once; a burst of changes (10,000
+        escalations, a change window opening) reloads every RELOAD_EVERY, not on every poll."""
+        if self._reload_timer is not None:
+            return  # one is due: it will show this change too
+        wait = self._reloaded_at + self.RELOAD_EVERY - time.monotonic()
+        if wait <= 0:
+            self._reloaded_at = time.monotonic()
             self.reload_visible()
+        else:
+            self._reload_timer = self.set_timer(wait, self._deferred_reload)
+
+    def _deferred_reload(self) -> None:
+        self._reload_timer = None
+        self._reloaded_at = time.monotonic()
+        self.reload_visible()
 
     def reload_visible(self) -> None:
         """Reload the screen the operator sees (the one under a modal, if a modal is open)."""
