@@ -26,7 +26,7 @@ from pathlib import Path
 import sqlalchemy as sa
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchlib import PG_DEFAULT, ROOT, make_config, pg_database  # noqa: E402
+from benchlib import PG_DEFAULT, ROOT, compiled, make_config, pg_database  # noqa: E402
 from revocation_lag import setup  # noqa: E402
 
 from app.bootstrap import build  # noqa: E402
@@ -52,12 +52,9 @@ def run(db_label: str, db_url: str, grants: int, workers: int, timeout_s: float)
         time.sleep(max(0.0, (last - datetime.now(timezone.utc)).total_seconds()) + 0.5)  # all expired, unrevoked
         ready: list[float] = []
         start = time.monotonic()
-        env = {**os.environ, "PYTHONPYCACHEPREFIX": str(Path(tmp) / "pycache")}  # as an installed package
-        env.pop("PYTHONDONTWRITEBYTECODE", None)
-        subprocess.run([sys.executable, "-m", "compileall", "-q", "app", "integrations", "policies"], cwd=ROOT,
-                       env=env, check=True)
+        compiled()
         engine = subprocess.Popen([sys.executable, "-m", "app", "server", "--dev", str(config.parent)], cwd=ROOT,
-                                  env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+                                  text=True, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
 
         def watch() -> None:
             for line in engine.stdout:
@@ -65,16 +62,20 @@ def run(db_label: str, db_url: str, grants: int, workers: int, timeout_s: float)
                     ready.append(time.monotonic() - start)
         threading.Thread(target=watch, daemon=True).start()
         done_s = None
+        # Polled through a plain read (no BEGIN IMMEDIATE, which the store's transactions take on
+        # SQLite to queue writers): the watcher must not hold up the writer it is timing.
+        watcher = sa.create_engine(sv.store.engine.url)
         try:
             while time.monotonic() - start < timeout_s:
-                with sv.store.transaction() as s:
-                    left = s.exec(select(sa.func.count()).select_from(GrantRow)
-                                  .where(GrantRow.status != "revoked")).one()
+                with watcher.connect() as conn:
+                    left = conn.execute(sa.select(sa.func.count()).select_from(GrantRow.__table__)
+                                        .where(GrantRow.__table__.c.status != "revoked")).scalar_one()
                 if not left and not list(sudoers.glob("jit_g*")):
                     done_s = time.monotonic() - start
                     break
                 time.sleep(0.05)
         finally:
+            watcher.dispose()
             engine.terminate()
             engine.wait(timeout=30)
         with sv.store.transaction() as s:
