@@ -27,12 +27,13 @@ stress: $(STAMP)
 	  $(PY) -m pytest -q --cpu-load 2 tests/reliability tests/unit/test_concurrency.py || exit 1; \
 	done
 
-# The figures of the README's "Performance" and "Reliability" (about 20 minutes; PostgreSQL at
+# The figures of the README's "Performance" and "Reliability" (about 22 minutes; PostgreSQL at
 # 127.0.0.1:5432 if up; engines_split needs it).
 bench: $(STAMP)
 	$(PY) tests/benchmarks/policy_decisions.py
 	$(PY) tests/benchmarks/snow_sync.py
 	$(PY) tests/benchmarks/restart_catchup.py
+	$(PY) tests/benchmarks/activation_burst.py
 	$(PY) tests/benchmarks/revocation_lag.py
 	$(PY) tests/benchmarks/console_bench.py
 	$(PY) tests/benchmarks/cli_startup.py

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Mapping, Protocol, runtime_checkable
+from typing import Any, Mapping, Protocol, Sequence, runtime_checkable
 
 
 class BackendError(Exception):
@@ -102,4 +102,17 @@ class Backend(Protocol):
 
     def list_managed(self) -> list[Artifact]:
         """Return every artifact this product manages on the system. Raises ``BackendError``."""
+        ...
+
+
+@runtime_checkable
+class BatchApply(Protocol):
+    """What a backend may add when applying many grants at once is cheaper than one at a time (the
+    sudo backend checks a batch of drop-ins with one ``visudo`` run). Optional: the lifecycle
+    calls ``apply`` per grant on a backend without it."""
+
+    def apply_many(self, grants: Sequence[GrantSpec]) -> list[str | BackendError]:
+        """``apply`` for each grant: per grant, in order, its reference or the ``BackendError``
+        (``InvalidGrant`` included) that ``apply`` would have raised for it. One grant's failure
+        does not stop the others. Raises nothing itself."""
         ...

@@ -3,11 +3,12 @@
 Holds one ``Artifact`` per grant id. Set ``fail_apply`` / ``fail_revoke`` to make the
 next N calls of that method raise a transient ``BackendError`` (nothing changes then).
 ``calls`` records every ``(method, grant_id)`` for apply, revoke and inspect, failed
-calls included.
+calls included; ``apply_many`` records an ``apply`` per grant (it calls ``apply``) and the
+grant ids of each batch in ``batches``.
 """
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from integrations.base import Artifact, BackendError, GrantSpec
 
@@ -21,6 +22,7 @@ class FakeBackend:
         self.fail_apply: int = 0
         self.fail_revoke: int = 0
         self.calls: list[tuple[str, int]] = []
+        self.batches: list[list[int]] = []
         self.shared = False
 
     def validate_role(self, params: Mapping[str, Any]) -> list[str]:
@@ -49,6 +51,17 @@ class FakeBackend:
             details=dict(grant.params),
         )
         return ref
+
+    def apply_many(self, grants: Sequence[GrantSpec]) -> list[str | BackendError]:
+        """``apply`` for each grant in turn (each counts against ``fail_apply``), failures as values."""
+        self.batches.append([g.grant_id for g in grants])
+        results: list[str | BackendError] = []
+        for grant in grants:
+            try:
+                results.append(self.apply(grant))
+            except BackendError as exc:
+                results.append(exc)
+        return results
 
     def revoke(self, grant: GrantSpec) -> None:
         """Drop the grant's artifact; succeed when it is already gone."""

@@ -8,14 +8,16 @@ back through ``cvtsudoers -f json``.
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
 import subprocess
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from integrations.base import Artifact, BackendError, GrantSpec, InvalidGrant
 from policies.names import NAME, PERSON, TARGET  # the product's identifier patterns, once
@@ -29,6 +31,7 @@ _FILE_RE = re.compile(r"jit_g(\d+)")
 _HEADER_PREFIX = "# jit-access grant:"
 _TIME_FMT = "%Y%m%d%H%M%SZ"
 _TIMEOUT = 30
+_WRITERS = 8  # threads writing a batch's temporary files
 
 # Characters refused in a command, with the reason given for each.
 _FORBIDDEN = (
@@ -93,6 +96,17 @@ def commands_errors(commands: Any) -> list[str]:
     ]
 
 
+@functools.lru_cache(maxsize=256)
+def _command_list(commands: tuple[str, ...]) -> str:
+    """A role's commands, checked (``InvalidGrant`` for the first problem), as the command list of
+    a sudoers line. Cached: a burst of grants of one role checks its commands once."""
+    errors = commands_errors(commands)
+    if errors:
+        field_name, _, reason = errors[0].partition(": ")
+        raise InvalidGrant(field_name, reason)
+    return ", ".join(" ".join([c.split(" ")[0], *(_escape_arg(a) for a in c.split(" ")[1:])]) for c in commands)
+
+
 def _escape_arg(token: str) -> str:
     """Escape the characters sudoers treats specially inside command arguments."""
     return token.replace(":", "\\:").replace("=", "\\=")
@@ -109,6 +123,13 @@ def _parse_sudo_time(value: Any) -> datetime:
         return datetime.strptime(value, _TIME_FMT).replace(tzinfo=timezone.utc)
     except ValueError as exc:
         raise BackendError(f"unexpected sudoers time value {value!r}") from exc
+
+
+def _unlink_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
 
 
 class SudoBackend:
@@ -158,16 +179,10 @@ class SudoBackend:
         final = self._path(grant.grant_id)
         tmp: str | None = None
         try:
-            fd, tmp = tempfile.mkstemp(prefix=f".jit_g{grant.grant_id}.tmp-", dir=self.sudoers_dir)
-            with os.fdopen(fd, "w", encoding="ascii") as fh:
-                fh.write(content)
-                fh.flush()
-                os.fsync(fh.fileno())
-                os.fchmod(fh.fileno(), 0o440)
-            result = self._run([self.visudo, "-cf", tmp])
-            if result.returncode != 0:
-                msg = (result.stderr or result.stdout).strip()
-                raise BackendError(f"visudo rejected the sudoers file for grant {grant.grant_id}: {msg}")
+            tmp = self._write_temporary(grant.grant_id, content)
+            error = self._check(tmp)
+            if error is not None:
+                raise BackendError(f"visudo rejected the sudoers file for grant {grant.grant_id}: {error}")
             os.replace(tmp, final)
             tmp = None
             self._fsync_dir()
@@ -175,11 +190,65 @@ class SudoBackend:
             raise BackendError(f"cannot write {final}: {exc}", transient=True) from exc
         finally:
             if tmp is not None:
-                try:
-                    os.unlink(tmp)
-                except OSError:
-                    pass
+                _unlink_quietly(tmp)
         return str(final)
+
+    def apply_many(self, grants: Sequence[GrantSpec]) -> list[str | BackendError]:
+        """``apply()`` for many grants: per grant, in order, its drop-in's path or the error
+        ``apply()`` would have raised for it (``InvalidGrant`` included).
+
+        Each drop-in is validated, written to its temporary name and synced as by ``apply()``; then
+        one ``visudo -cf`` checks them all, through a temporary file that ``#include``s each (~30 ms
+        for a thousand, against ~2.5 ms for a run per file); the valid ones are renamed into place
+        and the directory is synced once. A rendered drop-in holds one user spec and no alias or
+        Defaults, so it parses among the others exactly when it parses alone; when the check
+        fails, each file is checked again alone, so only the bad ones fail, with ``apply()``'s
+        message. Raises nothing itself: an error that stops the whole check (visudo missing or
+        timed out) is every grant's answer."""
+        results: list[str | BackendError | None] = [None] * len(grants)
+        rendered = []
+        for i, grant in enumerate(grants):
+            try:
+                rendered.append((i, grant, self._render(grant)))
+            except InvalidGrant as exc:
+                results[i] = exc
+        left: dict[str, tuple[int, GrantSpec]] = {}  # temporary files not (yet) renamed into place
+        try:
+            files = self._write_all([(grant.grant_id, text) for _, grant, text in rendered])
+            for (i, grant, _), tmp in zip(rendered, files):
+                if isinstance(tmp, OSError):
+                    results[i] = self._write_error(grant, tmp)
+                else:
+                    left[tmp] = (i, grant)
+            try:
+                rejected = self._check_many(list(left))
+            except (BackendError, OSError) as exc:  # no check could run: every file's answer
+                for i, grant in left.values():
+                    results[i] = exc if isinstance(exc, BackendError) else self._write_error(grant, exc)
+                return results  # type: ignore[return-value]  (every entry is set)
+            placed = []
+            for tmp, (i, grant) in list(left.items()):
+                if tmp in rejected:
+                    results[i] = BackendError(f"visudo rejected the sudoers file for grant {grant.grant_id}: "
+                                              f"{rejected[tmp]}")
+                    continue
+                try:
+                    os.replace(tmp, self._path(grant.grant_id))
+                except OSError as exc:
+                    results[i] = self._write_error(grant, exc)
+                    continue
+                del left[tmp]
+                results[i] = str(self._path(grant.grant_id))
+                placed.append(i)
+            try:
+                self._fsync_dir()
+            except OSError as exc:  # the renames may not last: an error to retry for each, as in apply()
+                for i in placed:
+                    results[i] = self._write_error(grants[i], exc)
+        finally:
+            for tmp in left:
+                _unlink_quietly(tmp)
+        return results  # type: ignore[return-value]  (every entry is set)
 
     def revoke(self, grant: GrantSpec) -> None:
         """Remove the drop-in and the person's cached sudo credentials; missing is fine."""
@@ -251,13 +320,10 @@ class SudoBackend:
                 raise InvalidGrant(field_name, reason)
         grant.check_window()
         commands = grant.params.get("commands") if isinstance(grant.params, Mapping) else None
-        errors = commands_errors(commands)
-        if errors:
-            field_name, _, reason = errors[0].partition(": ")
-            raise InvalidGrant(field_name, reason)
-        cmnds = ", ".join(
-            " ".join([c.split(" ")[0], *(_escape_arg(a) for a in c.split(" ")[1:])]) for c in commands
-        )
+        if isinstance(commands, (list, tuple)) and all(isinstance(c, str) for c in commands):
+            cmnds = _command_list(tuple(commands))
+        else:
+            _command_list.__wrapped__(commands)  # raises the InvalidGrant that says what is wrong
         header = (
             f"{_HEADER_PREFIX} grant_id={grant.grant_id} request_id={rid} "
             f"person={grant.person} target={grant.target} role={grant.role}\n"
@@ -269,6 +335,58 @@ class SudoBackend:
             f"LOG_INPUT: LOG_OUTPUT: {cmnds}\n"
         )
         return header + spec
+
+    def _write_temporary(self, grant_id: int, content: str) -> str:
+        """The drop-in's text in a new temporary file beside it (a name sudo's ``#includedir``
+        skips), synced, mode 0440; its path. Raises ``OSError``, leaving no file behind."""
+        fd, tmp = tempfile.mkstemp(prefix=f".jit_g{grant_id}.tmp-", dir=self.sudoers_dir)
+        try:
+            with os.fdopen(fd, "w", encoding="ascii") as fh:
+                fh.write(content)
+                fh.flush()
+                os.fsync(fh.fileno())
+                os.fchmod(fh.fileno(), 0o440)
+        except BaseException:
+            _unlink_quietly(tmp)
+            raise
+        return tmp
+
+    def _write_all(self, files: list[tuple[int, str]]) -> list[str | OSError]:
+        """``_write_temporary`` for each ``(grant_id, content)``: per file its path or the OSError,
+        in threads when there are several, so their fsyncs overlap (each mostly waits on the disk)."""
+        def write(item: tuple[int, str]) -> str | OSError:
+            try:
+                return self._write_temporary(*item)
+            except OSError as exc:
+                return exc
+        if len(files) < 2:
+            return [write(item) for item in files]
+        with ThreadPoolExecutor(min(_WRITERS, len(files))) as pool:
+            return list(pool.map(write, files))
+
+    def _write_error(self, grant: GrantSpec, exc: OSError) -> BackendError:
+        return BackendError(f"cannot write {self._path(grant.grant_id)}: {exc}", transient=True)
+
+    def _check(self, path: str) -> str | None:
+        """``visudo -cf path``: None when the file parses, else visudo's message."""
+        result = self._run([self.visudo, "-cf", path])
+        return None if result.returncode == 0 else (result.stderr or result.stdout).strip()
+
+    def _check_many(self, paths: list[str]) -> dict[str, str]:
+        """The files of ``paths`` visudo rejects, each with its message: one run over a file
+        including them all, and a run per file only when that one fails (or a path cannot be
+        written in an include line). Raises ``OSError`` (the listing cannot be written), or
+        ``BackendError`` when visudo cannot run."""
+        if len(paths) > 1 and all(_PATH_RE.fullmatch(p) for p in paths):  # no space, quote or %h in a path
+            fd, listing = tempfile.mkstemp(prefix=".jit_batch.tmp-", dir=self.sudoers_dir)
+            try:
+                with os.fdopen(fd, "w", encoding="ascii") as fh:
+                    fh.write("".join(f"#include {p}\n" for p in paths))
+                if self._check(listing) is None:
+                    return {}
+            finally:
+                _unlink_quietly(listing)
+        return {p: error for p in paths if (error := self._check(p)) is not None}
 
     def _run(self, argv: list[str]) -> subprocess.CompletedProcess[str]:
         try:

@@ -49,6 +49,12 @@ def checks_of(decision: Decision) -> list[dict[str, Any]]:
     return [{"name": c.name, "passed": c.passed, "message": c.message} for c in decision.checks]
 
 
+def row_values(row: Any, changes: Mapping[str, Any]) -> dict[str, Any]:
+    """A request read as a result row (``select(*RequestRow.__table__.c)``), with ``changes``
+    applied: its new values, as ``_record_many`` shows them to the outbox."""
+    return {**row._mapping, **changes}
+
+
 class LifecycleBase:
 
     def __init__(self, store: Store, policy: PolicySet, directory: Directory,

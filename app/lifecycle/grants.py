@@ -3,8 +3,10 @@ retries, shared artifacts; release, revoke and extend, which end or change a gra
 from __future__ import annotations
 
 import time
+from concurrent.futures import Executor, Future
+from contextlib import ExitStack
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlmodel import Session, select
 
@@ -12,8 +14,8 @@ from app import failpoints
 from app.domain.errors import BadInput, Conflict, Refused
 from app.domain.inputs import check_text
 from app.domain.views import Outcome
-from app.lifecycle.base import LifecycleBase, checks_of, log
-from app.store import GrantRow, RequestRow
+from app.lifecycle.base import LifecycleBase, checks_of, log, row_values
+from app.store import GrantRow, RequestRow, among
 from app.store import grants as grant_store
 from app.store import requests as request_store
 from app.domain.states import LIVE
@@ -24,19 +26,22 @@ from policies.durations import format_duration
 from policies.evaluate import evaluate
 
 
-class Grants(LifecycleBase):
-    def _activate_if_due(self, request_id: int) -> str | None:
-        """Apply the grant now if the request is approved and its start has come."""
-        now = self.clock()
-        with self.store.transaction() as s:
-            row = self._load(s, request_id)
-            grant_id = self._intend_apply(s, row, now)
-            state, starts_at = row.state, row.starts_at
-        if grant_id is not None:
-            return self._apply(grant_id)
-        return f"REQ-{request_id} starts at {starts_at:%Y-%m-%d %H:%M} UTC" if state == "approved" \
-            and starts_at > now else None
+class Claim(NamedTuple):
+    """A grant in 'applying' this process claimed: what its backend is asked, and which backend."""
 
+    spec: GrantSpec
+    backend: str
+
+
+class Applying(NamedTuple):
+    """A batch of claims whose backend calls run in another thread (``Grants._start_applying``)."""
+
+    claims: list[Claim]
+    held: ExitStack  # the claims kept renewed until the outcomes are written
+    calls: Future  # -> (per grant id its reference or the BackendError, the instant the calls ended)
+
+
+class Grants(LifecycleBase):
     def _intend_apply(self, s: Session, row: RequestRow, now: datetime) -> int | None:
         """In ``s``: when the approved request's start has come, its grant as 'applying', claimed by
         this process; the grant's id, or None (not approved, not due, its window has passed, or
@@ -45,21 +50,30 @@ class Grants(LifecycleBase):
             return None
         if row.expires_at <= now and row.scheduled:
             return None  # its window has passed; the engine lapses it
-        starts = row.starts_at if row.scheduled else now
-        expires = row.expires_at if row.scheduled else now + timedelta(seconds=row.duration_s)
-        grant = GrantRow(request_id=row.id, backend=row.backend or "", person=row.requester, target=row.target,
-                         role=row.role, params=row.params, starts_at=starts, expires_at=expires,
-                         status="applying", owner=self.owner, lease_until=now + self.settings.lease,
-                         updated_at=now)
+        grant = GrantRow(**self._new_grant(row, now))
         if not grant_store.create(s, grant):
             return None  # another process is activating it
-        backend = self.backends.get(grant.backend)
-        grant.shared_key = backend.shared_key(self._spec(grant)) if backend is not None else None
+        grant.shared_key = self._shared_key(self._spec(grant), grant.backend)
         s.add(grant)
-        request_store.transition(s, row, "approved", now, starts_at=starts, expires_at=expires)
+        request_store.transition(s, row, "approved", now, starts_at=grant.starts_at, expires_at=grant.expires_at)
         self._record(s, at=now, actor="engine", action="grant.applying", request_id=row.id, grant_id=grant.id,
-                     backend=grant.backend, expires_at=expires.isoformat())
+                     backend=grant.backend, expires_at=grant.expires_at.isoformat())
         return grant.id
+
+    def _new_grant(self, row: Any, now: datetime) -> dict[str, Any]:
+        """The grant (its columns, id aside) an approved request's activation writes now: 'applying',
+        claimed by this process for one lease; over the request's own window when it was
+        scheduled, else from now. ``row``: the request, as an object or a result row."""
+        starts = row.starts_at if row.scheduled else now
+        expires = row.expires_at if row.scheduled else now + timedelta(seconds=row.duration_s)
+        return dict(request_id=row.id, backend=row.backend or "", person=row.requester, target=row.target,
+                    role=row.role, params=row.params, starts_at=starts, expires_at=expires, status="applying",
+                    owner=self.owner, lease_until=now + self.settings.lease, attempts=0, updated_at=now,
+                    version=1)
+
+    def _shared_key(self, spec: GrantSpec, backend: str) -> str | None:
+        found = self.backends.get(backend)
+        return found.shared_key(spec) if found is not None else None
 
     def _claim_of(self, grant_id: int) -> tuple[GrantSpec, str, datetime | None]:
         """A grant's spec, backend, and the end of this process's claim on it (None: not ours)."""
@@ -67,7 +81,7 @@ class Grants(LifecycleBase):
             g = s.get(GrantRow, grant_id)
             return self._spec(g), g.backend, g.lease_until if g.owner == self.owner else None
 
-    def _ours(self, grant: GrantRow) -> bool:
+    def _ours(self, grant: Any) -> bool:
         """Whether this process still holds its claim on ``grant`` (read, and locked, just now)."""
         if grant.owner == self.owner and self.leases.holds(grant.id):
             return True
@@ -76,37 +90,137 @@ class Grants(LifecycleBase):
         return False
 
     def _apply(self, grant_id: int) -> str:
-        """Call the backend for a grant in 'applying' and record the outcome, while its claim holds."""
+        """Call the backend for a grant in 'applying' and record the outcome, while its claim holds:
+        ``_apply_claimed`` with one grant."""
         spec, backend, until = self._claim_of(grant_id)
-        with self.leases.hold([grant_id], until):
-            if not self.leases.holds(grant_id):
-                return f"grant {grant_id} is being applied by another engine"
-            result = self._with_backend(spec, backend, "apply")
-            now = self.clock()
-            with self.store.transaction() as s:
-                return self._apply_outcome(s, grant_id, result, now)
+        return self._apply_claimed([Claim(spec, backend)], until)[grant_id]
 
-    def _apply_outcome(self, s: Session, grant_id: int, result: Any, now: datetime) -> str:
-        """Record what the backend call for a grant in 'applying' did: active, or failed."""
-        grant = s.get(GrantRow, grant_id, with_for_update=True)
-        if grant.status != "applying" or not self._ours(grant):  # the lease ran out: another engine has it
-            return f"grant {grant_id} was taken over by another engine: {grant.status}"
-        row = s.get(RequestRow, grant.request_id)
-        if not isinstance(result, BackendError):
-            ref = result
-            grant_store.transition(s, grant, "active", now, ref=ref, applied_at=now, owner=None, lease_until=None,
-                                   last_error=None)
-            if row.state == "approved":
-                request_store.transition(s, row, "active", now)
-            self._record(s, at=now, actor="engine", action="grant.active", request_id=row.id, grant_id=grant.id,
-                         ref=ref, expires_at=grant.expires_at.isoformat())
-            return f"active: {grant.backend} grant until {grant.expires_at:%Y-%m-%d %H:%M:%S} UTC ({ref})"
-        grant_store.transition(s, grant, "failed", now, last_error=str(result), owner=None, lease_until=None)
-        if row.state == "approved":
-            request_store.transition(s, row, "failed", now, closed_by="engine", closed_reason=str(result))
-        self._record(s, at=now, actor="engine", action="grant.failed", request_id=row.id, grant_id=grant.id,
-                     error=str(result))
-        return f"failed: {result}"
+    def _apply_claimed(self, claims: list[Claim], until: datetime | None) -> dict[int, str]:
+        """Apply grants in 'applying' this process claimed (leases until ``until``; None: not ours)
+        and record the outcomes: the backend calls, through a backend's ``apply_many`` where it has
+        one, then one transaction for every outcome. The claims are renewed meanwhile; a grant
+        whose claim is lost before its call is not applied, one lost before its outcome is not
+        recorded (its new owner finishes it). Per grant id, the note for whoever asked."""
+        with self.leases.hold([c.spec.grant_id for c in claims], until):
+            results = self._apply_on_backends(claims)
+            return self._record_applied(claims, results, self.clock())
+
+    def _start_applying(self, worker: Executor, claims: list[Claim], until: datetime) -> Applying:
+        """``_apply_claimed``'s backend calls, started in ``worker`` (they mostly wait on the target),
+        the claims held from now on; ``_finish_applying`` records the outcomes."""
+        held = ExitStack()
+        held.enter_context(self.leases.hold([c.spec.grant_id for c in claims], until))
+        try:
+            calls = worker.submit(lambda: (self._apply_on_backends(claims), self.clock()))
+        except BaseException:
+            held.close()
+            raise
+        return Applying(claims, held, calls)
+
+    def _finish_applying(self, applying: Applying) -> dict[int, str]:
+        """Wait for a started batch's backend calls and record their outcomes; the claims are let go
+        even when that fails (then the grants stay 'applying' for ``recover()`` once the leases end)."""
+        with applying.held:
+            results, ended = applying.calls.result()
+            return self._record_applied(applying.claims, results, ended)
+
+    def _record_applied(self, claims: list[Claim], results: dict[int, Any], now: datetime) -> dict[int, str]:
+        notes = {c.spec.grant_id: f"grant {c.spec.grant_id} is being applied by another engine"
+                 for c in claims if c.spec.grant_id not in results}
+        if results:
+            notes.update(self._apply_outcomes(results, now))
+        return notes
+
+    def _apply_on_backends(self, claims: list[Claim]) -> dict[int, Any]:
+        """Each grant's backend call, with retries, between the apply crash points: per grant id its
+        reference or the BackendError; a grant whose claim was lost before its call is left out."""
+        failpoints.hit("apply.before_backend")
+        results: dict[int, Any] = {}
+        for name in dict.fromkeys(c.backend for c in claims):  # per backend, in the claims' order
+            specs = [c.spec for c in claims if c.backend == name]
+            apply_many = getattr(self.backends.get(name), "apply_many", None)  # integrations.base.BatchApply
+            if apply_many is None:  # one call per grant (and no such backend: each a BackendError)
+                for spec in specs:
+                    if self.leases.holds(spec.grant_id):
+                        results[spec.grant_id] = self._with_retries(lambda: self._backend(name).apply(spec))
+            else:
+                results.update(self._apply_many_with_retries(
+                    apply_many, [spec for spec in specs if self.leases.holds(spec.grant_id)]))
+        failpoints.hit("apply.after_backend")
+        return results
+
+    def _apply_many_with_retries(self, apply_many: Any, specs: list[GrantSpec]) -> dict[int, Any]:
+        """``apply_many`` over ``specs``, the transient failures again with backoff, as
+        ``_with_retries`` does for one call: per grant id its reference or the BackendError."""
+        results: dict[int, Any] = {}
+        delay = self.settings.retry_backoff.total_seconds()
+        for attempt in range(1, self.settings.apply_attempts + 1):
+            if not specs:
+                break
+            answers = list(apply_many(specs))
+            if len(answers) != len(specs):
+                raise AssertionError(f"apply_many answered {len(answers)} times for {len(specs)} grants")
+            again = []
+            for spec, answer in zip(specs, answers):
+                if isinstance(answer, BackendError) and answer.transient and not isinstance(answer, InvalidGrant) \
+                        and attempt < self.settings.apply_attempts:
+                    again.append((spec, answer))
+                else:
+                    results[spec.grant_id] = answer
+            if again:
+                log.warning("backend call failed for %d grant(s) (attempt %d): %s", len(again), attempt, again[0][1])
+                time.sleep(delay)
+                delay *= 2
+            specs = [spec for spec, _ in again]
+        return results
+
+    def _apply_outcomes(self, results: dict[int, Any], now: datetime) -> dict[int, str]:
+        """Record what the backend calls did for grants in 'applying', in one transaction: each
+        active, or failed with its request, with its audit event; nothing for a grant finished
+        by, or left to, whoever took its claim over. Per grant id, the note for whoever asked."""
+        pg = self.store.dialect == "postgresql"
+        notes: dict[int, str] = {}
+        with self.store.transaction() as s:
+            q = (select(GrantRow.id, GrantRow.request_id, GrantRow.backend, GrantRow.status, GrantRow.owner,
+                        GrantRow.expires_at, GrantRow.version)
+                 .where(among(s, GrantRow.id, results)).order_by(GrantRow.id))  # the renewals' order
+            grants = {g.id: g for g in s.exec(q.with_for_update() if pg else q)}
+            q = (select(*RequestRow.__table__.c)
+                 .where(among(s, RequestRow.id, {g.request_id for g in grants.values()})).order_by(RequestRow.id))
+            rows = {r.id: r for r in s.exec(q.with_for_update() if pg else q)}
+            active, failed, started, ended, events = [], [], [], [], []
+            for grant_id, result in results.items():
+                g = grants[grant_id]
+                if g.status != "applying" or not self._ours(g):  # the lease ran out: another engine has it
+                    notes[grant_id] = f"grant {grant_id} was taken over by another engine: {g.status}"
+                    continue
+                row = rows[g.request_id]
+                if not isinstance(result, BackendError):
+                    active.append((g, {"status": "active", "ref": result, "applied_at": now, "owner": None,
+                                       "lease_until": None, "last_error": None, "updated_at": now}))
+                    change, bucket = {"state": "active", "updated_at": now}, started
+                    action, details = "grant.active", dict(grant_id=g.id, ref=result,
+                                                           expires_at=g.expires_at.isoformat())
+                    notes[grant_id] = (f"active: {g.backend} grant until {g.expires_at:%Y-%m-%d %H:%M:%S} UTC "
+                                       f"({result})")
+                else:
+                    failed.append((g, {"status": "failed", "last_error": str(result), "owner": None,
+                                       "lease_until": None, "updated_at": now}))
+                    change, bucket = {"state": "failed", "updated_at": now, "closed_by": "engine",
+                                      "closed_reason": str(result)}, ended
+                    action, details = "grant.failed", dict(grant_id=g.id, error=str(result))
+                    notes[grant_id] = f"failed: {result}"
+                if row.state == "approved":
+                    bucket.append((row, change))
+                else:
+                    change = {}
+                events.append(("engine", action, row_values(row, change), row.id, details))
+            for changes in (active, failed):  # one statement each, by primary key, rows locked above
+                grant_store.transition_many(s, changes)
+            for changes in (started, ended):
+                request_store.transition_many(s, changes)
+            self._record_many(s, now, events)
+        return notes
 
     def _call_backend(self, grant_id: int, method: str) -> Any:
         """Run ``apply`` or ``revoke`` for a grant, between its crash points; see ``_with_retries``."""

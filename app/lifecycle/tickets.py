@@ -47,8 +47,8 @@ class Tickets(LifecycleBase):
                 if s.exec(select(RequestRow.id).where(RequestRow.source_ref == source)).first() is None:
                     raise  # some other constraint: not a race to swallow
             return [None]
-        for request_id in due:  # approved and already started: apply now
-            self._activate_if_due(request_id)
+        if due:  # approved and already started: apply now, a batch at a time
+            self.activate_due(only=due)
         return results
 
     def _ticket_request(self, ticket: Ticket, now: datetime) -> tuple[AccessRequest, bool]:

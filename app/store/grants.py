@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 
 from app.domain.states import require, require_all
+from app.store.bulk import insert_rows
 from app.store.versions import update_checked, update_many
 from app.store.tables import GrantRow
 from integrations.base import GrantSpec
@@ -18,6 +19,13 @@ def spec_of(g: GrantRow) -> GrantSpec:
     """What a backend is told about a grant."""
     return GrantSpec(grant_id=g.id, request_id=g.request_id, person=g.person, target=g.target, role=g.role,
                      starts_at=g.starts_at, expires_at=g.expires_at, params=dict(g.params))
+
+
+def spec_from(values: Mapping[str, Any]) -> GrantSpec:
+    """``spec_of`` a grant given as its column values (one about to be inserted by ``create_many``)."""
+    return GrantSpec(grant_id=values["id"], request_id=values["request_id"], person=values["person"],
+                     target=values["target"], role=values["role"], starts_at=values["starts_at"],
+                     expires_at=values["expires_at"], params=dict(values["params"]))
 
 
 def create(s: Session, grant: GrantRow) -> bool:
@@ -33,6 +41,14 @@ def create(s: Session, grant: GrantRow) -> bool:
     return True
 
 
+def create_many(s: Session, grants: Sequence[dict[str, Any]]) -> None:
+    """Insert new grants given as column dicts, ids included (``bulk.next_ids``), in one statement,
+    for requests read and locked in ``s`` that have none (a second grant for a request is an
+    ``IntegrityError``)."""
+    require_all("grant", ((None, g["status"]) for g in grants))
+    insert_rows(s, GrantRow.__table__, list(grants))
+
+
 def transition(s: Session, grant: GrantRow, status: str, now: datetime | None = None, **values: Any) -> None:
     """The optimistic transition (``now``: the new ``updated_at``, when it changes)."""
     require("grant", grant.status, status)
@@ -43,9 +59,10 @@ def transition(s: Session, grant: GrantRow, status: str, now: datetime | None = 
                    lost=f"grant {grant.id} was changed by someone else; nothing was done")
 
 
-def transition_many(s: Session, changes: Sequence[tuple[GrantRow, dict[str, Any]]]) -> None:
-    """Many transitions by primary key in one statement, for rows read and locked in ``s``:
-    each ``(grant, values)`` with the new ``status`` among the values."""
+def transition_many(s: Session, changes: Sequence[tuple[Any, dict[str, Any]]]) -> None:
+    """Many transitions by primary key in one statement, for rows read and locked in ``s`` (objects
+    or result rows with ``id``, ``status`` and ``version``): each ``(grant, values)`` with the new
+    ``status`` among the values."""
     require_all("grant", ((g.status, values["status"]) for g, values in changes))
     update_many(s, GrantRow, changes)
 

@@ -44,9 +44,10 @@ def transition(s: Session, row: RequestRow, state: str, now: datetime, **values:
                    lost=f"REQ-{row.id} was changed by someone else; nothing was done, reload it")
 
 
-def transition_many(s: Session, changes: Sequence[tuple[RequestRow, dict[str, Any]]]) -> None:
+def transition_many(s: Session, changes: Sequence[tuple[Any, dict[str, Any]]]) -> None:
     """Many transitions by primary key in one statement, for rows read and locked in ``s`` (on
-    SQLite the whole database is): each ``(row, values)`` with the new ``state`` among the values."""
+    SQLite the whole database is; objects or result rows with ``id``, ``state`` and ``version``):
+    each ``(row, values)`` with the new ``state`` among the values."""
     require_all("request", ((row.state, values["state"]) for row, values in changes))
     update_many(s, RequestRow, changes)
 

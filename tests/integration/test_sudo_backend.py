@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from integrations.base import Backend, BackendError, GrantSpec, InvalidGrant
+from integrations.base import Backend, BackendError, BatchApply, GrantSpec, InvalidGrant
 from integrations.sudo import SudoBackend
 
 
@@ -80,7 +80,7 @@ def options(doc: dict) -> dict:
 
 
 def test_is_a_backend(backend: SudoBackend) -> None:
-    assert isinstance(backend, Backend)
+    assert isinstance(backend, Backend) and isinstance(backend, BatchApply)
     assert backend.name == "sudo"
 
 
@@ -285,3 +285,69 @@ def test_missing_dir_is_transient(tmp_path: Path) -> None:
 def test_init_rejects_bad_runas(tmp_path: Path) -> None:
     with pytest.raises(ValueError):
         SudoBackend(tmp_path, runas="ALL")
+
+
+# -- apply_many: a batch of drop-ins checked by one visudo run ------------------------------------
+
+def logging_visudo(tmp_path: Path, refuse: str = "") -> tuple[Path, Path]:
+    """A visudo that logs each file it is asked to check and then runs the real one; a file whose
+    text holds ``refuse`` (or a listing including such a file) is refused with a message naming it."""
+    log, script = tmp_path / "visudo.log", tmp_path / "visudo"
+    refusal = (f'for f in "$2" $(sed -n "s/^#include //p" "$2"); do\n'
+               f'  if grep -q "{refuse}" "$f"; then echo "$f:2:1: syntax error" >&2; exit 1; fi\n'
+               f'done\n') if refuse else ""
+    script.write_text(f'#!/bin/sh\necho "$2" >> "{log}"\n{refusal}exec "{VISUDO}" "$@"\n')
+    script.chmod(0o755)
+    return script, log
+
+
+def batch(n: int) -> list[GrantSpec]:
+    return [make_grant(grant_id=i, request_id=100 + i, person=f"user{i}") for i in range(1, n + 1)]
+
+
+def test_apply_many_writes_what_apply_writes_with_one_visudo_run(tmp_path: Path, sudoers_dir: Path) -> None:
+    visudo, log = logging_visudo(tmp_path)
+    b = SudoBackend(sudoers_dir, visudo=str(visudo), cvtsudoers=CVTSUDOERS)
+    grants = batch(5)
+    assert b.apply_many(grants) == [str(sudoers_dir / f"jit_g{g.grant_id}") for g in grants]
+    assert len(log.read_text().splitlines()) == 1  # one check for the five (a listing that includes each)
+    one_by_one = tmp_path / "one-by-one"
+    one_by_one.mkdir()
+    single = SudoBackend(one_by_one, visudo=VISUDO, cvtsudoers=CVTSUDOERS)
+    for g in grants:
+        single.apply(g)
+    assert sorted(os.listdir(sudoers_dir)) == sorted(os.listdir(one_by_one))  # no temporary file is left
+    for g in grants:
+        path = sudoers_dir / f"jit_g{g.grant_id}"
+        assert path.read_text() == (one_by_one / path.name).read_text()
+        assert stat.S_IMODE(path.stat().st_mode) == 0o440
+        assert subprocess.run([VISUDO, "-cf", str(path)], capture_output=True).returncode == 0
+        assert b.inspect(g).person == g.person
+
+
+def test_apply_many_fails_only_the_bad_grants(tmp_path: Path, sudoers_dir: Path) -> None:
+    visudo, log = logging_visudo(tmp_path, refuse="person=user3 ")
+    b = SudoBackend(sudoers_dir, visudo=str(visudo), cvtsudoers=CVTSUDOERS)
+    grants = batch(4)
+    grants[1] = replace(grants[1], person="Not A User")
+    results = b.apply_many(grants)
+    assert results[0] == str(sudoers_dir / "jit_g1") and results[3] == str(sudoers_dir / "jit_g4")
+    assert isinstance(results[1], InvalidGrant) and results[1].field == "person"  # never written
+    assert isinstance(results[2], BackendError) and not results[2].transient
+    assert str(results[2]).startswith("visudo rejected the sudoers file for grant 3: ")
+    assert "syntax error" in str(results[2])
+    assert sorted(os.listdir(sudoers_dir)) == ["jit_g1", "jit_g4"]
+    assert len(log.read_text().splitlines()) == 1 + 3  # the listing refused: each written file checked alone
+
+
+def test_apply_many_without_visudo_fails_each_and_leaves_nothing(tmp_path: Path, sudoers_dir: Path) -> None:
+    b = SudoBackend(sudoers_dir, visudo=str(tmp_path / "no-such-visudo"), cvtsudoers=CVTSUDOERS)
+    results = b.apply_many(batch(3))
+    assert [type(r) for r in results] == [BackendError] * 3 and all("not found" in str(r) for r in results)
+    assert os.listdir(sudoers_dir) == []
+
+
+def test_apply_many_into_a_missing_dir_is_transient_for_each(tmp_path: Path) -> None:
+    b = SudoBackend(tmp_path / "absent", visudo=VISUDO, cvtsudoers=CVTSUDOERS)
+    results = b.apply_many(batch(2))
+    assert all(isinstance(r, BackendError) and r.transient for r in results)

@@ -2,6 +2,9 @@
 
 usage: crash_driver.py CONFIG ISO_NOW ACTION [ARGS...]
   grant TARGET ROLE MINUTES   alice asks; bob and carol approve when the tier needs it
+  schedule TARGET ROLE MINUTES COUNT START
+                              alice asks COUNT times for the window from START (ISO 8601), approved
+                              as above: nothing applied before START, then one activation batch
   release ID                  alice releases her grant
   revoke ID                   erin (security operator) revokes it
   engine                      one engine pass (recovery, expiry, activation)
@@ -36,9 +39,23 @@ def grant(sv: Services, target: str, role: str, minutes: int) -> int:
     return request.id
 
 
+def schedule(sv: Services, target: str, role: str, minutes: int, count: int, start: datetime) -> list[int]:
+    lc, ids = sv.lifecycle, []
+    for _ in range(count):
+        request = lc.submit("alice", target, role, timedelta(minutes=minutes), "crash test of a batch activation",
+                            ticket=TICKET, start=start).request
+        if request.state == "pending":
+            lc.approve("bob", request.id)
+            lc.approve("carol", request.id)
+        ids.append(request.id)
+    return ids
+
+
 def step(sv: Services, action: str, args: list[str]) -> object:
     if action == "grant":
         return grant(sv, args[0], args[1], int(args[2]))
+    if action == "schedule":
+        return schedule(sv, args[0], args[1], int(args[2]), int(args[3]), datetime.fromisoformat(args[4]))
     if action == "release":
         return sv.lifecycle.release("alice", int(args[0])).message
     if action == "revoke":

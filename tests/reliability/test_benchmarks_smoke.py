@@ -22,6 +22,7 @@ CASES = {
     "revocation_lag.py": (["--grants", "6", "--held", "6,8", "--window", "1", "--workers", "2", "--lead", "12",
                            "--postgres", ""], "Revocation lag", ["sqlite", "8"]),  # the larger holding measured
     "restart_catchup.py": (["--grants", "5", "--workers", "1", "--postgres", ""], "Restart catch-up", ["sqlite"]),
+    "activation_burst.py": (["--grants", "5", "--workers", "1", "--postgres", ""], "Activation burst", ["sqlite"]),
     "snow_sync.py": (["--tickets", "40", "--repeat", "1", "--postgres", ""], "ServiceNow sync of 40", ["sqlite"]),
     "policy_decisions.py": (["--decisions", "2000", "--distinct", "200"], "Policy decisions per second", ["all"]),
     "console_bench.py": (["--pending", "30", "--active", "10", "--cpu-seconds", "1"], "Console with 30 pending",

@@ -5,7 +5,8 @@ applied twice.
 The step that crashes runs in its own process (``crash_driver.py``) with ``JIT_FAILPOINTS`` set,
 so it dies by SIGKILL exactly there (app/failpoints.py): ``apply.before_backend`` (the intent
 ``applying`` is committed, the backend not called), ``apply.after_backend`` (the backend holds it,
-the outcome is not committed), and the same two for revoke. Revocation is reached three ways
+the outcome is not committed), and the same two for revoke; the apply steps once more in the
+engine's batch activation of several requests starting at one instant. Revocation is reached three ways
 that run different code: expiry by the engine (``expire_due``), an operator's revoke and the
 requester's release (``_end``), and once more as a second crash inside the recovery itself.
 
@@ -242,3 +243,62 @@ def test_kill_again_during_recovery(world):
     assert view.grant.status == "revoking" and world.held() == artifact(world)
     run(world, EXPIRY + RESTART, "engine")
     assert_ended(world, "expired", EXPIRY + BOUND, applied=1)
+
+
+BATCH = 3  # alice's requests starting at one instant (her concurrency limit)
+
+
+def batch_artifacts(world: World) -> list[str]:
+    """What the target holds for the batch: a drop-in or policy per grant; one shared LDAP membership."""
+    return sorted({a for grant_id in range(1, BATCH + 1) for a in artifact(world, grant_id)})
+
+
+@pytest.mark.parametrize("failpoint", ["apply.before_backend", "apply.after_backend"])
+def test_kill_during_a_batch_activation_then_restart(world, failpoint):
+    """The engine dies in the middle of one activation batch: every grant's intent committed, the
+    backend called for none or for all of them, no outcome written. The restarted engine applies
+    each once, with the requests' own window, and expiry ends each once."""
+    start = T0 + timedelta(minutes=1)
+    ids = run(world, T0, "schedule", world.target, world.role, MINUTES, BATCH, start.isoformat())
+    assert len(ids) == BATCH and world.held() == []
+    crash(world, start, failpoint, "engine")
+    views = [view_of(world, rid) for rid in ids]
+    assert {(v.state, v.grant.status) for v in views} == {("approved", "applying")}
+    assert world.held() == (batch_artifacts(world) if failpoint == "apply.after_backend" else [])
+
+    run(world, start + RESTART, "engine")
+    actions = audit_actions(world)
+    for rid in ids:
+        view = view_of(world, rid)
+        assert view.state == "active" and view.grant.status == "active"
+        assert view.grant.expires_at == start + timedelta(minutes=MINUTES)
+        assert world.expiry_at_target(view.grant.id) in (None, view.grant.expires_at)
+        assert (actions[(rid, "grant.applying")], actions[(rid, "grant.active")]) == (1, 1), actions
+    assert world.held() == batch_artifacts(world)
+
+    ended_at = start + timedelta(minutes=MINUTES) + RESTART
+    run(world, ended_at, "engine")
+    actions = audit_actions(world)
+    for rid in ids:
+        view = view_of(world, rid)
+        assert view.state == "expired" and view.grant.status == "revoked" and view.grant.revoked_at <= ended_at
+        assert sum(actions[(rid, e)] for e in END_EVENTS) == 1 and actions[(rid, "grant.active")] == 1
+    assert world.held() == []
+    assert snapshot(world)[2], "the audit chain does not verify"
+
+
+def view_of(world: World, request_id: int):
+    sv = services(world.config, T0)
+    try:
+        return sv.lifecycle.get(request_id)
+    finally:
+        sv.close()
+
+
+def audit_actions(world: World) -> Counter:
+    sv = services(world.config, T0)
+    try:
+        with sv.store.transaction() as s:
+            return Counter((e.request_id, e.action) for e in s.exec(select(AuditEvent)).all())
+    finally:
+        sv.close()

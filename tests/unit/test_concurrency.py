@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import threading
+from collections import Counter
 from datetime import timedelta
 
 import pytest
 from sqlmodel import select
 
 from app.domain.errors import Refused
-from app.store import AuditEvent
+from app.store import AuditEvent, audit
 from app.store.leases import Leases
 
 ROUNDS = 5
@@ -152,3 +153,70 @@ def test_an_apply_outliving_its_lease_is_recorded_once(lifecycle, store, backend
         actions = [e.action for e in s.exec(select(AuditEvent).where(AuditEvent.request_id == rid)).all()]
     assert lifecycle.get(rid).state == "active"
     assert actions.count("grant.recovered") == 1 and actions.count("grant.active") == 1, actions
+
+
+def other_engine(lifecycle, store, clock, owner="other-host:4242"):
+    """A second engine on the same database: its own owner, claims and backend."""
+    from copy import copy
+
+    from integrations.fake import FakeBackend
+    other = copy(lifecycle)
+    other.owner = owner
+    other.leases = Leases(store, owner, lifecycle.settings.lease, clock)
+    other.backends = {"sudo": FakeBackend("sudo")}
+    return other
+
+
+@pytest.mark.parametrize("round_", range(3))
+def test_two_engines_activating_one_burst_apply_each_grant_once(lifecycle, store, backend, clock, round_):
+    """24 requests start at one instant; two engines run activate_due at once, in batches of 4: the
+    claims they report add up to 24, and every grant is applied by exactly one of them, once."""
+    import time
+
+    for i in range(10):
+        lifecycle.directory._people[f"user{i}"] = frozenset({"engineers"})
+    start = clock() + timedelta(hours=1)
+    rids = [lifecycle.submit(f"user{i % 10}", "web-dev-01", "service-admin", timedelta(minutes=10),
+                             "a change window opening", start=start).request.id for i in range(24)]
+    clock.advance(timedelta(hours=1))
+    other = other_engine(lifecycle, store, clock)
+    backends = [backend, other.backends["sudo"]]
+    for b in backends:  # a backend call takes a moment, so the two engines' batches overlap
+        b.apply = (lambda real: lambda spec: time.sleep(0.002) or real(spec))(b.apply)
+    claimed = []
+    ok, refused = race([("engine-a", lambda: claimed.append(lifecycle.activate_due(limit=4))),
+                        ("engine-b", lambda: claimed.append(other.activate_due(limit=4)))])
+    assert len(ok) == 2 and sum(claimed) == 24, (ok, refused, claimed)
+    applied = Counter(gid for b in backends for method, gid in b.calls if method == "apply")
+    assert sorted(applied) == sorted(lifecycle.get(r).grant.id for r in rids) and set(applied.values()) == {1}
+    with store.transaction() as s:
+        events = Counter((e.request_id, e.action) for e in s.exec(select(AuditEvent)).all())
+        assert audit.verify(s).ok
+    for rid in rids:
+        assert lifecycle.get(rid).state == "active"
+        assert (events[(rid, "grant.applying")], events[(rid, "grant.active")]) == (1, 1)
+
+
+def test_a_batch_that_outlives_its_lease_records_none_of_it(lifecycle, store, backend, clock):
+    """The engine applying a batch is so slow that its leases run out; a second engine takes every
+    grant over and applies it. When the first returns, it records none of them again."""
+    start = clock() + timedelta(hours=1)
+    rids = [lifecycle.submit(who, "web-dev-01", "service-admin", timedelta(minutes=10), "a change window opening",
+                             start=start).request.id for who in ("alice", "dave", "alice")]
+    clock.advance(timedelta(hours=1))
+    other = other_engine(lifecycle, store, clock)
+    real_apply_many = backend.apply_many
+
+    def slow_apply_many(specs):
+        clock.advance(lifecycle.settings.lease + timedelta(seconds=1))
+        assert other.recover() == 3  # the leases are over: the other engine takes each and applies it
+        return real_apply_many(specs)
+
+    backend.apply_many = slow_apply_many
+    assert lifecycle.activate_due() == 3
+    with store.transaction() as s:
+        actions = Counter((e.request_id, e.action) for e in s.exec(select(AuditEvent)).all())
+    for rid in rids:
+        assert lifecycle.get(rid).state == "active"
+        assert (actions[(rid, "grant.recovered")], actions[(rid, "grant.active")]) == (1, 1), actions
+    assert sorted(gid for _, gid in other.backends["sudo"].calls) == sorted(lifecycle.get(r).grant.id for r in rids)
