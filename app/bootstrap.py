@@ -139,6 +139,19 @@ def policy_problems(policy: PolicySet, backends: Mapping[str, Backend]) -> list[
     return problems
 
 
+def policy_warnings(policy: PolicySet, backends: Mapping[str, Backend]) -> list[str]:
+    """What valid roles opt out of (a sudo role's ``allow_any_arguments``, ``allow_exec``): lint prints
+    these and still passes, because each is an explicit, reasoned choice in the policy."""
+    warnings = []
+    for tname, target in policy.targets.items():
+        check = getattr(backends.get(target.backend), "role_warnings", None)
+        if check is None:
+            continue
+        for rname, role in target.roles.items():
+            warnings += [f"targets.{tname}.roles.{rname}.{w}" for w in check(role.params)]
+    return warnings
+
+
 def build_tickets(config: Config, environ: Mapping[str, str]) -> Tickets | None:
     sn = config.settings.servicenow
     if not sn.enabled:

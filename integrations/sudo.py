@@ -1,19 +1,30 @@
 """Linux sudo backend: one sudoers drop-in file per grant, time-boxed by sudo itself.
 
 Each grant becomes ``{sudoers_dir}/jit_g{grant_id}`` holding a comment header and a
-single user spec line with NOTBEFORE/NOTAFTER (UTC) and LOG_INPUT/LOG_OUTPUT tags.
+single user spec line with NOTBEFORE/NOTAFTER (UTC), LOG_INPUT/LOG_OUTPUT and NOEXEC tags.
 Every value is checked against a strict allow-list before anything is written, each
 file is checked with ``visudo -cf`` before it is moved into place, and files are read
-back through ``cvtsudoers -f json``.
+back (never through a symlink) by ``cvtsudoers -f json``.
+
+Commands must be what they say (issue 15): a sudo rule for a shell, an interpreter, an editor, a
+pager, a program that runs other programs or writes any file it is given is root for whoever holds
+it (GTFOBins). ``command_error`` refuses those by the executable's basename, refuses a command
+without arguments (sudoers(5): no arguments means *any* arguments; ``""`` means none) unless the
+role sets ``allow_any_arguments``, and refuses programs a non-root user could replace. The same
+check runs in ``jit policy lint`` and before every apply.
 """
 from __future__ import annotations
 
+import errno
+import fnmatch
 import functools
 import json
 import os
 import re
+import stat
 import subprocess
 import tempfile
+import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
@@ -32,6 +43,7 @@ _HEADER_PREFIX = "# jit-access grant:"
 _TIME_FMT = "%Y%m%d%H%M%SZ"
 _TIMEOUT = 30
 _WRITERS = 8  # threads writing a batch's temporary files
+NO_ARGUMENTS = '""'  # sudoers(5): a command followed by "" may only be run without arguments
 
 # Characters refused in a command, with the reason given for each.
 _FORBIDDEN = (
@@ -50,23 +62,144 @@ _FORBIDDEN = (
 )
 
 
-def command_error(command: Any) -> str | None:
-    """Return why ``command`` may not go into a sudoers file, or None when it is safe."""
-    if not isinstance(command, str):
-        return "must be a string"
-    if not command:
-        return "must not be empty"
+def _names(*names: str) -> tuple[str, ...]:
+    """Basename patterns for each program and its versioned or variant names: ``python`` also
+    matches ``python3``, ``python3.11``, ``python-3``; ``vim`` also ``vim.basic``, ``vim.tiny``."""
+    return tuple(p for n in names for p in (n, f"{n}.*", f"{n}[0-9]*", f"{n}-[0-9]*"))
+
+
+# The GTFOBins classes (https://gtfobins.github.io/): programs refused whatever their arguments,
+# matched on the executable's basename, each with the sentence lint prints.
+REFUSED_CLASSES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("is a shell: it runs any command as root (GTFOBins: shell)",
+     _names("sh", "bash", "rbash", "dash", "ash", "zsh", "ksh", "mksh", "pdksh", "csh", "tcsh", "fish", "yash",
+            "busybox", "toybox", "elvish", "nu", "xonsh", "pwsh")),
+    ("is an interpreter: the code it is given runs any command as root (GTFOBins: shell, file write)",
+     _names("python", "pythonw", "pypy", "perl", "ruby", "irb", "node", "nodejs", "deno", "bun", "php", "lua",
+            "luajit", "tclsh", "wish", "expect", "guile", "julia", "R", "Rscript", "java", "jjs", "jrunscript",
+            "scala", "groovy", "gdb", "awk", "gawk", "mawk", "nawk", "busybox-awk", "bc")
+     + ("gawk*",)),
+    ("is an editor: it opens a shell (:!sh) and writes any file; grant the file with edit = [...] "
+     "(sudoedit) instead (GTFOBins: shell, file write)",
+     _names("vi", "vim", "nvim", "gvim", "view", "rvim", "rview", "vimdiff", "ex", "ed", "red", "nano", "rnano",
+            "pico", "emacs", "joe", "jed", "mg", "micro", "mcedit", "kak", "editor", "sensible-editor", "vipw",
+            "vigr", "crontab")),
+    ("is a pager: typing !sh in it opens a shell as root (GTFOBins: shell)",
+     _names("less", "more", "most", "pg", "man", "pager", "sensible-pager", "w3m", "lynx", "links")),
+    ("runs another command as root, which is then no longer what the rule says (GTFOBins: shell)",
+     _names("env", "xargs", "nice", "ionice", "chrt", "taskset", "timeout", "nohup", "stdbuf", "setsid", "time",
+            "strace", "ltrace", "chroot", "unshare", "nsenter", "flock", "watch", "script", "screen", "tmux",
+            "runuser", "setpriv", "capsh", "start-stop-daemon", "systemd-run", "run-parts", "parallel", "make",
+            "ssh", "rlwrap", "socat", "nc", "ncat", "netcat", "openvt", "git")),
+    ("runs commands through -exec and writes files through -fprintf (GTFOBins: shell, file write)",
+     _names("find", "gfind", "bfs")),
+    ("edits files in place (w) and runs commands (e) (GTFOBins: shell, file write)", _names("sed", "gsed")),
+    ("writes any file it is given, /etc/sudoers.d and /etc/shadow included (GTFOBins: file write)",
+     _names("tee", "cp", "mv", "dd", "install", "rsync", "ln", "link", "truncate", "cpio", "unzip", "curl",
+            "wget", "scp", "sftp", "shred", "split", "csplit", "sponge", "openssl")),
+    ("is a container runtime: `run -v /:/host` gives root on the host (GTFOBins: shell, file write)",
+     _names("docker", "podman", "nerdctl", "ctr", "crictl", "runc", "crun", "lxc", "lxd", "machinectl",
+            "systemd-nspawn", "kubectl")),
+    ("is sudo itself or changes who is root: it gives a root shell or rewrites sudo's own rules; "
+     "grant sudoedit with edit = [...] (GTFOBins: sudo)",
+     _names("sudo", "sudoedit", "su", "visudo", "cvtsudoers", "sudoreplay", "pkexec", "doas", "passwd", "chpasswd",
+            "gpasswd", "useradd", "usermod", "adduser", "newgrp", "sg", "login")),
+    ("installs packages whose maintainer scripts run as root (GTFOBins: shell)",
+     _names("apt", "apt-get", "aptitude", "dpkg", "rpm", "yum", "dnf", "zypper", "pacman", "apk", "snap", "pip",
+            "pip3", "npm", "gem", "cargo")),
+)
+
+# Refused only with any arguments (allow_any_arguments): with fixed arguments they touch the files
+# the rule names, with any arguments every file on the host.
+ANY_ARGUMENTS_CLASSES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("reads any file it is given (/etc/shadow, private keys) when its arguments are free (GTFOBins: file read)",
+     _names("cat", "tac", "head", "tail", "sort", "uniq", "cut", "paste", "nl", "od", "hexdump", "strings",
+            "diff", "cmp", "base64", "base32", "xxd", "grep", "egrep", "fgrep", "rg", "file", "tar", "zip",
+            "gzip", "zcat", "bzip2", "xz", "ls", "stat")),
+    ("changes the mode or owner of any file it is given (/etc/shadow, /etc/sudoers) when its arguments are "
+     "free (GTFOBins: file write)",
+     _names("chmod", "chown", "chgrp", "chattr", "setfacl", "chcon")),
+)
+
+_PERMISSIONS = _names("chmod", "chown", "chgrp", "chattr", "setfacl", "chcon")
+# Directories any user can write (or owns a part of) on every host: refused by rule, whatever this
+# host's modes say, because the backend may render a rule for another host's files.
+_USER_WRITABLE = ("/tmp", "/var/tmp", "/dev/shm", "/home", "/run/user", "/var/mail", "/var/spool", "/var/crash")
+# Files sudoedit must never be granted on: editing them decides who is root.
+_PROTECTED_FILES = ("/etc/sudoers", "/etc/sudoers.d", "/etc/shadow", "/etc/gshadow", "/etc/passwd", "/etc/group",
+                    "/etc/pam.d", "/etc/security", "/etc/ld.so.preload", "/etc/ld.so.conf", "/etc/ld.so.conf.d",
+                    "/etc/crontab", "/etc/cron.d", "/etc/systemd", "/etc/profile", "/etc/environment",
+                    "/root")
+# systemctl: a fixed verb and unit. `edit` opens an editor, `link`/`enable PATH` take unit files
+# from anywhere, `set-environment`/`import-environment` change what every service runs with.
+SYSTEMCTL_VERBS = frozenset({"start", "stop", "restart", "reload", "try-restart", "reload-or-restart",
+                             "try-reload-or-restart", "status", "is-active", "is-failed", "is-enabled", "show",
+                             "cat", "enable", "disable"})
+_SYSTEMCTL_OPTIONS = frozenset({"--no-pager", "--quiet", "-q", "--no-block", "--full", "-l", "--now"})
+_UNIT_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9@._:-]*")
+# journalctl: a fixed unit; these read other journals, change the journal or take a file.
+_JOURNALCTL_REFUSED = ("-D", "--directory", "--file", "-i", "--root", "--image", "-M", "--machine", "--vacuum",
+                       "--rotate", "--flush", "--relinquish-var", "--smart-relinquish-var", "--setup-keys",
+                       "--update-catalog", "--sync", "--merge", "-m", "--namespace", "--cursor-file")
+
+
+def _class_of(name: str, classes: tuple[tuple[str, tuple[str, ...]], ...]) -> str | None:
+    for sentence, patterns in classes:
+        if any(fnmatch.fnmatchcase(name, p) for p in patterns):
+            return sentence
+    return None
+
+
+def _unsafe_dir(path: str) -> str | None:
+    """The first directory (or the file) from ``path`` up to / that is not root-owned or that others
+    may write, on this host; None when all are safe or do not exist here."""
+    for check in dict.fromkeys([path, os.path.realpath(path)]):
+        current = check
+        while True:
+            try:
+                st = os.stat(current)
+            except FileNotFoundError:
+                st = None
+            except OSError:
+                return current
+            if st is not None and (st.st_uid != 0 or st.st_mode & stat.S_IWOTH
+                                   or (st.st_mode & stat.S_IWGRP and st.st_gid != 0)):
+                return current
+            if current == "/":
+                break
+            current = os.path.dirname(current)
+    return None
+
+
+def path_error(path: str) -> str | None:
+    """Why the program or file at ``path`` is one a non-root user could replace, or None."""
+    if any(path == d or path.startswith(d + "/") for d in _USER_WRITABLE):
+        return (f"{path} is under a directory users can write ({', '.join(_USER_WRITABLE)}): whoever writes "
+                "there chooses what runs as root")
+    unsafe = _unsafe_dir(path)
+    if unsafe is not None:
+        return (f"{unsafe} is not root-owned or others can write it: whoever can write there chooses what runs "
+                "as root")
+    return None
+
+
+def _syntax_error(command: str) -> str | None:
     if any(ord(c) < 32 or ord(c) == 127 for c in command):
         return "must not contain newlines or control characters"
     tokens = command.split(" ")
     if any(t.upper() == "ALL" for t in tokens):
         return "ALL is not allowed"
+    if tokens[1:] == [NO_ARGUMENTS]:
+        command = tokens[0]
     for char, reason in _FORBIDDEN:
         if char in command:
             return reason
     if command != command.strip(" ") or "" in tokens:
         return "tokens must be separated by single spaces, without leading or trailing spaces"
-    path, args = tokens[0], tokens[1:]
+    return None
+
+
+def _path_syntax_error(path: str) -> str | None:
     if not path.startswith("/"):
         return "must be an absolute path followed by optional arguments"
     if ".." in path.split("/"):
@@ -75,15 +208,89 @@ def command_error(command: Any) -> str | None:
         return "must name a file, not a directory"
     if not _PATH_RE.fullmatch(path):
         return "path may only contain letters, digits and ._/+-"
+    return None
+
+
+def _systemd_error(name: str, args: list[str]) -> str | None:
+    words = [a for a in args if not a.startswith("-")]
+    if name == "systemctl":
+        why = ("systemctl needs a fixed sub-command and unit (e.g. `restart nginx`): without them, or with edit, "
+               "link or set-environment, it gives root (GTFOBins: systemctl)")
+        options = [a for a in args if a.startswith("-")]
+        if any(o not in _SYSTEMCTL_OPTIONS for o in options) or len(words) < 2 or words[0] not in SYSTEMCTL_VERBS:
+            return why
+        if not all(_UNIT_RE.fullmatch(u) for u in words[1:]):
+            return why
+        return None
+    why = ("journalctl needs a fixed unit (-u nginx or --unit=nginx) and no option that reads other journals or "
+           "changes the journal (GTFOBins: journalctl)")
+    for a in args:
+        if any(a == r or a.startswith(r + "=") or (r.startswith("--") and a.startswith(r)) for r in _JOURNALCTL_REFUSED):
+            return why
+        if len(a) > 2 and a[0] == "-" and a[1] != "-" and a[1] in "DiMm":
+            return why  # -Dpath, -ifile: short options with their value attached
+    units = [a for i, a in enumerate(args) if a.startswith("--unit=")] + \
+            [args[i + 1] for i, a in enumerate(args[:-1]) if a in ("-u", "--unit")]
+    if not units:
+        return why
+    return None
+
+
+def command_error(command: Any, *, any_arguments: bool = False) -> str | None:
+    """Return why ``command`` may not go into a sudoers rule, or None when it is safe.
+
+    ``any_arguments`` is the role's ``allow_any_arguments``: a command without arguments then
+    means any arguments, as in sudoers; otherwise it must be written with ``""`` for none."""
+    if not isinstance(command, str):
+        return "must be a string"
+    if not command:
+        return "must not be empty"
+    error = _syntax_error(command)
+    if error is not None:
+        return error
+    tokens = command.split(" ")
+    path, args = tokens[0], tokens[1:]
+    error = _path_syntax_error(path)
+    if error is not None:
+        return error
+    no_args = args == [NO_ARGUMENTS]
+    if no_args:
+        args = []
     for arg in args:
         if ".." in arg.split("/"):
             return "must not contain '..' path segments"
         if not _ARG_RE.fullmatch(arg):
             return f"argument {arg!r} may only contain letters, digits and ._/=@:+-"
+    name = path.rsplit("/", 1)[-1]
+    sentence = _class_of(name, REFUSED_CLASSES)
+    if sentence is not None:
+        return f"{name} {sentence}"
+    if name in ("systemctl", "journalctl"):
+        error = _systemd_error(name, args)
+        if error is not None:
+            return error
+    error = path_error(path)
+    if error is not None:
+        return error
+    if not args and not no_args:
+        if not any_arguments:
+            return (f"has no arguments, which sudo reads as any arguments (sudoers(5)): write its arguments, "
+                    f"{path} {NO_ARGUMENTS} for none, or set allow_any_arguments = true in the role")
+        sentence = _class_of(name, ANY_ARGUMENTS_CLASSES)
+        if sentence is not None:
+            return f"{name} {sentence}"
+    if any(fnmatch.fnmatchcase(name, p) for p in _PERMISSIONS):
+        files = [a for a in args if a.startswith("/")]
+        if not files or len(files) != len([a for a in args if not a.startswith("-")]) - 1:
+            return (f"{name} changes the mode or owner of the files it is given: name the mode or owner and "
+                    "absolute files only, never files relative to the caller's directory (GTFOBins: file write)")
+        for f in files:
+            if (error := path_error(f)) is not None:
+                return error
     return None
 
 
-def commands_errors(commands: Any) -> list[str]:
+def commands_errors(commands: Any, *, any_arguments: bool = False) -> list[str]:
     """Return one message per problem in a role's ``commands`` setting."""
     if not isinstance(commands, (list, tuple)) or not all(isinstance(c, str) for c in commands):
         return ["commands: must be a list of strings"]
@@ -92,24 +299,133 @@ def commands_errors(commands: Any) -> list[str]:
     return [
         f"commands[{i}]: {err}"
         for i, c in enumerate(commands)
-        if (err := command_error(c)) is not None
+        if (err := command_error(c, any_arguments=any_arguments)) is not None
     ]
 
 
+def edit_error(path: Any) -> str | None:
+    """Why ``path`` may not be granted through sudoedit, or None. sudoedit copies the file, runs the
+    person's own editor as the person, and copies the result back as root."""
+    if not isinstance(path, str) or not path:
+        return "must be a non-empty string"
+    error = _syntax_error(path)
+    if error is not None:
+        return error
+    if " " in path:
+        return "must be one absolute file path, without spaces"
+    error = _path_syntax_error(path)
+    if error is not None:
+        return error.replace(" followed by optional arguments", "")
+    if any(path == p or path.startswith(p + "/") for p in _PROTECTED_FILES):
+        return f"{path} decides who is root (accounts, sudo, PAM, cron, systemd, the loader): never editable"
+    return path_error(path)
+
+
+def _flag(params: Mapping[str, Any], key: str) -> tuple[bool, str | None]:
+    value = params.get(key, False)
+    if not isinstance(value, bool):
+        return False, f"{key}: must be true or false"
+    return value, None
+
+
+def role_errors(params: Any) -> list[str]:
+    """Every problem in a sudo role's settings: ``commands``, ``edit``, ``allow_any_arguments``,
+    ``allow_exec`` and ``allow_exec_reason``. Used by lint and before every apply alike."""
+    if not isinstance(params, Mapping) or ("commands" not in params and "edit" not in params):
+        return ["commands: required (a non-empty list of command strings), or edit (files for sudoedit)"]
+    errors = []
+    any_arguments, err = _flag(params, "allow_any_arguments")
+    errors += [err] if err else []
+    allow_exec, err = _flag(params, "allow_exec")
+    errors += [err] if err else []
+    reason = params.get("allow_exec_reason")
+    if allow_exec and (not isinstance(reason, str) or len(reason.strip()) < 10):
+        errors.append("allow_exec_reason: required with allow_exec = true (why this role's commands must run "
+                      "other programs, at least 10 characters)")
+    elif reason is not None and not allow_exec:
+        errors.append("allow_exec_reason: only valid with allow_exec = true")
+    if "commands" in params:
+        errors += commands_errors(params["commands"], any_arguments=any_arguments)
+    elif any_arguments:
+        errors.append("allow_any_arguments: only valid with commands")
+    if "edit" in params:
+        files = params["edit"]
+        if not isinstance(files, (list, tuple)) or not files or not all(isinstance(f, str) for f in files):
+            errors.append("edit: must be a non-empty list of absolute file paths")
+        else:
+            errors += [f"edit[{i}]: {e}" for i, f in enumerate(files) if (e := edit_error(f)) is not None]
+    return errors
+
+
+def role_warnings(params: Any) -> list[str]:
+    """What a valid sudo role opts out of, for lint to report (these do not fail it)."""
+    if not isinstance(params, Mapping):
+        return []
+    out = []
+    if params.get("allow_any_arguments") is True:
+        out.append("allow_any_arguments: commands without arguments take any arguments")
+    if params.get("allow_exec") is True:
+        out.append(f"allow_exec: no NOEXEC, its commands may run other programs as root "
+                   f"({params.get('allow_exec_reason')})")
+    return out
+
+
+_RECHECK_S = 30  # a role's commands are checked again at least this often (the files they name can change)
+
+
+def _hashable(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return tuple(sorted((k, _hashable(v)) for k, v in value.items()))
+    if isinstance(value, (list, tuple)):
+        return ("__list__", tuple(_hashable(v) for v in value))
+    hash(value)
+    return value
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, tuple) and value[:1] == ("__list__",):
+        return [_plain(v) for v in value[1]]
+    if isinstance(value, tuple):
+        return {k: _plain(v) for k, v in value}
+    return value
+
+
 @functools.lru_cache(maxsize=256)
-def _command_list(commands: tuple[str, ...]) -> str:
-    """A role's commands, checked (``InvalidGrant`` for the first problem), as the command list of
-    a sudoers line. Cached: a burst of grants of one role checks its commands once."""
-    errors = commands_errors(commands)
+def _entries_cached(key: Any, _bucket: int) -> tuple[tuple[str, ...], tuple[str, ...], bool]:
+    """``SudoBackend._entries`` of the role ``key`` stands for, kept for ``_RECHECK_S``: a burst of
+    grants of one role checks its commands (and the files they name) once."""
+    commands, edits, noexec = _entries(_plain(key))
+    return tuple(commands), tuple(edits), noexec
+
+
+def _entries(params: Any) -> tuple[list[str], list[str], bool]:
+    """The role's commands as sudoers writes them, its sudoedit files, and NOEXEC; raises
+    ``InvalidGrant`` with the first of ``role_errors``."""
+    errors = role_errors(params)
     if errors:
         field_name, _, reason = errors[0].partition(": ")
         raise InvalidGrant(field_name, reason)
-    return ", ".join(" ".join([c.split(" ")[0], *(_escape_arg(a) for a in c.split(" ")[1:])]) for c in commands)
+    commands = [" ".join([c.split(" ")[0], *(a if a == NO_ARGUMENTS else _escape_arg(a)
+                                             for a in c.split(" ")[1:])])
+                for c in params.get("commands", ())]
+    return commands, list(params.get("edit", ())), not params.get("allow_exec", False)
 
 
 def _escape_arg(token: str) -> str:
     """Escape the characters sudoers treats specially inside command arguments."""
     return token.replace(":", "\\:").replace("=", "\\=")
+
+
+def _kind(mode: int) -> str:
+    return "a symbolic link" if stat.S_ISLNK(mode) else "a directory" if stat.S_ISDIR(mode) else \
+        "not a regular file"
+
+
+def _not_a_drop_in(path: Path, mode: int) -> Artifact:
+    """A name like a drop-in that is no regular file: reported as drift (no grant backs it, and its
+    empty person makes ``revoke`` refuse it, so reconcile --fix never touches what it points at)."""
+    return Artifact(ref=f"{path} ({_kind(mode)}: not followed)", grant_id=None, person="",
+                    details={"problem": f"{_kind(mode)} named like a drop-in: not followed, remove it by hand"})
 
 
 def _sudo_time(value: datetime) -> str:
@@ -164,10 +480,22 @@ class SudoBackend:
     # -- Backend protocol --------------------------------------------------
 
     def validate_role(self, params: Mapping[str, Any]) -> list[str]:
-        """Return one message per problem in a role's ``commands`` setting."""
-        if not isinstance(params, Mapping) or "commands" not in params:
-            return ["commands: required (a non-empty list of command strings)"]
-        return commands_errors(params["commands"])
+        """Return one message per problem in a role's settings (``role_errors``)."""
+        return role_errors(params)
+
+    def role_warnings(self, params: Mapping[str, Any]) -> list[str]:
+        """What a valid role opts out of (``allow_any_arguments``, ``allow_exec``), for lint to report."""
+        return role_warnings(params)
+
+    def describe(self, grant: GrantSpec) -> dict[str, Any]:
+        """What ``apply`` writes for ``grant``, for its audit event: the commands as rendered, the
+        files granted through sudoedit, and whether NOEXEC is set; ``{"invalid": reason}`` when the
+        role would be refused. Never raises; no I/O beyond the checks of the programs' directories."""
+        try:
+            commands, edits, noexec = self._entries(grant.params)
+        except InvalidGrant as exc:
+            return {"invalid": str(exc)}
+        return {"commands": commands, "edit": edits, "noexec": noexec}
 
     def shared_key(self, grant: GrantSpec) -> str | None:
         """Every grant has an artifact of its own."""
@@ -276,10 +604,13 @@ class SudoBackend:
         """Return the grant's drop-in as read by ``cvtsudoers``, or None when absent."""
         path = self._path(grant.grant_id)
         try:
-            if not path.is_file():
-                return None
+            st = os.lstat(path)
+        except FileNotFoundError:
+            return None
         except OSError as exc:
             raise BackendError(f"cannot stat {path}: {exc}", transient=True) from exc
+        if not stat.S_ISREG(st.st_mode):
+            raise BackendError(f"{path} is {_kind(st.st_mode)}, not a drop-in: not followed")
         return self._read(path, grant.grant_id)
 
     def list_managed(self) -> list[Artifact]:
@@ -293,8 +624,19 @@ class SudoBackend:
         found = []
         for name in names:
             match = _FILE_RE.fullmatch(name)
-            if match and (self.sudoers_dir / name).is_file():
-                found.append(self._read(self.sudoers_dir / name, int(match.group(1))))
+            if not match:
+                continue
+            path = self.sudoers_dir / name
+            try:
+                st = os.lstat(path)
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                raise BackendError(f"cannot stat {path}: {exc}", transient=True) from exc
+            if stat.S_ISREG(st.st_mode):
+                found.append(self._read(path, int(match.group(1))))
+            else:
+                found.append(_not_a_drop_in(path, st.st_mode))
         return sorted(found, key=lambda a: a.grant_id or 0)
 
     # -- helpers -----------------------------------------------------------
@@ -319,11 +661,8 @@ class SudoBackend:
             if not isinstance(value, str) or not pattern.fullmatch(value):
                 raise InvalidGrant(field_name, reason)
         grant.check_window()
-        commands = grant.params.get("commands") if isinstance(grant.params, Mapping) else None
-        if isinstance(commands, (list, tuple)) and all(isinstance(c, str) for c in commands):
-            cmnds = _command_list(tuple(commands))
-        else:
-            _command_list.__wrapped__(commands)  # raises the InvalidGrant that says what is wrong
+        commands, edits, noexec = self._entries(grant.params)
+        cmnds = ", ".join([*commands, *(f"sudoedit {f}" for f in edits)])
         header = (
             f"{_HEADER_PREFIX} grant_id={grant.grant_id} request_id={rid} "
             f"person={grant.person} target={grant.target} role={grant.role}\n"
@@ -332,7 +671,7 @@ class SudoBackend:
         spec = (
             f"{grant.person} ALL = ({self.runas}) "
             f"NOTBEFORE={_sudo_time(grant.starts_at)} NOTAFTER={_sudo_time(grant.expires_at)} "
-            f"LOG_INPUT: LOG_OUTPUT: {cmnds}\n"
+            f"LOG_INPUT: LOG_OUTPUT: {'NOEXEC' if noexec else 'EXEC'}: {cmnds}\n"
         )
         return header + spec
 
@@ -388,9 +727,20 @@ class SudoBackend:
                 _unlink_quietly(listing)
         return {p: error for p in paths if (error := self._check(p)) is not None}
 
-    def _run(self, argv: list[str]) -> subprocess.CompletedProcess[str]:
+    @staticmethod
+    def _entries(params: Any) -> tuple[list[str], list[str], bool]:
+        """The role's commands as sudoers writes them, its sudoedit files, and NOEXEC (checked,
+        cached for ``_RECHECK_S``); raises ``InvalidGrant`` with the first of ``role_errors``."""
         try:
-            return subprocess.run(argv, capture_output=True, text=True, timeout=_TIMEOUT)
+            key = _hashable(params)
+        except TypeError:
+            return _entries(params)
+        commands, edits, noexec = _entries_cached(key, int(time.monotonic() // _RECHECK_S))
+        return list(commands), list(edits), noexec
+
+    def _run(self, argv: list[str], stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+        try:
+            return subprocess.run(argv, input=stdin, capture_output=True, text=True, timeout=_TIMEOUT)
         except FileNotFoundError as exc:
             raise BackendError(f"{argv[0]} not found: is sudo installed and on PATH?") from exc
         except subprocess.TimeoutExpired as exc:
@@ -407,12 +757,28 @@ class SudoBackend:
 
     def _read(self, path: Path, grant_id: int) -> Artifact:
         """Parse one drop-in through ``cvtsudoers -f json`` plus its comment header."""
+        # O_NOFOLLOW and a regular-file check on the open descriptor, and cvtsudoers reads what was
+        # read here from its stdin: a symlink named like a drop-in (to /etc/shadow) is never followed.
         try:
-            text = path.read_text(encoding="ascii", errors="replace")
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
         except FileNotFoundError as exc:
             raise BackendError(f"{path} vanished while being read", transient=True) from exc
         except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise BackendError(f"{path} is a symbolic link, not a drop-in: not followed") from exc
             raise BackendError(f"cannot read {path}: {exc}", transient=True) from exc
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise BackendError(f"{path} is {_kind(st.st_mode)}, not a drop-in: not followed")
+            with os.fdopen(fd, "rb") as fh:
+                fd = -1
+                text = fh.read(1 << 20).decode("ascii", errors="replace")
+        except OSError as exc:
+            raise BackendError(f"cannot read {path}: {exc}", transient=True) from exc
+        finally:
+            if fd >= 0:
+                os.close(fd)
         header: dict[str, str] = {}
         for line in text.splitlines():
             if line.startswith(_HEADER_PREFIX):
@@ -420,7 +786,7 @@ class SudoBackend:
                     kv.split("=", 1) for kv in line[len(_HEADER_PREFIX):].split() if "=" in kv
                 )
                 break
-        result = self._run([self.cvtsudoers, "-f", "json", str(path)])
+        result = self._run([self.cvtsudoers, "-f", "json"], stdin=text)
         if result.returncode != 0:
             msg = (result.stderr or result.stdout).strip()
             raise BackendError(f"cvtsudoers cannot parse {path}: {msg}")
@@ -454,5 +820,6 @@ class SudoBackend:
                 "runas": runas,
                 "log_input": bool(options.get("log_input", False)),
                 "log_output": bool(options.get("log_output", False)),
+                "noexec": bool(options.get("noexec", False)),
             },
         )

@@ -137,6 +137,10 @@ class Role(_Strict):
     description: str = ""
     # Backend settings; the target's backend validates the ones it uses (jit policy lint).
     commands: tuple[str, ...] | None = None        # sudo: the commands granted
+    edit: tuple[str, ...] | None = None            # sudo: files granted through sudoedit
+    allow_any_arguments: bool | None = None        # sudo: a command without arguments takes any (lint warns)
+    allow_exec: bool | None = None                 # sudo: no NOEXEC on the role's commands (lint warns)...
+    allow_exec_reason: str | None = None           # ...and why
     group_dn: str | None = None                    # ldap: the group the person joins
     role_arn: str | None = None                    # aws role mode: the role the person may assume
     account_id: str | None = None                  # aws identity center: the account...
@@ -148,7 +152,7 @@ class Role(_Strict):
     @cached_property  # the model is frozen: computed once; evaluate() hands out copies
     def params(self) -> dict[str, object]:
         """The settings handed to the target's backend."""
-        fields = ("commands", "group_dn", "role_arn", "account_id", "permission_set_arn", "local_group",
+        fields = ("commands", "edit", "allow_any_arguments", "allow_exec", "allow_exec_reason", "group_dn", "role_arn", "account_id", "permission_set_arn", "local_group",
                   "jea_role", "jea_commands")
         values = ((k, getattr(self, k)) for k in fields)
         return {k: list(v) if isinstance(v, tuple) else v for k, v in values if v is not None}

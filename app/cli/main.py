@@ -346,23 +346,25 @@ def _lint(files: list[str], environ: Mapping[str, str], config_path: str | None,
     """Policy files checked where they are written: by the configured backends when ``--config``
     names a config (no secrets needed), else by the default sudo backend."""
     from pathlib import Path
-    from app.bootstrap import lint_backends, policy_problems
+    from app.bootstrap import lint_backends, policy_problems, policy_warnings
     from app.config import load_config
     from policies.loader import PolicyError, load_policy
     config = load_config(Path(config_path)) if config_path else None
     failed = 0
     for name in files:
+        warnings: list[str] = []
         try:
             policy = load_policy(name)
             backends = lint_backends(config, policy, environ)
             problems = policy_problems(policy, backends)
+            warnings = policy_warnings(policy, backends)
         except PolicyError as exc:
             problems = exc.problems
         if problems:
             failed += 1
             err.write(f"{name}: {len(problems)} problem(s)\n" + "".join(f"  {p}\n" for p in problems))
         else:
-            out.write(f"{name}: ok\n")
+            out.write(f"{name}: ok\n" + "".join(f"  warning: {w}\n" for w in warnings))
     return 2 if failed else 0
 
 

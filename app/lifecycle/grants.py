@@ -182,6 +182,7 @@ class Grants(LifecycleBase):
         notes: dict[int, str] = {}
         with self.store.transaction() as s:
             q = (select(GrantRow.id, GrantRow.request_id, GrantRow.backend, GrantRow.status, GrantRow.owner,
+                        GrantRow.person, GrantRow.target, GrantRow.role, GrantRow.starts_at, GrantRow.params,
                         GrantRow.expires_at, GrantRow.version)
                  .where(among(s, GrantRow.id, results)).order_by(GrantRow.id))  # the renewals' order
             grants = {g.id: g for g in s.exec(q.with_for_update() if pg else q)}
@@ -200,7 +201,8 @@ class Grants(LifecycleBase):
                                        "lease_until": None, "last_error": None, "updated_at": now}))
                     change, bucket = {"state": "active", "updated_at": now}, started
                     action, details = "grant.active", dict(grant_id=g.id, ref=result,
-                                                           expires_at=g.expires_at.isoformat())
+                                                           expires_at=g.expires_at.isoformat(),
+                                                           granted=self._granted(g))
                     notes[grant_id] = (f"active: {g.backend} grant until {g.expires_at:%Y-%m-%d %H:%M:%S} UTC "
                                        f"({result})")
                 else:
@@ -221,6 +223,12 @@ class Grants(LifecycleBase):
                 request_store.transition_many(s, changes)
             self._record_many(s, now, events)
         return notes
+
+    def _granted(self, g: Any) -> Any:
+        """What the grant's artifact grants, as its backend describes it (the sudo backend: the
+        commands as rendered, sudoedit files, NOEXEC), for the audit; None where it says nothing."""
+        describe = getattr(self.backends.get(g.backend), "describe", None)
+        return describe(grant_store.spec_from(g._mapping)) if describe is not None else None
 
     def _call_backend(self, grant_id: int, method: str) -> Any:
         """Run ``apply`` or ``revoke`` for a grant, between its crash points; see ``_with_retries``."""

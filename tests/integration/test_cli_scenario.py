@@ -62,6 +62,10 @@ def test_acceptance_scenario(jit):
     assert {"id", "state", "requester", "target", "role", "starts_at", "expires_at"} <= shown.keys()
     files = list(jit.sudoers.glob("jit_g*"))
     assert len(files) == 1
+    [active] = [e for e in map(json.loads, jit(None, "audit", "export").splitlines()) if e["action"] == "grant.active"]
+    granted = active["details"]["granted"]  # what the drop-in grants, in the audit (issue 15)
+    assert granted["noexec"] is True and granted["commands"] and all(c in files[0].read_text()
+                                                                     for c in granted["commands"])
     check = subprocess.run(["visudo", "-cf", str(files[0])], capture_output=True, text=True)
     assert check.returncode == 0, check.stdout + check.stderr
     parsed = json.loads(subprocess.run(["cvtsudoers", "-f", "json", str(files[0])], capture_output=True,

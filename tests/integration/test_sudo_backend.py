@@ -101,7 +101,8 @@ def test_apply_writes_checked_file_with_utc_times(backend: SudoBackend, sudoers_
     assert spec["User_List"] == [{"username": "alice"}]
     assert [c["command"] for cs in spec["Cmnd_Specs"] for c in cs["Commands"]] == COMMANDS
     body = [line for line in path.read_text().splitlines() if not line.startswith("#")]
-    assert len(body) == 1 and "LOG_INPUT: LOG_OUTPUT:" in body[0]
+    assert len(body) == 1 and "LOG_INPUT: LOG_OUTPUT: NOEXEC:" in body[0]
+    assert opts["noexec"] is True
 
 
 def test_inspect_reads_back_the_grant(backend: SudoBackend) -> None:
@@ -113,7 +114,8 @@ def test_inspect_reads_back_the_grant(backend: SudoBackend) -> None:
     assert art.target == "web1.example.com" and art.role == "nginx-operator"
     assert art.not_before == grant.starts_at and art.not_after == grant.expires_at
     assert art.not_after.tzinfo == timezone.utc
-    assert art.details == {"commands": COMMANDS, "runas": "root", "log_input": True, "log_output": True}
+    assert art.details == {"commands": COMMANDS, "runas": "root", "log_input": True, "log_output": True,
+                           "noexec": True}
 
 
 def test_arguments_with_colon_and_equals_round_trip(backend: SudoBackend) -> None:
@@ -215,7 +217,7 @@ def test_bad_person_is_refused(backend: SudoBackend, sudoers_dir: Path, person: 
 
 @pytest.mark.parametrize("command", BAD_COMMANDS)
 def test_bad_command_is_refused(backend: SudoBackend, sudoers_dir: Path, command: str) -> None:
-    grant = make_grant(params={"commands": ["/usr/bin/id", command]})
+    grant = make_grant(params={"commands": ['/usr/bin/id ""', command]})
     _assert_refused(backend, sudoers_dir, grant, "commands[1]")
     assert backend.validate_role(grant.params)[0].startswith("commands[1]: ")
 
@@ -244,7 +246,7 @@ def test_validate_role(backend: SudoBackend) -> None:
     assert backend.validate_role({"commands": COMMANDS}) == []
     assert backend.validate_role({}) != []
     assert backend.validate_role({"commands": [1]}) == ["commands: must be a list of strings"]
-    msgs = backend.validate_role({"commands": ["/usr/bin/id", "sh", "ALL"]})
+    msgs = backend.validate_role({"commands": ['/usr/bin/id ""', "sh", "ALL"]})
     assert len(msgs) == 2
     assert msgs[0].startswith("commands[1]: must be an absolute path")
     assert msgs[1].startswith("commands[2]: ")
@@ -351,3 +353,120 @@ def test_apply_many_into_a_missing_dir_is_transient_for_each(tmp_path: Path) -> 
     b = SudoBackend(tmp_path / "absent", visudo=VISUDO, cvtsudoers=CVTSUDOERS)
     results = b.apply_many(batch(2))
     assert all(isinstance(r, BackendError) and r.transient for r in results)
+
+
+# ------------------------------------------------------------------ issue 15: commands that are what they say
+def _rule(path: Path) -> str:
+    return next(line for line in path.read_text().splitlines() if not line.startswith("#"))
+
+
+def _visudo_ok(path: Path) -> None:
+    check = subprocess.run([VISUDO, "-cf", str(path)], capture_output=True, text=True)
+    assert check.returncode == 0, check.stderr
+
+
+def test_every_rule_is_noexec_unless_the_role_allows_exec(backend: SudoBackend, sudoers_dir: Path) -> None:
+    backend.apply(make_grant())
+    path = sudoers_dir / "jit_g42"
+    _visudo_ok(path)
+    assert " NOEXEC: " in _rule(path) and options(cvt_json(path))["noexec"] is True
+    allowed = make_grant(params={"commands": list(COMMANDS), "allow_exec": True,
+                                 "allow_exec_reason": "the restart hook runs helper programs"})
+    backend.apply(allowed)
+    _visudo_ok(path)
+    assert " EXEC: " in _rule(path) and "NOEXEC" not in _rule(path)
+    assert backend.inspect(allowed).details["noexec"] is False
+
+
+def test_allow_exec_needs_a_reason(backend: SudoBackend, sudoers_dir: Path) -> None:
+    _assert_refused(backend, sudoers_dir, make_grant(params={"commands": COMMANDS, "allow_exec": True}),
+                    "allow_exec_reason")
+
+
+def test_no_arguments_is_written_as_empty_string_and_visudo_accepts_it(backend: SudoBackend,
+                                                                       sudoers_dir: Path) -> None:
+    grant = make_grant(params={"commands": ['/usr/bin/id ""', "/usr/bin/systemctl restart nginx"]})
+    backend.apply(grant)
+    path = sudoers_dir / "jit_g42"
+    _visudo_ok(path)
+    assert _rule(path).endswith('NOEXEC: /usr/bin/id "", /usr/bin/systemctl restart nginx')
+    assert backend.inspect(grant).details["commands"] == ['/usr/bin/id ""', "/usr/bin/systemctl restart nginx"]
+
+
+def test_a_command_without_arguments_is_refused_unless_any_arguments_is_allowed(
+        backend: SudoBackend, sudoers_dir: Path) -> None:
+    _assert_refused(backend, sudoers_dir, make_grant(params={"commands": ["/usr/bin/id"]}), "commands[0]")
+    backend.apply(make_grant(params={"commands": ["/usr/bin/id"], "allow_any_arguments": True}))
+    _visudo_ok(sudoers_dir / "jit_g42")
+
+
+def test_sudoedit_entries_render_and_visudo_accepts_them(backend: SudoBackend, sudoers_dir: Path) -> None:
+    grant = make_grant(params={"edit": ["/etc/nginx/nginx.conf", "/etc/hosts"]})
+    backend.apply(grant)
+    path = sudoers_dir / "jit_g42"
+    _visudo_ok(path)
+    assert _rule(path).endswith("NOEXEC: sudoedit /etc/nginx/nginx.conf, sudoedit /etc/hosts")
+    assert backend.inspect(grant).details["commands"] == ["sudoedit /etc/nginx/nginx.conf", "sudoedit /etc/hosts"]
+    both = make_grant(params={"commands": ["/usr/bin/systemctl reload nginx"], "edit": ["/etc/nginx/nginx.conf"]})
+    backend.apply(both)
+    _visudo_ok(path)
+    assert backend.describe(both) == {"commands": ["/usr/bin/systemctl reload nginx"],
+                                      "edit": ["/etc/nginx/nginx.conf"], "noexec": True}
+    assert backend.describe(make_grant(params={"commands": ["/bin/sh"]}))["invalid"].startswith("commands[0]: sh ")
+
+
+@pytest.mark.parametrize("file", ["/tmp/x.conf", "/home/alice/.bashrc", "/etc/sudoers", "/etc/sudoers.d/x",
+                                  "/etc/shadow", "etc/nginx.conf", "/etc/nginx/../shadow", "/etc/*.conf", "/etc/a b"])
+def test_sudoedit_refuses_user_writable_and_root_deciding_files(backend: SudoBackend, sudoers_dir: Path,
+                                                                file: str) -> None:
+    _assert_refused(backend, sudoers_dir, make_grant(params={"edit": [file]}), "edit[0]")
+
+
+def test_a_refused_command_class_is_refused_by_apply_too(backend: SudoBackend, sudoers_dir: Path) -> None:
+    _assert_refused(backend, sudoers_dir, make_grant(params={"commands": ["/usr/bin/tee /etc/sudoers.d/x"]}),
+                    "commands[0]")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root: a root-owned directory outside /tmp to test modes in")
+def test_a_program_under_a_user_writable_directory_is_refused(backend: SudoBackend, sudoers_dir: Path) -> None:
+    import tempfile
+    where = Path(tempfile.mkdtemp(prefix="jit-test-", dir="/var/lib"))  # /tmp is refused by rule already
+    try:
+        tool = where / "tool"
+        tool.write_text("#!/bin/sh\n")
+        ok = make_grant(params={"commands": [f"{tool} --run"]})
+        assert backend.validate_role(ok.params) == []
+        where.chmod(0o777)  # world-writable: anyone may swap the tool
+        _assert_refused(backend, sudoers_dir, ok, "commands[0]")
+        assert f"{where} is not root-owned or others can write it" in backend.validate_role(ok.params)[0]
+        where.chmod(0o755)
+        os.chown(tool, 65534, 65534)  # the tool itself belongs to nobody
+        assert f"{tool} is not root-owned" in backend.validate_role(ok.params)[0]
+    finally:
+        shutil.rmtree(where)
+
+
+def test_a_symlink_named_like_a_drop_in_is_drift_never_followed(backend: SudoBackend, sudoers_dir: Path,
+                                                                 tmp_path: Path) -> None:
+    secret = tmp_path / "shadow"
+    secret.write_text("root:$6$secret-hash:19000:0:99999:7:::\n")
+    (sudoers_dir / "jit_g7").symlink_to(secret)
+    (sudoers_dir / "jit_g8").mkdir()
+    arts = backend.list_managed()
+    assert [(a.grant_id, a.person) for a in arts] == [(None, ""), (None, "")]
+    assert all("not followed" in a.ref for a in arts)
+    assert "secret-hash" not in repr(arts)
+    with pytest.raises(BackendError, match="symbolic link") as info:
+        backend.inspect(make_grant(grant_id=7))
+    assert "secret-hash" not in str(info.value)
+    with pytest.raises(InvalidGrant):  # reconcile --fix cannot remove what the link points at
+        backend.revoke(GrantSpec(0, 0, "", "", "", datetime.now(timezone.utc), datetime.now(timezone.utc)))
+    assert secret.exists()
+
+
+def test_the_shipped_policy_lints_clean_through_the_backend(backend: SudoBackend) -> None:
+    from policies.loader import load_policy
+    policy = load_policy(Path(__file__).resolve().parents[2] / "policies" / "default.toml")
+    for target in policy.targets.values():
+        for role in target.roles.values():
+            assert backend.validate_role(role.params) == []
