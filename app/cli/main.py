@@ -22,6 +22,7 @@ from typing import Any, Mapping, Sequence, TextIO
 from app.client.connection import Client, client_settings
 from app.domain.errors import ConfigError, IdentityError, JitError, Refused
 from app.domain.states import REVIEW_OUTCOMES, RequestState
+from app.domain.times import instant, iso
 from policies.durations import format_duration, parse_duration
 
 
@@ -224,14 +225,14 @@ def print_request(v: Mapping[str, Any], out: TextIO) -> None:
     w(f"REQ-{v['id']}  {v['state'].upper()}{'  (escalated)' if v['escalated_at'] and v['state'] == 'pending' else ''}\n")
     w(f"  {v['kind']:9} {v['requester']} -> {v['role']} on {v['target']} "
       f"({v['environment'] or '?'}, {v['tier'] or '?'} risk)\n")
-    w(f"  window    {_fmt_time(_when(v['starts_at']))} .. {_fmt_time(_when(v['expires_at']))}\n")
+    w(f"  window    {_fmt_time(instant(v['starts_at']))} .. {_fmt_time(instant(v['expires_at']))}\n")
     w(f"  reason    {v['reason']}\n")
     if v["ticket"]:
         w(f"  ticket    {v['ticket']}\n")
     groups = f" from {' and '.join(v['approver_groups'])}" if v["approver_groups"] else ""
     w(f"  approval  {v['approval_model']}{groups}\n")
     for a in v["approvals"]:
-        w(f"    approved by {a['approver']} ({', '.join(a['groups'])}) at {_fmt_time(_when(a['at']))}"
+        w(f"    approved by {a['approver']} ({', '.join(a['groups'])}) at {_fmt_time(instant(a['at']))}"
           f"{': ' + a['comment'] if a['comment'] else ''}\n")
     w("  checks\n")
     for c in v["checks"]:
@@ -253,7 +254,7 @@ def print_table(rows: Sequence[Mapping[str, Any]], out: TextIO) -> None:
     out.write(f"{'ID':9} {'STATE':10} {'REQUESTER':10} {'TARGET':14} {'ROLE':15} {'EXPIRES (UTC)':17} APPROVAL\n")
     for v in rows:
         out.write(f"{'REQ-' + str(v['id']):9} {v['state']:10} {v['requester']:10} {v['target'][:14]:14} "
-                  f"{v['role'][:15]:15} {_when(v['expires_at']):%Y-%m-%d %H:%M}  {v['approval_model']}"
+                  f"{v['role'][:15]:15} {instant(v['expires_at']):%Y-%m-%d %H:%M}  {v['approval_model']}"
                   f"{' !' if v['escalated_at'] else ''}\n")
 
 
@@ -415,14 +416,6 @@ def _snow_sim(args: argparse.Namespace, environ: Mapping[str, str], out: TextIO)
 
 
 # ------------------------------------------------------------ API commands
-def _iso(value: datetime | None) -> str | None:
-    return value.isoformat().replace("+00:00", "Z") if value else None
-
-
-def _when(text: str | None) -> datetime | None:
-    return datetime.fromisoformat(text.replace("Z", "+00:00")) if text else None
-
-
 def _remote(args: argparse.Namespace, api: Client, environ: Mapping[str, str], out: TextIO, err: TextIO) -> int:
     cmd = args.command
     if cmd == "whoami":
@@ -527,7 +520,7 @@ def open_console(api: Client) -> int:
 
 def _wanted(args: argparse.Namespace) -> dict[str, Any]:
     return {"target": args.target, "role": args.role, "duration": format_duration(args.duration),
-            "reason": args.reason, "ticket": args.ticket, "start": _iso(args.start)}
+            "reason": args.reason, "ticket": args.ticket, "start": iso(args.start)}
 
 
 def _reconcile(args: argparse.Namespace, findings: list[dict], out: TextIO) -> int:
@@ -549,10 +542,10 @@ def _sync_status(args: argparse.Namespace, data: dict[str, Any], out: TextIO) ->
     if not data.get("enabled"):
         raise UsageError("ServiceNow is not enabled in the server's configuration ([servicenow] enabled = false)")
     data = {k: v for k, v in data.items() if k != "enabled"}
-    times = {k: _fmt_time(_when(data[k])) for k in ("last_run_at", "last_ok_at", "watermark")}
+    times = {k: _fmt_time(instant(data[k])) for k in ("last_run_at", "last_ok_at", "watermark")}
     if args.json:
         out.write(json.dumps({**data, **{k: times[k] if data[k] else None for k in times}, "last_catch_up": (
-            {**c, "at": _fmt_time(_when(c["at"]))} if (c := data["last_catch_up"]) else None)}, indent=2) + "\n")
+            {**c, "at": _fmt_time(instant(c["at"]))} if (c := data["last_catch_up"]) else None)}, indent=2) + "\n")
         return 0
     if data["last_run_at"] is None:
         out.write("the ServiceNow sync has not run yet (it runs in 'jit server')\n")
@@ -561,7 +554,7 @@ def _sync_status(args: argparse.Namespace, data: dict[str, Any], out: TextIO) ->
               f"watermark    {times['watermark']}\nbehind       {data['behind_s'] or 0:.0f}s at the last run\n"
               f"processed    {data['processed']} change(s) in all\n")
     if (c := data["last_catch_up"]) is not None:
-        out.write(f"caught up    {_fmt_time(_when(c['at']))} after {c['down_s']:.0f}s without ServiceNow: read "
+        out.write(f"caught up    {_fmt_time(instant(c['at']))} after {c['down_s']:.0f}s without ServiceNow: read "
                   f"{c['caught_up']} change(s), the oldest {c['behind_s']:.0f}s late\n")
     errors = data["recent_errors"]
     out.write("recent errors:\n" + "".join(f"  {e}\n" for e in errors) if errors else "no recent errors\n")

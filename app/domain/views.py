@@ -6,6 +6,8 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
 
+from app.domain.times import instant, iso
+
 
 @dataclass(frozen=True)
 class ApprovalView:
@@ -69,25 +71,23 @@ class RequestView:
         """The view back from ``to_json()`` (what a client of the API receives)."""
         d = dict(data)
         for key in ("starts_at", "expires_at", "created_at", "escalated_at"):
-            d[key] = _instant(d[key])
+            d[key] = instant(d[key])
         d["approver_groups"] = tuple(d["approver_groups"])
         d["checks"] = tuple(d["checks"])
-        d["approvals"] = tuple(ApprovalView(a["approver"], tuple(a["groups"]), a["comment"], _instant(a["at"]))
+        d["approvals"] = tuple(ApprovalView(a["approver"], tuple(a["groups"]), a["comment"], instant(a["at"]))
                                for a in d["approvals"])
         if g := d.get("grant"):
-            d["grant"] = GrantView(**{k: _instant(v) if k.endswith("_at") else v for k, v in g.items()})
+            d["grant"] = GrantView(**{k: instant(v) if k.endswith("_at") else v for k, v in g.items()})
         if r := d.get("review"):
-            d["review"] = {**r, "reviewed_at": _instant(r.get("reviewed_at"))}
+            d["review"] = {**r, "reviewed_at": instant(r.get("reviewed_at"))}
         return cls(**d)
 
 
-def _instant(text: str | None) -> datetime | None:
-    return datetime.fromisoformat(text.replace("Z", "+00:00")) if text else None
 
 
 def _jsonable(value: Any) -> Any:
     if isinstance(value, datetime):
-        return value.isoformat().replace("+00:00", "Z")
+        return iso(value)
     if isinstance(value, dict):
         return {k: _jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass
-from datetime import datetime
 from typing import TYPE_CHECKING, Any, Callable
 
 from pydantic import BaseModel
@@ -18,6 +17,7 @@ from app.domain.console import ticket_to_json
 from app.domain.errors import BadInput, Refused
 from app.domain.inputs import MAX_ID, check_text
 from app.domain.principal import Principal
+from app.domain.times import iso
 from app.queries import audit as audit_queries
 from app.queries.console import ConsoleData
 from app.queries.exposure import exposure
@@ -70,10 +70,6 @@ def request_id(text: str) -> int:
 
 def ticket_number(text: str) -> str:
     return check_text("number", text, required=True, limit=64) or ""
-
-
-def _time(value: datetime | None) -> str | None:
-    return value.isoformat().replace("+00:00", "Z") if value else None
 
 
 # --------------------------------------------------------------- handlers
@@ -175,14 +171,14 @@ def sync_status(c: Call) -> dict:
         return {"enabled": False}
     state = sv.sync.status()
     catch_up = sv.sync.last_catch_up()
-    return {"enabled": True, "last_run_at": _time(state.last_run_at) if state else None,
-            "last_ok_at": _time(state.last_ok_at) if state else None,
-            "watermark": _time(state.watermark) if state else None,
+    return {"enabled": True, "last_run_at": iso(state.last_run_at) if state else None,
+            "last_ok_at": iso(state.last_ok_at) if state else None,
+            "watermark": iso(state.watermark) if state else None,
             "behind_s": state.behind_s if state else None, "processed": state.processed if state else 0,
             "last_error": state.last_error if state else None,
             "recent_errors": list(state.errors) if state else [],
             "circuit": sv.tickets.client.breaker.state if sv.tickets else None,
-            "last_catch_up": json.loads(json.dumps(catch_up, default=_time)) if catch_up else None}
+            "last_catch_up": json.loads(json.dumps(catch_up, default=iso)) if catch_up else None}
 
 
 # ---------------------------------------------------- the console's read models

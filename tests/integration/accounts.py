@@ -3,6 +3,7 @@ as the account with exactly the environment given, and a venv on ``/usr/bin/pyth
 interpreter lives in root's 0700 home) over a world-readable copy of this checkout's code."""
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import pwd
@@ -10,6 +11,7 @@ import shutil
 import subprocess
 import tempfile
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -55,17 +57,28 @@ def code_copy(shared_dir: Path) -> Path:
     return where
 
 
+@contextlib.contextmanager
+def local_accounts(*names: str) -> Iterator[dict[str, pwd.struct_passwd]]:
+    """Local accounts by name (``useradd`` for those missing, ``userdel`` of those afterwards)."""
+    created, entries = [], {}
+    try:
+        for name in names:
+            try:
+                entries[name] = pwd.getpwnam(name)
+            except KeyError:
+                subprocess.run(["useradd", "--no-create-home", "--shell", "/usr/sbin/nologin", name], check=True)
+                created.append(name)
+                entries[name] = pwd.getpwnam(name)
+        yield entries
+    finally:
+        for name in created:
+            subprocess.run(["userdel", name], check=False)
+
+
 @pytest.fixture(scope="session")
 def account() -> pwd.struct_passwd:
-    created = False
-    try:
-        entry = pwd.getpwnam(ACCOUNT)
-    except KeyError:
-        subprocess.run(["useradd", "--no-create-home", "--shell", "/usr/sbin/nologin", ACCOUNT], check=True)
-        created, entry = True, pwd.getpwnam(ACCOUNT)
-    yield entry
-    if created:
-        subprocess.run(["userdel", ACCOUNT], check=False)
+    with local_accounts(ACCOUNT) as made:
+        yield made[ACCOUNT]
 
 
 def run_as(entry: pwd.struct_passwd, venv: Path, code: Path, source: str, env: dict[str, str]):

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import pwd
 import shutil
 import signal
 import sqlite3
@@ -19,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from accounts import SKIP, code_copy, run_as, shared_dir, system_venv  # noqa: F401
+from accounts import SKIP, code_copy, local_accounts, run_as, shared_dir, system_venv  # noqa: F401
 from app.dev.sandbox import write_sandbox
 
 pytestmark = SKIP
@@ -29,17 +28,8 @@ REASON = "restart nginx after the TLS renewal"
 
 @pytest.fixture(scope="module")
 def people():
-    created, entries = [], {}
-    for name in PEOPLE:
-        try:
-            entries[name] = pwd.getpwnam(name)
-        except KeyError:
-            subprocess.run(["useradd", "--no-create-home", "--shell", "/usr/sbin/nologin", name], check=True)
-            created.append(name)
-            entries[name] = pwd.getpwnam(name)
-    yield entries
-    for name in created:
-        subprocess.run(["userdel", name], check=False)
+    with local_accounts(*PEOPLE) as made:
+        yield made
 
 
 def production_config(where: Path) -> Path:

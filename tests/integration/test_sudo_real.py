@@ -13,6 +13,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
+from accounts import local_accounts
 
 from integrations.base import GrantSpec
 from integrations.sudo import SudoBackend
@@ -30,15 +31,8 @@ def which(name: str) -> str:
 
 @pytest.fixture(scope="module")
 def account() -> pwd.struct_passwd:
-    created = False
-    try:
-        entry = pwd.getpwnam(ACCOUNT)
-    except KeyError:
-        subprocess.run(["useradd", "--no-create-home", "--shell", "/usr/sbin/nologin", ACCOUNT], check=True)
-        created, entry = True, pwd.getpwnam(ACCOUNT)
-    yield entry
-    if created:
-        subprocess.run(["userdel", ACCOUNT], check=False)
+    with local_accounts(ACCOUNT) as made:
+        yield made[ACCOUNT]
 
 
 @pytest.fixture
@@ -66,7 +60,7 @@ def as_account(entry: pwd.struct_passwd, box: Path, script: str, env: dict[str, 
     inner = [which("setpriv"), f"--reuid={entry.pw_uid}", f"--regid={entry.pw_gid}", "--clear-groups",
              which("env"), "-i", "PATH=/usr/bin:/bin", *(f"{k}={v}" for k, v in (env or {}).items()),
              "/bin/sh", "-c", script]
-    outer = f'mount --bind "$1" /etc/sudoers.d && shift && exec "$@"'
+    outer = 'mount --bind "$1" /etc/sudoers.d && shift && exec "$@"'
     return subprocess.run([which("unshare"), "-m", "/bin/sh", "-c", outer, "sh", str(box / "sudoers.d"), *inner],
                           capture_output=True, text=True, timeout=60)
 
