@@ -9,6 +9,7 @@ needs the approvals given so far); who may extend depends on the fresh decision 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Iterable
 
 from policies.model import PolicySet
@@ -54,13 +55,29 @@ def may_review(policy: PolicySet, actor: str, groups: frozenset[str], bypasser: 
     return None
 
 
-def may_extend(actor: str, groups: frozenset[str], requester: str, auto_approved: bool, approval: str,
-               approver_groups: Iterable[str], duration_text: str) -> str | None:
-    """After the policy allowed the longer request: the requester alone only within self-service;
-    anyone else only from the approver groups the new decision names."""
+STRICTNESS = ("self-service", "single", "dual")  # approval models, each asking more than the one before
+
+
+def may_extend(actor: str, groups: frozenset[str], requester: str, granted: str, auto_approved: bool,
+               approval: str, approver_groups: Iterable[str], duration_text: str, label: str,
+               expires_at: datetime) -> str | None:
+    """After the policy allowed the longer request: it needs the stricter of the model the request
+    was granted under (``granted``) and the one the longer request needs (``approval``). One
+    person extends only what one person could grant: the requester alone within self-service,
+    else one approver from the groups the new decision names. A dual-approved request, one
+    ServiceNow approved, or a bypass is never extended by one person: more time is a new request
+    (starting when this one ends), approved the same way."""
     approver_groups = tuple(approver_groups)
-    if actor == requester and not auto_approved:
-        return (f"extending to {duration_text} needs {approval} approval: an approver from "
+    if granted not in STRICTNESS:
+        how = "approved in ServiceNow" if granted == "servicenow" else f"granted as {granted}"
+        return (f"{label} was {how}; jit cannot extend it on one person's word. Request the extra time as a "
+                f"new request starting at {expires_at:%Y-%m-%d %H:%M} UTC")
+    needed = max(granted, approval, key=lambda m: STRICTNESS.index(m) if m in STRICTNESS else len(STRICTNESS))
+    if needed not in ("self-service", "single"):
+        return (f"{label} needs {needed} approval ({' and '.join(approver_groups)}); one person cannot extend it. "
+                f"Request the extra time as a new request starting at {expires_at:%Y-%m-%d %H:%M} UTC")
+    if actor == requester and not (auto_approved and needed == "self-service"):
+        return (f"extending to {duration_text} needs {needed} approval: an approver from "
                 f"{' or '.join(approver_groups)} must extend it")
     if actor != requester and not (groups & set(approver_groups)):
         return f"{actor} is not an approver for this request ({', '.join(approver_groups)})"

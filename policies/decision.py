@@ -61,7 +61,7 @@ class Context:
     """What the policy needs to know about the requester, gathered by the caller."""
 
     groups: frozenset[str] = frozenset()
-    holdings: tuple[Holding, ...] = ()  # approved or active elevations, this request excluded
+    holdings: tuple[Holding, ...] = ()  # the requester's other requests that count (see LifecycleBase._context)
     unreviewed_bypasses: int = 0
     ticket: TicketFacts | None = None  # None: no ServiceNow configured, only the format is checked
 

@@ -7,7 +7,8 @@ import logging
 import os
 import socket
 from dataclasses import dataclass
-from datetime import datetime
+from dataclasses import replace
+from datetime import datetime, timedelta
 from types import SimpleNamespace
 from typing import Any, Iterable, Mapping
 
@@ -28,7 +29,8 @@ from app.store import requests as request_store
 from app.store.leases import Leases
 from integrations.base import Backend, BackendError, GrantSpec
 from policies import authority
-from policies.decision import Context, Decision, Holding, TicketFacts
+from policies.decision import AccessRequest, Context, Decision, Holding, TicketFacts
+from policies.evaluate import evaluate
 from policies.model import PolicySet
 
 log = logging.getLogger("jit.lifecycle")
@@ -108,9 +110,16 @@ class LifecycleBase:
                      "reviewed_at": review.reviewed_at} if review else None),
         )
 
-    def _context(self, s: Session, person: str, exclude: int | None = None) -> Context:
-        rows = s.exec(select(RequestRow).where(RequestRow.requester == person,
-                                               RequestRow.state.in_(HOLDING_STATES))).all()
+    def _context(self, s: Session, person: str, exclude: int | None = None,
+                 counting: Iterable[str] = HOLDING_STATES) -> Context:
+        """The requester's groups, their requests in ``counting`` states (``exclude`` aside) as
+        holdings, and their open bypass reviews. A new request counts the pending ones too
+        (``OPEN_STATES``): what is queued cannot add up past the limits once approved. The approval
+        that completes a request, its activation and an extension count what is approved or
+        active: of two queued requests that conflict, the first to be approved wins."""
+        rows = s.exec(select(RequestRow.id, RequestRow.target, RequestRow.role, RequestRow.starts_at,
+                             RequestRow.expires_at).where(RequestRow.requester == person,
+                                                          RequestRow.state.in_(tuple(counting)))).all()
         holdings = tuple(Holding(r.target, r.role, r.starts_at, r.expires_at) for r in rows if r.id != exclude)
         open_reviews = s.exec(select(sa.func.count()).select_from(ReviewRow)
                               .where(ReviewRow.bypasser == person, ReviewRow.state == "open")).one()
@@ -143,6 +152,42 @@ class LifecycleBase:
                                                servicenow=o.servicenow, webhook=o.webhook,
                                                create_change=o.create_change)]
             insert_rows(s, OutboxRow.__table__, [{**item, "state": "pending", "attempts": 0} for item in owed])
+
+    @staticmethod
+    def _as_it_starts(row: Any, now: datetime) -> AccessRequest:
+        """The request a row asks for, as it would start now: a scheduled one over its own window,
+        another from now, for its duration."""
+        start = row.starts_at if row.scheduled else max(now, row.starts_at)
+        return AccessRequest(row.requester, row.target, row.role, start, timedelta(seconds=row.duration_s),
+                             row.reason, row.ticket)
+
+    def _recheck(self, s: Session, row: Any, req: AccessRequest, facts: TicketFacts | None) -> Decision:
+        """The whole policy again for a request about to be approved, activated or extended
+        (``req``: what it asks for now): the person's groups as the directory has them now, their
+        other approved and active requests, the hours and the ticket as they are for its period.
+        The caller holds the person's lock (``lock_people``) where the outcome adds a holding."""
+        return evaluate(self.policy, req, replace(self._context(s, row.requester, exclude=row.id), ticket=facts))
+
+    @staticmethod
+    def _servicenow_down(decision: Decision, facts: TicketFacts | None) -> bool:
+        """Whether the decision fails only because ServiceNow did not answer: the step waits and
+        is tried again, rather than refusing a request for an outage."""
+        return (facts is not None and facts.status == "unavailable"
+                and all(c.name == "ticket_exists" for c in decision.failures))
+
+    def _policy_refusal(self, row: Any, stage: str, decision: Decision,
+                        **details: Any) -> tuple[str, dict[str, Any], tuple[str, str, dict[str, Any]]]:
+        """A request refused by the policy when it was looked at again (``stage``: approval or
+        activation): its new state (a pending one denied, an approved one revoked before its
+        start, both closed by "policy"), the row's changes and the ``request.refused`` event,
+        with the failing checks (ServiceNow hears of it through the ticket's work note)."""
+        state = "denied" if row.state == "pending" else "revoked"
+        reason = f"refused by policy at {stage}: {decision.refusal()}"
+        changes = {"state": state, "closed_by": "policy", "closed_reason": reason, "checks": checks_of(decision)}
+        event = ("policy", "request.refused", dict(stage=stage, state=state, target=row.target, role=row.role,
+                                                   requester=row.requester, ticket=row.ticket,
+                                                   checks=checks_of(decision), **details))
+        return reason, changes, event
 
     def _ticket_facts(self, number: str | None, start: datetime, end: datetime) -> TicketFacts | None:
         """ServiceNow's facts for the ticket (fetched outside any transaction), when configured."""

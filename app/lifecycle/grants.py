@@ -23,7 +23,6 @@ from integrations.base import BackendError, GrantSpec, InvalidGrant
 from policies import authority
 from policies.decision import AccessRequest
 from policies.durations import format_duration
-from policies.evaluate import evaluate
 
 
 class Claim(NamedTuple):
@@ -287,12 +286,18 @@ class Grants(LifecycleBase):
         return self._end(actor, request_id, "revoked", "revoke", reason, allowed)
 
     def extend(self, actor: str, request_id: int, by: timedelta, reason: str) -> Outcome:
-        """Extend an active or approved request, through every policy check again."""
+        """Extend an approved or active request: the whole policy again over the longer period,
+        the ticket's checks included (so never past its change window), under the requester's
+        lock, and the approval model it was granted under (``authority.may_extend``)."""
         reason = check_text("reason", reason, required=True) or ""
         if by <= timedelta(0):
             raise BadInput("by", "must be longer than zero")
         now = self.clock()
         with self.store.transaction() as s:
+            first = self._load(s, request_id)
+        facts = self._ticket_facts(first.ticket, first.starts_at, first.expires_at + by)
+        with self.store.transaction() as s:
+            request_store.lock_people(s, [first.requester])
             row = self._load(s, request_id)
             self._expect(row, ("approved", "active"), "extend")
             if row.kind == "bypass":
@@ -300,18 +305,21 @@ class Grants(LifecycleBase):
             new_expiry = row.expires_at + by
             req = AccessRequest(row.requester, row.target, row.role, row.starts_at, new_expiry - row.starts_at,
                                 reason, row.ticket)
-            decision = evaluate(self.policy, req, self._context(s, row.requester, exclude=row.id))
+            decision = self._recheck(s, row, req, facts)
             if not decision.allowed:
                 self._record(s, at=now, actor=actor, action="extension.refused", request_id=row.id,
                              by=format_duration(by), checks=checks_of(decision))
                 refusal = Refused("policy", decision.refusal())
-            elif why := authority.may_extend(actor, self.directory.groups_of(actor), row.requester,
+            elif why := authority.may_extend(actor, self.directory.groups_of(actor), row.requester, row.approval_model,
                                              decision.auto_approved, decision.approval, decision.approver_groups,
-                                             format_duration(req.duration)):
+                                             format_duration(req.duration), f"REQ-{row.id}", row.expires_at):
+                self._record(s, at=now, actor=actor, action="extension.refused", request_id=row.id,
+                             by=format_duration(by), reason=why)
                 refusal = Refused("approval", why)
             else:
                 refusal = None
-                request_store.transition(s, row, row.state, now, expires_at=new_expiry, duration_s=row.duration_s + int(by.total_seconds()))
+                request_store.transition(s, row, row.state, now, expires_at=new_expiry, checks=checks_of(decision),
+                                         duration_s=row.duration_s + int(by.total_seconds()))
                 grant = s.exec(select(GrantRow).where(GrantRow.request_id == row.id)).first()
                 if grant is not None and grant.status == "active":
                     grant_store.transition(s, grant, "active", now, expires_at=new_expiry)
@@ -319,7 +327,7 @@ class Grants(LifecycleBase):
                              by=format_duration(by), expires_at=new_expiry.isoformat(), reason=reason,
                              checks=checks_of(decision))
                 grant_id = grant.id if grant is not None and grant.status == "active" else None
-        if refusal:
+        if refusal:  # raised after the commit: the refusal stays audited
             raise refusal
         notes = []
         if grant_id is not None:

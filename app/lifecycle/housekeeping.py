@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
-from typing import Iterable
+from typing import Any, Iterable
 
 import sqlalchemy as sa
-from sqlmodel import select
+from sqlmodel import Session, select
 
 from app.domain.errors import Conflict
 from app.lifecycle.base import LifecycleBase, log, row_values
@@ -16,7 +16,9 @@ from app.lifecycle.grants import Applying, Claim
 from app.store import GrantRow, RequestRow, among, next_ids
 from app.store import grants as grant_store
 from app.store import requests as request_store
-from app.domain.states import UNSTARTED
+from app.domain.states import HOLDING_STATES, UNSTARTED
+from policies.decision import Context, Holding, TicketFacts
+from policies.evaluate import evaluate
 from policies.durations import format_duration
 
 
@@ -36,11 +38,12 @@ class Housekeeping(LifecycleBase):
         now = now or self.clock()
         only = None if only is None else list(only)
         claimed, skip_locked = 0, True
+        waiting: set[int] = set()  # requests left for a later pass: their ticket could not be read now
         inflight: deque[Applying] = deque()  # at most two: the batch whose outcomes come next, and the newest
         with ThreadPoolExecutor(1, thread_name_prefix="jit-activation") as worker:
             try:
                 while True:
-                    found, claims, until = self._intend_activation(now, limit, skip_locked, only)
+                    found, claims, until = self._intend_activation(now, limit, skip_locked, only, waiting)
                     if claims:
                         inflight.append(self._start_applying(worker, claims, until))
                         claimed += len(claims)
@@ -63,31 +66,94 @@ class Housekeeping(LifecycleBase):
                                       "recovery", len(applying.claims))
         return claimed
 
-    def _intend_activation(self, now: datetime, limit: int, skip_locked: bool,
-                           only: list[int] | None) -> tuple[int, list[Claim], datetime | None]:
-        """Commit the grants ('applying', claimed by this process) of up to ``limit`` approved
-        requests whose start has come: one INSERT of grants, one UPDATE of requests, one of audit
-        events; how many were due, the claims, and the end of their leases. The requests are
-        locked (SQLite: the database) while this is written; one that has a grant is another
-        process's activation."""
-        pg = self.store.dialect == "postgresql"
+    def _due(self, s: Session, now: datetime, limit: int, only: list[int] | None, waiting: set[int]) -> Any:
+        """The query for up to ``limit`` approved requests whose start has come and that no process
+        is activating (of ``only``, when given; not those ``waiting``)."""
+        q = (select(*RequestRow.__table__.c)
+             .where(RequestRow.state == "approved", RequestRow.starts_at <= now,
+                    sa.or_(RequestRow.scheduled.is_(False), RequestRow.expires_at > now),  # else: it lapses
+                    ~sa.exists().where(GrantRow.request_id == RequestRow.id))
+             .order_by(RequestRow.starts_at, RequestRow.id).limit(limit))
+        if only is not None:
+            q = q.where(among(s, RequestRow.id, only))
+        if waiting:
+            q = q.where(RequestRow.id.not_in(sorted(waiting)))
+        return q
+
+    def _due_facts(self, now: datetime, limit: int, only: list[int] | None,
+                   waiting: set[int]) -> dict[int, TicketFacts | None]:
+        """ServiceNow's facts for the tickets of the requests due now, read before the transaction
+        that activates them (no HTTP call while the database is held): by request id."""
+        if self.tickets is None:
+            return {}
         with self.store.transaction() as s:
-            q = (select(*RequestRow.__table__.c)
-                 .where(RequestRow.state == "approved", RequestRow.starts_at <= now,
-                        sa.or_(RequestRow.scheduled.is_(False), RequestRow.expires_at > now),  # else: it lapses
-                        ~sa.exists().where(GrantRow.request_id == RequestRow.id))
-                 .order_by(RequestRow.starts_at, RequestRow.id).limit(limit))
-            if only is not None:
-                q = q.where(among(s, RequestRow.id, only))
+            rows = [r for r in s.exec(self._due(s, now, limit, only, waiting)).all() if r.ticket]
+        reqs = [self._as_it_starts(r, now) for r in rows]
+        found = self.tickets.facts_many((q.ticket, q.starts_at, q.expires_at) for q in reqs)
+        return {r.id: f for r, f in zip(rows, found)}
+
+    def _still_allowed(self, s: Session, rows: list[Any], now: datetime, facts: dict[int, TicketFacts | None],
+                       waiting: set[int]) -> tuple[list[Any], list[tuple[Any, dict[str, Any]]], list[tuple]]:
+        """The whole policy again for each request about to start (``_recheck``, for a batch: one
+        query for the requesters' holdings): those still allowed; the refused ones' changes and
+        events (each revoked before its start, by "policy"); a request whose ticket could not be
+        read is left ``waiting`` for the next pass. An emergency bypass is not weighed again: it
+        starts at once, and a security operator reviews it."""
+        people = {r.requester for r in rows if r.kind != "bypass"}
+        held: dict[str, list[tuple[int, Holding]]] = {p: [] for p in people}
+        if people:
+            for h in s.exec(select(RequestRow.id, RequestRow.requester, RequestRow.target, RequestRow.role,
+                                   RequestRow.starts_at, RequestRow.expires_at)
+                            .where(among(s, RequestRow.requester, people), RequestRow.state.in_(HOLDING_STATES))):
+                held[h.requester].append((h.id, Holding(h.target, h.role, h.starts_at, h.expires_at)))
+        groups = {p: self.directory.groups_of(p) for p in people}
+        keep, refused, events = [], [], []
+        for row in rows:
+            if row.kind == "bypass":
+                keep.append(row)
+                continue
+            if row.ticket and self.tickets is not None and row.id not in facts:
+                waiting.add(row.id)  # due since its ticket was read: the next pass reads it
+                continue
+            ticket = facts.get(row.id)
+            ctx = Context(groups=groups[row.requester], ticket=ticket,
+                          holdings=tuple(h for i, h in held[row.requester] if i != row.id))
+            decision = evaluate(self.policy, self._as_it_starts(row, now), ctx)
+            if self._servicenow_down(decision, ticket):
+                log.warning("REQ-%s not started yet: %s", row.id, decision.refusal())
+                waiting.add(row.id)
+            elif not decision.allowed:
+                _, changes, (by, action, details) = self._policy_refusal(row, "activation", decision)
+                refused.append((row, {**changes, "updated_at": now}))
+                events.append((by, action, row_values(row, changes), row.id, details))
+            else:
+                keep.append(row)
+        return keep, refused, events
+
+    def _intend_activation(self, now: datetime, limit: int, skip_locked: bool, only: list[int] | None,
+                           waiting: set[int]) -> tuple[int, list[Claim], datetime | None]:
+        """Commit the grants ('applying', claimed by this process) of up to ``limit`` approved
+        requests whose start has come and that the policy still allows (``_still_allowed``): one
+        INSERT of grants, one UPDATE of requests, one of audit events; how many were due, the
+        claims, and the end of their leases. The requests are locked (SQLite: the database) while
+        this is written; one that has a grant is another process's activation."""
+        pg = self.store.dialect == "postgresql"
+        facts = self._due_facts(now, limit, only, waiting)
+        with self.store.transaction() as s:
+            q = self._due(s, now, limit, only, waiting)
             rows = s.exec(q.with_for_update(skip_locked=skip_locked) if pg else q).all()  # skipped: another engine's
             found = len(rows)
             if pg and rows:  # a grant committed after the query's snapshot, by whoever held a row it waited for
                 taken = set(s.exec(select(GrantRow.request_id)
                                    .where(among(s, GrantRow.request_id, [r.id for r in rows]))).all())
                 rows = [r for r in rows if r.id not in taken]
-            if not rows:
-                return found, [], None
             at = self.clock()
+            rows, refused, events = self._still_allowed(s, rows, at, facts, waiting)
+            if refused:
+                request_store.transition_many(s, refused)
+            if not rows:
+                self._record_many(s, at, events)
+                return found, [], None
             grants, claims = [], []
             for row, grant_id in zip(rows, next_ids(s, GrantRow.__table__, len(rows))):
                 g = dict(self._new_grant(row, at), id=grant_id)
@@ -99,10 +165,10 @@ class Housekeeping(LifecycleBase):
             changes = [(row, {"state": "approved", "updated_at": at, "starts_at": g["starts_at"],
                               "expires_at": g["expires_at"]}) for row, g in zip(rows, grants)]
             request_store.transition_many(s, changes)
-            self._record_many(s, at, [("engine", "grant.applying", row_values(row, change), row.id,
-                                       dict(grant_id=g["id"], backend=g["backend"],
-                                            expires_at=g["expires_at"].isoformat()))
-                                      for (row, change), g in zip(changes, grants)])
+            self._record_many(s, at, events + [("engine", "grant.applying", row_values(row, change), row.id,
+                                                dict(grant_id=g["id"], backend=g["backend"],
+                                                     expires_at=g["expires_at"].isoformat()))
+                                               for (row, change), g in zip(changes, grants)])
         return found, claims, at + self.settings.lease
 
     def escalate_and_lapse(self, now: datetime | None = None) -> tuple[int, int]:

@@ -27,6 +27,10 @@ def _note(event: AuditEvent, row: RequestRow | None, d: dict[str, Any]) -> str |
     if event.action == "grant.active":
         return (f"{label}: Access granted to {who} until {_when(row.expires_at)}; session recorded "
                 f"(sudo I/O log).")
+    if event.action == "request.refused":  # looked at again at approval or activation
+        failed = "; ".join(f"{c['name']}: {c['message']}" for c in d.get("checks", []) if not c["passed"])
+        return (f"{label}: Access request for {who} was refused by policy at {d.get('stage')}. "
+                f"Failing checks: {failed}")
     if event.action == "request.denied":
         return f"{label}: Access request for {who} denied by {event.actor}: {d.get('reason')}"
     if event.action in ("request.revoked", "request.expired", "request.released"):

@@ -11,7 +11,7 @@ from app.domain.views import Outcome
 from app.lifecycle.base import AUTO_APPROVED, LifecycleBase, checks_of
 from app.store import RequestRow
 from app.store import requests as request_store
-from app.domain.states import UNSTARTED
+from app.domain.states import OPEN_STATES, UNSTARTED
 from policies import authority
 from policies.decision import AccessRequest, Decision
 from policies.durations import format_duration
@@ -54,7 +54,7 @@ class Requests(LifecycleBase):
         req, _ = self._access_request(person, target, role, duration, reason, ticket, start)
         facts = self._ticket_facts(req.ticket, req.starts_at, req.expires_at)
         with self.store.transaction() as s:
-            return evaluate(self.policy, req, replace(self._context(s, person), ticket=facts))
+            return evaluate(self.policy, req, replace(self._context(s, person, counting=OPEN_STATES), ticket=facts))
 
     def submit(self, person: str, target: str, role: str, duration: timedelta, reason: str,
                ticket: str | None = None, start: datetime | None = None) -> Outcome:
@@ -63,7 +63,8 @@ class Requests(LifecycleBase):
         facts = self._ticket_facts(req.ticket, req.starts_at, req.expires_at)
         now = self.clock()
         with self.store.transaction() as s:
-            ctx = self._context(s, person)
+            request_store.lock_people(s, [person])
+            ctx = self._context(s, person, counting=OPEN_STATES)
             decision = evaluate(self.policy, req, replace(ctx, ticket=facts))
             checks = checks_of(decision)
             approved = decision.auto_approved

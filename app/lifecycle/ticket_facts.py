@@ -5,6 +5,7 @@ from typing import TYPE_CHECKING
 
 import logging
 from datetime import datetime, timedelta
+from typing import Iterable
 
 from integrations.servicenow.errors import ServiceNowError
 from integrations.servicenow.model import NUMBER_RE, SYS_ID_RE, Ticket
@@ -34,6 +35,22 @@ class TicketGateway:
         except ServiceNowError as exc:
             log.warning("ticket %s not validated: %s", number, exc)
             return TicketFacts(number=number, status="unavailable", error=str(exc))
+
+    def facts_many(self, wanted: Iterable[tuple[str | None, datetime, datetime]]) -> list[TicketFacts | None]:
+        """``facts`` for many (number, start, end) at once: one read of the tickets (``find_many``),
+        their groups and blackouts read once. ServiceNow not answering makes each "unavailable"."""
+        wanted = list(wanted)
+        numbers = [n for n, _, _ in wanted if n and NUMBER_RE.fullmatch(n)]
+        try:
+            found = self.tickets.find_many(numbers) if numbers else {}
+            cache: dict = {}
+            return [None if not (n and NUMBER_RE.fullmatch(n)) else
+                    self.from_ticket(found[n], start, end, cache) if n in found else
+                    TicketFacts(number=n, status="missing") for n, start, end in wanted]
+        except ServiceNowError as exc:
+            log.warning("%d ticket(s) not validated: %s", len(numbers), exc)
+            return [TicketFacts(number=n, status="unavailable", error=str(exc)) if n and NUMBER_RE.fullmatch(n)
+                    else None for n, _, _ in wanted]
 
     def from_ticket(self, ticket: Ticket, start: datetime, end: datetime, cache: dict | None = None) -> TicketFacts:
         """The policy's facts for a ticket. With ``cache`` (one dict per sync run) group members and

@@ -10,7 +10,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
 
 from app.domain.errors import Refused
-from app.domain.states import HOLDING_STATES, OPEN_STATES, UNSTARTED
+from app.domain.states import OPEN_STATES, UNSTARTED
 from app.lifecycle.base import AUTO_APPROVED, LifecycleBase, checks_of, log
 from app.store import RequestRow, among, audit, next_ids
 from app.store import requests as request_store
@@ -95,10 +95,11 @@ class Tickets(LifecycleBase):
                 results[i] = exc
         people = {req.requester for _, req, _, _ in wanted}
         holdings: dict[str, list[Holding]] = {p: [] for p in people}
-        if people:  # (open bypass reviews are not read: only evaluate_bypass() weighs them)
+        request_store.lock_people(s, people)  # as for any submission: racing decisions see each other
+        if people:  # what is queued counts too; (open bypass reviews are not read: only evaluate_bypass() weighs them)
             for r in s.exec(select(RequestRow.requester, RequestRow.target, RequestRow.role, RequestRow.starts_at,
                                    RequestRow.expires_at).where(among(s, RequestRow.requester, people),
-                                                                RequestRow.state.in_(HOLDING_STATES))):
+                                                                RequestRow.state.in_(OPEN_STATES))):
                 holdings[r.requester].append(Holding(r.target, r.role, r.starts_at, r.expires_at))
         decided, rows = [], []
         for i, req, servicenow_approves, facts in wanted:
@@ -121,8 +122,8 @@ class Tickets(LifecycleBase):
                     expires_at=req.expires_at, created_at=now, updated_at=now, escalated_at=None,
                     closed_by=None, closed_reason=None, version=1)
                 rows.append(row)
-                if approved:  # later requests in this page see it, as they would see it committed
-                    holdings[person].append(Holding(req.target, req.role, req.starts_at, req.expires_at))
+                # later requests in this page see it, as they would see it committed
+                holdings[person].append(Holding(req.target, req.role, req.starts_at, req.expires_at))
             decided.append((i, req, decision, approved, row))
         if rows:  # ids first, then one insert (RETURNING over many rows is slow on psycopg)
             for row, request_id in zip(rows, next_ids(s, RequestRow.__table__, len(rows))):

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 import sqlalchemy as sa
 from sqlmodel import Session
@@ -67,3 +67,17 @@ def amend(s: Session, row: RequestRow, now: datetime, **values: Any) -> None:
     assert "state" not in values, "a state change is a transition()"
     update_checked(s, row, dict(updated_at=now, **values),
                    lost=f"REQ-{row.id} was changed by someone else; nothing was done, reload it")
+
+
+def lock_people(s: Session, people: Iterable[str]) -> None:
+    """Serialise, until ``s`` ends, what is decided for these requesters: a submission, the approval
+    that completes a request, an extension (the policy weighs each person's other requests, so two
+    of them racing for one person must see each other). PostgreSQL: a transaction-scoped advisory
+    lock per person, all in one statement and in one order (no deadlock between two callers);
+    SQLite: every write transaction already holds the database (``BEGIN IMMEDIATE``). Take it
+    before reading the person's requests, and before locking any request row."""
+    keys = [f"jit:requester:{person}" for person in set(people)]
+    if not keys or s.get_bind().dialect.name != "postgresql":
+        return
+    s.execute(sa.text("SELECT pg_advisory_xact_lock(h) FROM (SELECT DISTINCT hashtextextended(k, 0) AS h "
+                      "FROM unnest(CAST(:keys AS text[])) AS k ORDER BY h) AS ordered"), {"keys": keys})
