@@ -54,3 +54,21 @@ def judge(model: str, required: tuple[str, ...], requester: str, prior: list[App
         return Verdict(True, f"approved by {new.person}; approvals complete ({after} of {needed}).", True)
     return Verdict(True, f"approved by {new.person}; {after} of {needed} approvals, "
                          f"still needs a member of {_uncovered(required, [*prior, new])}.")
+
+
+def tally(model: str, required: tuple[str, ...], requester: str,
+          approvers: Iterable[Approver]) -> tuple[list[Approver], list[str], bool]:
+    """Approvals given elsewhere (ServiceNow's approvers of a change), weighed in the order given by
+    the rules jit's own approvals follow (``judge``): those that count, why each other does not,
+    and whether the ones that count complete the request."""
+    counted: list[Approver] = []
+    ignored: list[str] = []
+    for approver in approvers:
+        verdict = judge(model, required, requester, counted, approver)
+        if not verdict.allowed:
+            ignored.append(verdict.message)
+            continue
+        counted.append(approver)
+        if verdict.complete:
+            return counted, ignored, True
+    return counted, ignored, False

@@ -54,6 +54,7 @@ class TicketFacts:
     group_members: frozenset[str] = frozenset()
     blackouts: tuple[tuple[str, datetime, datetime], ...] = ()
     error: str = ""
+    sys_id: str = ""  # the ticket's identity in ServiceNow (its number is only a display value)
 
 
 @dataclass(frozen=True)

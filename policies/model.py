@@ -105,7 +105,7 @@ class Tier(_Strict):
     approver_groups: tuple[GroupName, ...] = ()
     auto_approve_up_to: Duration | None = None
     ticket_required: StrictBool = False
-    servicenow_approval_counts: StrictBool = False  # an approved change counts as the approval (ticket-driven)
+    servicenow_approval_counts: StrictBool = False  # ServiceNow approvers may stand for jit's (ticket-driven; README)
 
     @model_validator(mode="after")
     def _groups(self) -> "Tier":

@@ -21,6 +21,7 @@ from app.store import OutboxRow, RequestRow, Store, audit
 from app.store import requests as request_store
 from integrations.notify import NotifyError, Webhook
 from integrations.servicenow.errors import NotFound, ServiceNowError
+from integrations.servicenow.model import Ticket
 
 if TYPE_CHECKING:
     from integrations.servicenow.tickets import Tickets
@@ -80,7 +81,7 @@ class Deliverer:
         elif self.tickets is None:
             raise ServiceNowError("ServiceNow is not configured")
         elif row.channel == "servicenow":
-            ticket = self.tickets.find(row.ticket)
+            ticket = self._linked_ticket(row)
             if ticket is None:
                 raise NotFound(f"{row.ticket} no longer exists in ServiceNow")
             self.tickets.add_work_note(ticket.table, ticket.sys_id, row.payload["text"], row.payload["marker"])
@@ -88,6 +89,18 @@ class Deliverer:
             self._create_change(row)
         else:
             raise ServiceNowError(f"unknown outbox channel {row.channel!r}")
+
+    def _linked_ticket(self, row: OutboxRow) -> Ticket | None:
+        """The ticket a note goes to: the one its request is linked to by sys_id (never another
+        ticket that carries the same number), else the one with that number."""
+        sys_id = None
+        if row.request_id is not None:
+            with self.store.transaction() as s:
+                req = s.get(RequestRow, row.request_id)
+            sys_id = req.ticket_sys_id if req is not None and req.ticket == row.ticket else None
+        if sys_id:
+            return self.tickets.find_many_by_sys_id([(row.ticket, sys_id)]).get(sys_id)
+        return self.tickets.find(row.ticket)
 
     def _create_change(self, row: OutboxRow) -> None:
         with self.store.transaction() as s:
@@ -104,7 +117,7 @@ class Deliverer:
             req = s.get(RequestRow, row.request_id, with_for_update=True)  # locked: the version check holds
             now = self.clock()
             if not req.ticket:
-                request_store.amend(s, req, now, ticket=change.number)
+                request_store.amend(s, req, now, ticket=change.number, ticket_sys_id=change.sys_id)
             event = audit.append(s, at=now, actor="servicenow", action="ticket.linked",
                                  request_id=req.id, change=change.number)
             for item in entries(event, req, {"change": change.number}, servicenow=True, webhook=False,

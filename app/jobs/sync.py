@@ -8,7 +8,8 @@ outage mid-run loses nothing; re-reading the same second again is harmless.
 Changes are decided a page (``PAGE``) at a time, one transaction per page
 (``Lifecycle.submit_from_tickets``), while a thread reads the next page from ServiceNow
 (``read_ahead``), which also reads the groups and blackouts the policy needs: a 10,000-change
-backlog costs 1.3-1.5 times the bare paged fetch, not 27-47 times (``tests/benchmarks/snow_sync.py``).
+backlog cost 1.3-1.5 times the bare paged fetch, not 27-47 times, and about 3 times since the
+approvers and audit rows of each page are read too (``tests/benchmarks/snow_sync.py``).
 
 The first good run after failed ones says how far behind it was: an audit event
 ``sync.caught_up`` and a log line with how long ServiceNow could not be read (since the
@@ -23,7 +24,7 @@ import json
 import logging
 import queue
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Iterator, TypeVar
 
@@ -81,8 +82,8 @@ class _Run:
     behind: float = 0.0  # how old the oldest change this run had to catch up on was
     errors: list[str] = field(default_factory=list)
     cache: dict = field(init=False)  # group members and blackouts, read once per run
-    linked: set[str] = field(default_factory=set)  # tickets open requests depended on when the run began
-    seen: set[str] = field(default_factory=set)  # tickets this run read
+    linked: set[tuple[str, str | None]] = field(default_factory=set)  # (number, sys_id) open requests depended on
+    seen: set[str] = field(default_factory=set)  # the sys_ids of the tickets this run read
 
     def __post_init__(self) -> None:
         self.mark = self.watermark
@@ -115,8 +116,11 @@ class TicketSync:
         try:
             for page in read_ahead(self._read(run), PAGE):
                 self._handle(run, page)
-            unseen = sorted(run.linked - run.seen)  # the rest: checked 200 per query
-            closed = [n for n, t in self.tickets.find_many(unseen).items() if t.closed]
+            unseen = [(n, sys_id) for n, sys_id in run.linked if sys_id not in run.seen]  # the rest: 200 per query
+            closed = [(t.number, t.sys_id) for t in self.tickets.find_many_by_sys_id(
+                          [(n, sys_id) for n, sys_id in unseen if sys_id]).values() if t.closed]
+            closed += [(n, t.sys_id) for n, t in self.tickets.find_many(  # requests from before links were kept
+                           sorted(n for n, sys_id in unseen if not sys_id)).items() if t.closed]
             run.ended += len(self.lifecycle.end_for_closed_tickets(closed, "was closed or cancelled in ServiceNow"))
         except ServiceNowError as exc:
             error = str(exc)
@@ -127,11 +131,35 @@ class TicketSync:
 
     def _read(self, run: _Run) -> Iterator[tuple[Ticket, TicketFacts | None]]:
         """The changes since the watermark, each with ServiceNow's facts for the policy (None for a
-        closed one). Runs in the read-ahead thread, so the group and blackout lookups do too."""
+        closed one), a page at a time. Runs in the read-ahead thread, so the group, blackout and
+        approver lookups do too."""
         now = run.now
-        for t in self.tickets.changes_since(run.watermark):
-            yield t, None if t.closed else self.gateway.from_ticket(t, max(now, t.start or now), t.end or now,
-                                                                     run.cache)
+        page: list[Ticket] = []
+        try:
+            for t in self.tickets.changes_since(run.watermark):
+                page.append(t)
+                if len(page) == PAGE:
+                    yield from self._with_facts(run, page, now)
+                    page = []
+        except ServiceNowError:
+            yield from self._with_facts(run, page, now)  # what was read before the error is still decided
+            raise
+        yield from self._with_facts(run, page, now)
+
+    def _with_facts(self, run: _Run, page: list[Ticket], now: datetime) -> list[tuple[Ticket, TicketFacts | None]]:
+        """A page of changes with their facts; those whose approval may count for their tier (approved,
+        open, a target whose tier says so) also with who approved them in ServiceNow and what was
+        edited since (``Tickets.approvals_many``: a few queries for the page, not one per change)."""
+        counting = [t for t in page if t.approval == "approved" and not t.closed and self._approval_may_count(t)]
+        found = self.tickets.approvals_many(counting) if counting else {}
+        page = [replace(t, approvals=found[t.sys_id]) if t.sys_id in found else t for t in page]
+        return [(t, None if t.closed else self.gateway.from_ticket(t, max(now, t.start or now), t.end or now,
+                                                                    run.cache)) for t in page]
+
+    def _approval_may_count(self, ticket: Ticket) -> bool:
+        target = self.lifecycle.policy.targets.get(ticket.jit_target or "")
+        tier = self.lifecycle.policy.tiers.get(target.tier) if target else None
+        return bool(tier and tier.servicenow_approval_counts)
 
     def _handle(self, run: _Run, page: list[tuple[Ticket, TicketFacts | None]]) -> None:
         """Decide a page of changes: end the requests of closed ones, turn the others into requests
@@ -142,8 +170,9 @@ class TicketSync:
                 run.fresh += 1
                 if run.fresh == 1 and ticket.updated_on:
                     run.behind = max(0.0, (run.now - ticket.updated_on).total_seconds())
-        run.seen.update(t.number for t, _ in page)
-        closed = [t.number for t, facts in page if facts is None and t.number in run.linked]
+        run.seen.update(t.sys_id for t, _ in page)
+        closed = [(t.number, t.sys_id) for t, facts in page
+                  if facts is None and ((t.number, t.sys_id) in run.linked or (t.number, None) in run.linked)]
         if closed:
             run.ended += len(self.lifecycle.end_for_closed_tickets(closed, "was closed"))
         wanted = [(t, facts) for t, facts in page if facts is not None]

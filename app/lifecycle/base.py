@@ -46,6 +46,11 @@ class OutboxSettings:
     create_change: bool = False
 
 
+def linked_sys_id(facts: TicketFacts | None) -> str | None:
+    """The sys_id a request is linked to its ticket by: ServiceNow's, when it found the ticket."""
+    return facts.sys_id or None if facts is not None and facts.status == "found" else None
+
+
 def checks_of(decision: Decision) -> list[dict[str, Any]]:
     """The decision's checks as the request row and the audit keep them."""
     return [{"name": c.name, "passed": c.passed, "message": c.message} for c in decision.checks]

@@ -10,7 +10,7 @@ from sqlmodel import select
 from app.domain.errors import BadInput, Conflict, Refused
 from app.domain.inputs import check_text
 from app.domain.views import Outcome, RequestView
-from app.lifecycle.base import LifecycleBase, checks_of
+from app.lifecycle.base import LifecycleBase, checks_of, linked_sys_id
 from app.store import RequestRow, ReviewRow
 from app.store import requests as request_store
 from app.domain.states import REVIEW_OUTCOMES
@@ -38,7 +38,8 @@ class Bypass(LifecycleBase):
                 row = RequestRow(
                     kind="bypass", requester=person, target=target, role=role, environment=decision.environment,
                     tier=decision.tier, backend=decision.backend, params=decision.params, reason=req.reason,
-                    ticket=req.ticket, state="approved", approval_model="emergency", checks=checks,
+                    ticket=req.ticket, ticket_sys_id=linked_sys_id(facts), state="approved",
+                    approval_model="emergency", checks=checks,
                     duration_s=int(duration.total_seconds()), starts_at=now, expires_at=now + duration,
                     created_at=now, updated_at=now)
                 request_store.create(s, row)

@@ -8,7 +8,7 @@ from typing import Any
 from app.domain.errors import BadInput, Refused
 from app.domain.inputs import check_names, check_person, check_text
 from app.domain.views import Outcome
-from app.lifecycle.base import AUTO_APPROVED, LifecycleBase, checks_of
+from app.lifecycle.base import AUTO_APPROVED, LifecycleBase, checks_of, linked_sys_id
 from app.store import RequestRow
 from app.store import requests as request_store
 from app.domain.states import OPEN_STATES, UNSTARTED
@@ -78,7 +78,8 @@ class Requests(LifecycleBase):
                 row = RequestRow(
                     requester=person, target=target, role=role, environment=decision.environment,
                     tier=decision.tier, backend=decision.backend, params=decision.params, reason=req.reason,
-                    ticket=req.ticket, state="approved" if approved else "pending",
+                    ticket=req.ticket, ticket_sys_id=linked_sys_id(facts),
+                    state="approved" if approved else "pending",
                     approval_model=model, approver_groups=list(decision.approver_groups),
                     checks=checks, scheduled=scheduled, duration_s=int(duration.total_seconds()),
                     starts_at=req.starts_at, expires_at=req.expires_at, created_at=now, updated_at=now)

@@ -65,7 +65,8 @@ class TicketGateway:
                 cache[key] = members
         blackouts = tuple((name, s, e) for name, s, e, ci in self._blackouts(start, end, cache)
                           if ci is None or ci == ticket.cmdb_ci) if ticket.table == "change_request" else ()
-        return TicketFacts(number=ticket.number, status="found", kind=KINDS[ticket.table], state=ticket.state,
+        return TicketFacts(number=ticket.number, sys_id=ticket.sys_id, status="found", kind=KINDS[ticket.table],
+                           state=ticket.state,
                            approval=ticket.approval, start=ticket.start, end=ticket.end, assignee=ticket.assignee,
                            group_name=ticket.group_name, group_members=members, blackouts=blackouts)
 

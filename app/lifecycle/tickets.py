@@ -6,6 +6,7 @@ from dataclasses import replace
 from datetime import datetime
 from typing import Iterable, Sequence
 
+import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
 
@@ -15,7 +16,8 @@ from app.lifecycle.base import AUTO_APPROVED, LifecycleBase, checks_of, log
 from app.store import RequestRow, among, audit, next_ids
 from app.store import requests as request_store
 from integrations.servicenow.model import SYS_ID_RE, Ticket
-from policies.decision import AccessRequest, Context, Holding, TicketFacts
+from policies.approvals import Approver, approvals_needed, tally
+from policies.decision import AccessRequest, Context, Decision, Holding, TicketFacts
 from policies.durations import format_duration
 from policies.evaluate import evaluate
 
@@ -107,13 +109,15 @@ class Tickets(LifecycleBase):
             ctx = Context(groups=self.directory.groups_of(person), holdings=tuple(holdings[person]), ticket=facts)
             decision = evaluate(self.policy, req, ctx)
             allowed = decision.allowed
-            approved = allowed and (servicenow_approves or decision.auto_approved)
+            servicenow = (self._servicenow_approval(items[i][0], decision)
+                          if allowed and servicenow_approves and not decision.auto_approved else None)
+            approved = allowed and (decision.auto_approved or bool(servicenow and servicenow[0]))
             row = None
             if allowed:
                 row = dict(
                     kind="request", requester=person, target=req.target, role=req.role,
                     environment=decision.environment, tier=decision.tier, backend=decision.backend,
-                    params=decision.params, reason=req.reason, ticket=req.ticket,
+                    params=decision.params, reason=req.reason, ticket=req.ticket, ticket_sys_id=items[i][0].sys_id,
                     state="approved" if approved else "pending", source_ref=sources[i],
                     approval_model="servicenow" if approved and not decision.auto_approved else decision.approval,
                     approver_groups=list(decision.approver_groups), checks=audit.canonical_plain(checks_of(decision)),
@@ -124,13 +128,13 @@ class Tickets(LifecycleBase):
                 rows.append(row)
                 # later requests in this page see it, as they would see it committed
                 holdings[person].append(Holding(req.target, req.role, req.starts_at, req.expires_at))
-            decided.append((i, req, decision, approved, row))
+            decided.append((i, req, decision, approved, row, servicenow))
         if rows:  # ids first, then one insert (RETURNING over many rows is slow on psycopg)
             for row, request_id in zip(rows, next_ids(s, RequestRow.__table__, len(rows))):
                 row["id"] = request_id
             request_store.create_many(s, rows)
         events = []
-        for i, req, decision, approved, row in decided:
+        for i, req, decision, approved, row, servicenow in decided:
             duration = format_duration(req.duration)
             if row is None:
                 events.append(("servicenow", "request.refused", None, None, dict(
@@ -138,29 +142,80 @@ class Tickets(LifecycleBase):
                     ticket=req.ticket, checks=checks_of(decision))))
                 results[i] = Refused("policy", decision.refusal())
                 continue
+            more = {} if servicenow is None or servicenow[0] else {"servicenow_approval": servicenow[1]}
             events.append(("servicenow", "request.submitted", row, row["id"], dict(
                 target=req.target, role=req.role, duration=duration, ticket=req.ticket,
-                approval=decision.approval, checks=row["checks"])))
-            if approved:
-                why = (AUTO_APPROVED if decision.auto_approved
-                       else f"the approved change {req.ticket} counts as the approval for this tier")
+                approval=decision.approval, checks=row["checks"], **more)))
+            if approved and servicenow is not None:
+                events.append(("policy", "request.approved", row, row["id"], dict(
+                    model=row["approval_model"], reason=servicenow[1], approvers=servicenow[2],
+                    authenticated="ServiceNow sysapproval_approver and sys_audit")))
+            elif approved:
                 events.append(("policy", "request.approved", row, row["id"], dict(model=row["approval_model"],
-                                                                                  reason=why)))
+                                                                                  reason=AUTO_APPROVED)))
+            elif servicenow is not None:
+                log.info("REQ-%s waits for approvers in jit: %s", row["id"], servicenow[1])
             results[i] = row["id"]
         self._record_many(s, now, events)
-        return [row["id"] for _, req, _, approved, row in decided if approved and req.starts_at <= now]
+        return [row["id"] for _, req, _, approved, row, _ in decided if approved and req.starts_at <= now]
 
-    def end_for_closed_tickets(self, numbers: Iterable[str], why: str) -> list[int]:
-        """The linked tickets were closed or cancelled: end their open requests now, each with the
-        note "<number> <why>". One query for the lot; the ids ended."""
-        numbers = sorted(set(numbers))
+    def _servicenow_approval(self, ticket: Ticket, decision: Decision) -> tuple[bool, str, list[dict]]:
+        """Whether ServiceNow's approval of ``ticket`` counts for the tier, why, and who gave it.
+
+        It counts when the change's approved approvers (``sysapproval_approver``, each a person of
+        the directory under the same user name) cover the tier's approval model and groups as jit's
+        own approvals would (never the assignee, who is the requester; one person once), and none
+        of the fields the approval was given for (JIT fields, dates, assignee, group, CI) was
+        changed at or after the first of those approvals (``sys_audit``; same-second counts as after;
+        the approval times are read only for a change that was edited, see ``approvals_many``)."""
+        evidence = ticket.approvals
+        if evidence is None:
+            return False, f"the approvers of {ticket.number} were not read from ServiceNow", []
+        when: dict[str, datetime | None] = {}
+        approvers, ignored = [], []
+        for user, at in evidence.approvers:
+            if at is None and evidence.edits:  # edited: each approval must be placed before the edits
+                ignored.append(f"ServiceNow keeps no audit record of when {user} approved")
+            else:
+                when.setdefault(user, at)
+                approvers.append(Approver(user, self.directory.groups_of(user)))
+        counted, refused, complete = tally(decision.approval, decision.approver_groups, ticket.assignee or "",
+                                           approvers)
+        ignored += refused
+        if not complete:
+            need = approvals_needed(decision.approval, decision.approver_groups)
+            gave = ", ".join(a.person for a in counted) or "nobody who counts"
+            why = (f"ServiceNow's approval of {ticket.number} does not count: {need} approval(s) from "
+                   f"{' and '.join(decision.approver_groups)} are needed and {gave} gave them")
+            return False, why + "".join(f"; {m}" for m in ignored), []
+        first = min((when[a.person] for a in counted if when[a.person] is not None), default=None)
+        late = [(field, at) for field, at in evidence.edits if first is not None and at >= first]
+        if late:
+            field, at = late[0]
+            return False, (f"ServiceNow's approval of {ticket.number} does not count: {field} was changed at "
+                           f"{at:%Y-%m-%d %H:%M:%S} UTC, after it was approved at {first:%Y-%m-%d %H:%M:%S} UTC "
+                           "(an approval holds only for what it was given for)"), []
+        who = [{"person": a.person, "groups": sorted(a.groups & set(decision.approver_groups)),
+                "at": when[a.person].isoformat() if when[a.person] else None} for a in counted]
+        return True, (f"approved in ServiceNow by {', '.join(a.person for a in counted)}: the approval of "
+                      f"{ticket.number} covers this tier's {decision.approval} approval"), who
+
+    def end_for_closed_tickets(self, closed: Iterable[tuple[str, str]], why: str) -> list[int]:
+        """These tickets ((number, sys_id)) were closed or cancelled: end the open requests linked to
+        them now, each with the note "<number> <why>"; the ids ended. A request is linked by the
+        ticket's sys_id, so another ticket carrying the same number ends nothing of it; only a
+        request recorded before links were kept (no ticket_sys_id) is matched by number."""
+        closed = sorted(set(closed))
         rows = []
         with self.store.transaction() as s:
-            for i in range(0, len(numbers), 500):
-                rows += s.exec(select(RequestRow).where(RequestRow.ticket.in_(numbers[i:i + 500]),
-                                                        RequestRow.state.in_(OPEN_STATES))).all()
+            for i in range(0, len(closed), 500):
+                part = closed[i:i + 500]
+                linked = sa.or_(RequestRow.ticket_sys_id.in_([sys_id for _, sys_id in part]),
+                                sa.and_(RequestRow.ticket_sys_id.is_(None),
+                                        RequestRow.ticket.in_([number for number, _ in part])))
+                rows += s.exec(select(RequestRow).where(linked, RequestRow.state.in_(OPEN_STATES))).all()
         ended = []
-        for r in sorted(rows, key=lambda r: r.id):
+        for r in sorted({r.id: r for r in rows}.values(), key=lambda r: r.id):
             reason = f"{r.ticket} {why}"
             try:
                 if r.state == "active":
@@ -172,8 +227,10 @@ class Tickets(LifecycleBase):
                 log.warning("REQ-%s not ended for closed ticket %s: %s", r.id, r.ticket, exc)
         return ended
 
-    def open_tickets(self) -> list[str]:
-        """Ticket numbers that open requests depend on."""
+    def open_tickets(self) -> list[tuple[str, str | None]]:
+        """The tickets open requests depend on: (number, sys_id), sys_id None for a request recorded
+        before links were kept."""
         with self.store.transaction() as s:
-            return sorted(set(s.exec(select(RequestRow.ticket).where(RequestRow.state.in_(OPEN_STATES),
-                                                                     RequestRow.ticket.is_not(None))).all()))
+            return sorted(set(s.exec(select(RequestRow.ticket, RequestRow.ticket_sys_id).where(
+                RequestRow.state.in_(OPEN_STATES), RequestRow.ticket.is_not(None))).all()),
+                key=lambda t: (t[0], t[1] or ""))

@@ -69,6 +69,7 @@ class RequestRow(SQLModel, table=True):
     params: dict = _json(default_factory=dict)
     reason: str
     ticket: Optional[str] = Field(default=None, index=True)  # migration 0005
+    ticket_sys_id: Optional[str] = Field(default=None, index=True)  # the ticket's sys_id: the link (migration 0008)
     state: str = Field(index=True)
     approval_model: str
     approver_groups: list = _json(default_factory=list)

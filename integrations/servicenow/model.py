@@ -19,6 +19,17 @@ CLOSED_INCIDENT = ("6", "7", "8")  # Resolved, Closed, Canceled
 
 
 @dataclass(frozen=True)
+class ChangeApprovals:
+    """What ServiceNow records of a change's approval: who approved it (``sysapproval_approver``
+    rows in state approved, by user_name) and when (``sys_audit``: the approval row's state set to
+    approved; read only for a change with edits, None when not read or no audit row says), and
+    the updates, after the change was created, of the fields an approval binds (field, when)."""
+
+    approvers: tuple[tuple[str, datetime | None], ...] = ()
+    edits: tuple[tuple[str, datetime], ...] = ()
+
+
+@dataclass(frozen=True)
 class Ticket:
     number: str
     table: str
@@ -35,6 +46,7 @@ class Ticket:
     jit_target: str | None
     jit_role: str | None
     updated_on: datetime | None
+    approvals: ChangeApprovals | None = None  # read for the changes whose approval may count (the sync)
 
     @property
     def closed(self) -> bool:

@@ -181,6 +181,13 @@ def _listed(value: str) -> frozenset[str]:
     return frozenset(v.strip() for v in value.split(","))
 
 
+def equal_to(condition: Condition) -> frozenset[str] | None:
+    """The values a field must equal under ``condition`` (``=`` or ``IN``), else None."""
+    if condition.op == "=":
+        return frozenset((condition.value,))
+    return _listed(condition.value) if condition.op == "IN" else None
+
+
 def _test(op: str, actual: str, value: str) -> bool:
     if op == "=":
         return actual == value

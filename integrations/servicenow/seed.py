@@ -71,6 +71,13 @@ def demo(now: datetime) -> dict[str, list[dict[str, str]]]:
                    start_date=_ts(now - 3 * day), end_date=_ts(now - 2 * day),
                    short_description="Patch kernel on web-prod-01"),
         ],
+        # who approved which change: bob (manager) and carol (system owner) for the high tier's dual approval
+        "sysapproval_approver": [
+            {"sys_id": sys_id("sysapproval_approver", f"{number}/{person}"), "approver": user(person),
+             "sysapproval": sys_id("change_request", number), "state": state}
+            for number, state in (("CHG0000001", "approved"), ("CHG0000002", "approved"),
+                                  ("CHG0000003", "requested"), ("CHG0000004", "approved"))
+            for person in ("bob", "carol")],
         "incident": [
             {"sys_id": sys_id("incident", "INC0000042"), "number": "INC0000042", "state": "2", "priority": "1",
              "short_description": "nginx down on web-prod-01", "assigned_to": user("dave"),

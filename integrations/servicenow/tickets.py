@@ -14,11 +14,13 @@ import pysnow
 
 from integrations.servicenow.client import ServiceNowClient, ServiceNowError
 from integrations.servicenow.model import (CLOSED_CHANGE, CLOSED_INCIDENT, FIELD_RE, NUMBER_RE,  # noqa: F401
-                                           SN_TIME, SN_TIME_RE, SYS_ID_RE, TABLES, USER_RE, Ticket)
+                                           SN_TIME, SN_TIME_RE, SYS_ID_RE, TABLES, USER_RE, ChangeApprovals,
+                                           Ticket)
 from integrations.servicenow.model import LONE_SURROGATE as _LONE_SURROGATE
 from policies.names import TARGET
 
 _CI_RE = re.compile(TARGET)  # a configuration item is named as the target it is
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
 def sn_time(value: datetime) -> str:
@@ -98,6 +100,71 @@ class Tickets:
                     ticket = self._ticket(table, row)
                     found[ticket.number] = ticket
         return found
+
+    def find_many_by_sys_id(self, tickets: Iterable[tuple[str, str]], chunk: int = 200) -> dict[str, Ticket]:
+        """The tickets ((number, sys_id): the number says the table) that exist, by sys_id: one query
+        per table and ``chunk`` (``sys_idIN...``). Pairs not well-formed are skipped."""
+        by_table: dict[str, list[str]] = {}
+        for number, sys_id in dict.fromkeys(tickets):
+            if (isinstance(number, str) and NUMBER_RE.fullmatch(number) and isinstance(sys_id, str)
+                    and SYS_ID_RE.fullmatch(sys_id)):
+                by_table.setdefault(TABLES[number[:3] if number[:3] in TABLES else number[:4]], []).append(sys_id)
+        found: dict[str, Ticket] = {}
+        for table, wanted in by_table.items():
+            for i in range(0, len(wanted), chunk):
+                q = pysnow.QueryBuilder().field("sys_id").equals(wanted[i:i + chunk])
+                for row in self.client.query(table, str(q), self.FIELDS + [self.target_field, self.role_field]):
+                    ticket = self._ticket(table, row)
+                    found[ticket.sys_id] = ticket
+        return found
+
+    def bound_fields(self) -> tuple[str, ...]:
+        """The change's fields an approval is given for: editing one afterwards voids the approval."""
+        return (self.target_field, self.role_field, "start_date", "end_date", "assigned_to", "assignment_group",
+                "cmdb_ci")
+
+    def approvals_many(self, changes: Iterable[Ticket], chunk: int = 200) -> dict[str, ChangeApprovals]:
+        """``ChangeApprovals`` for these changes, by sys_id. Per ``chunk`` changes: one query for
+        their approved approvers (``sysapproval_approver``, ``sysapprovalIN``) and one of
+        ``sys_audit`` for updates of their bound fields (``documentkeyIN``, after the insert); only
+        for the changes that were edited, one more for when each approval was given (its state
+        audited). A change never edited after it was created needs no approval times."""
+        ids = list(dict.fromkeys(t.sys_id for t in changes if SYS_ID_RE.fullmatch(t.sys_id or "")))
+        bound = self.bound_fields()
+        out: dict[str, ChangeApprovals] = {}
+        for i in range(0, len(ids), chunk):
+            part = ids[i:i + chunk]
+            q = pysnow.QueryBuilder().field("sysapproval").equals(part).AND().field("state").equals("approved")
+            rows = [(r.get("sys_id", ""), r.get("sysapproval", ""), r.get("approver.user_name", ""))
+                    for r in self.client.query("sysapproval_approver", str(q),
+                                               ["sys_id", "sysapproval", "approver.user_name"])]
+            rows = [(a, c, u) for a, c, u in rows if SYS_ID_RE.fullmatch(a) and SYS_ID_RE.fullmatch(c) and u]
+            edits: dict[str, list[tuple[str, datetime]]] = {}
+            q = (pysnow.QueryBuilder().field("documentkey").equals(part).AND().field("fieldname").equals(list(bound))
+                 .AND().field("record_checkpoint").greater_than(0))  # updates, not the insert
+            for key, name, _, at in self._audited(q):
+                if key in part and name in bound:
+                    edits.setdefault(key, []).append((name, at))
+            approved_at: dict[str, datetime] = {}
+            asked = [a for a, c, _ in rows if c in edits]
+            for k in range(0, len(asked), chunk):
+                q = (pysnow.QueryBuilder().field("documentkey").equals(asked[k:k + chunk]).AND()
+                     .field("fieldname").equals("state").AND().field("newvalue").equals("approved"))
+                for key, _, _, at in self._audited(q):
+                    approved_at[key] = max(at, approved_at.get(key, at))  # the latest time it was approved
+            for change in part:
+                out[change] = ChangeApprovals(
+                    approvers=tuple(sorted(((u, approved_at.get(a)) for a, c, u in rows if c == change),
+                                           key=lambda p: (p[1] is None, p[1] or _EPOCH, p[0]))),
+                    edits=tuple(sorted(edits.get(change, []), key=lambda e: e[1])))
+        return out
+
+    def _audited(self, q: pysnow.QueryBuilder) -> Iterator[tuple[str, str, str, datetime]]:
+        """``sys_audit`` rows: (documentkey, fieldname, newvalue, when)."""
+        for r in self.client.query("sys_audit", str(q), ["documentkey", "fieldname", "newvalue", "sys_created_on"]):
+            at = parse_sn_time(r.get("sys_created_on", ""))
+            if at is not None:
+                yield r.get("documentkey", ""), r.get("fieldname", ""), r.get("newvalue", ""), at
 
     def group_members(self, group_sys_id: str) -> set[str]:
         _check(SYS_ID_RE, group_sys_id, "group sys_id")

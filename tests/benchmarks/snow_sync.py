@@ -44,7 +44,9 @@ def _sid() -> str:
 
 
 def write_data(path: Path, tickets: int, now: datetime) -> dict[str, int]:
-    """The simulator's data file: users user0..N-1, one group, one CI, N changes, one blackout."""
+    """The simulator's data file: users user0..N-1 and two approvers, one group, one CI, N changes
+    (each with its fields' insert audited, one in ten also an edit before its approval; the
+    approved ones approved by bob and carol, each approval's state audited), one blackout."""
     stamp = (now - timedelta(hours=1)).strftime(SN)
 
     def rec(**fields: str) -> dict[str, str]:
@@ -52,10 +54,13 @@ def write_data(path: Path, tickets: int, now: datetime) -> dict[str, int]:
                 "sys_updated_by": "admin", "sys_mod_count": "0", **fields}
     users = [rec(user_name=f"user{i}", name=f"User {i}", email=f"user{i}@example.com", active="true")
              for i in range(tickets)]
+    approvers = [rec(user_name=name, name=name.title(), email=f"{name}@example.com", active="true")
+                 for name in ("bob", "carol")]  # the sandbox's manager and system owner
     group = rec(name="Web Operations", active="true")
     ci = rec(name="web-prod-01")
     members = [rec(user=u["sys_id"], group=group["sys_id"]) for u in users[:50]]
     changes, kinds = [], {"approved": 0, "closed": 0, "not approved": 0}
+    approvals, audits = [], []
     start = now + timedelta(days=1)
     for i, user in enumerate(users):
         kind = "closed" if i % 20 == 7 else "not approved" if i % 20 == 13 else "approved"
@@ -69,9 +74,25 @@ def write_data(path: Path, tickets: int, now: datetime) -> dict[str, int]:
             assigned_to=user["sys_id"], assignment_group=group["sys_id"], cmdb_ci=ci["sys_id"],
             close_code="", close_notes="", work_notes="", comments="", u_jit_target="web-prod-01",
             u_jit_role="service-admin", sys_updated_on=updated))
+        change = changes[-1]
+        bound = ("u_jit_target", "u_jit_role", "start_date", "end_date", "assigned_to", "assignment_group", "cmdb_ci")
+        audits += [rec(tablename="change_request", fieldname=f, documentkey=change["sys_id"], oldvalue="",
+                       newvalue=change[f], user="admin", record_checkpoint="0", reason="") for f in bound]
+        if i % 10 == 3:  # one in ten edited before it was approved: its approvals' times are read too
+            audits.append(rec(tablename="change_request", fieldname="end_date", documentkey=change["sys_id"],
+                              oldvalue="", newvalue=change["end_date"], user="admin", record_checkpoint="1",
+                              reason="", sys_created_on=(now - timedelta(hours=2)).strftime(SN)))
+        if kind != "not approved":  # as an instance records them: an approver row, its state audited
+            for person in approvers:
+                approvals.append(rec(sysapproval=change["sys_id"], approver=person["sys_id"], state="approved",
+                                     comments=""))
+                audits.append(rec(tablename="sysapproval_approver", fieldname="state",
+                                  documentkey=approvals[-1]["sys_id"], oldvalue="requested", newvalue="approved",
+                                  user=person["user_name"], record_checkpoint="1", reason=""))
     blackout = rec(name="Year-end freeze", start_date=(now + timedelta(days=30)).strftime(SN),
                    end_date=(now + timedelta(days=40)).strftime(SN), cmdb_ci="")
-    data = {"sys_user": users, "sys_user_group": [group], "sys_user_grmember": members, "cmdb_ci": [ci],
+    data = {"sys_user": users + approvers, "sysapproval_approver": approvals, "sys_audit": audits,
+            "sys_user_group": [group], "sys_user_grmember": members, "cmdb_ci": [ci],
             "change_request": changes, "cmn_schedule_blackout": [blackout],
             "_counters": {"change_request": tickets}}
     path.write_text(json.dumps(data))
@@ -119,9 +140,11 @@ def phase(name: str, config: str) -> dict:
         with sv.store.transaction() as s:
             made = s.exec(sa.select(sa.func.count()).select_from(RequestRow)
                           .where(RequestRow.source_ref.is_not(None))).scalar_one()
+            by_servicenow = s.exec(sa.select(sa.func.count()).select_from(RequestRow)
+                                   .where(RequestRow.approval_model == "servicenow")).scalar_one()
         result = {"read": report.read, "created": report.created, "refused": report.refused,
                   "error": report.error, "again_s": time.perf_counter() - t1, "again_created": again.created,
-                  "again_read": again.read, "requests": made}
+                  "again_read": again.read, "requests": made, "by_servicenow": by_servicenow}
         sv.close()
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {**result, "seconds": seconds, "peak_mib": peak, "base_mib": base}
@@ -142,7 +165,11 @@ def run(db_label: str, server: str | None, tickets: int, page_size: int, repeat:
     rounds = []
     with tempfile.TemporaryDirectory(prefix="jit-bench-snow-") as tmp:
         data = Path(tmp) / "snow.json"
-        kinds = write_data(data, tickets, datetime.now(timezone.utc))
+        # written by a child: a process's peak RSS is kept across exec on Linux, so building the data
+        # here would show up as the peak of every phase started from here
+        out = subprocess.run([sys.executable, __file__, "--write-data", str(data), "--tickets", str(tickets)],
+                             capture_output=True, text=True, check=True)
+        kinds = json.loads(out.stdout.strip().splitlines()[-1])
         sim = subprocess.Popen([sys.executable, "-m", "app", "snow-sim", "--port", "0", "--data", str(data)],
                                cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:
@@ -173,7 +200,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--postgres", default=PG_DEFAULT, help="server for the PostgreSQL run ('' to skip)")
     ap.add_argument("--phase", choices=("fetch", "sync"), help=argparse.SUPPRESS)
     ap.add_argument("--config", help=argparse.SUPPRESS)
+    ap.add_argument("--write-data", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.write_data:
+        print(json.dumps(write_data(Path(args.write_data), args.tickets, datetime.now(timezone.utc))))
+        return 0
     if args.phase:
         print(json.dumps(phase(args.phase, args.config)))
         return 0
@@ -196,7 +227,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{r['db']:11} {k:>5} {f['seconds']:>8.2f} {f['peak_mib']:>9.0f} {s['seconds']:>8.2f} "
                   f"{s['peak_mib']:>8.0f} {s['seconds'] / f['seconds']:>5.2f}x {s['created']:>7} {s['refused']:>7} "
                   f"{s['again_s']:>8.2f} {s['again_created']:>9}")
-            ok &= (f["read"] == s["read"] == r["tickets"] and s["created"] == kinds["approved"] == s["requests"]
+            ok &= (f["read"] == s["read"] == r["tickets"]
+                   and s["created"] == kinds["approved"] == s["requests"] == s["by_servicenow"]
                    and s["again_created"] == 0 and not s["error"])
             if s["error"]:
                 print(f"  {r['db']}: the sync stopped: {s['error']}")

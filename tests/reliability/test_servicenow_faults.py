@@ -78,6 +78,7 @@ class World:
             "start_date": sn_time(now - H), "end_date": sn_time(now + 4 * H), "assigned_to": user["sys_id"],
             "assignment_group": seeded["assignment_group"], "cmdb_ci": seeded["cmdb_ci"],
             "u_jit_target": "web-prod-01", "u_jit_role": "service-admin"})
+        self.sim.approve(number, "bob", "carol")  # the tier's dual approval, in ServiceNow
 
     def notes(self, number: str) -> list[str]:
         sys_id = next(r for r in self.sim.records("change_request") if r["number"] == number)["sys_id"]

@@ -69,7 +69,7 @@ def story(world: World) -> None:
     lc.approve("bob", 3, "")
     lc.approve("carol", 3, "patch window agreed")
     world.at(25)
-    world.request("alice", DEV, timedelta(hours=3), "longer dev work on the nginx config")  # REQ-4
+    world.request("dave", DEV, timedelta(hours=3), "longer dev work on the nginx config")  # REQ-4
     world.at(18)
     world.request("alice", PROD, timedelta(minutes=30), "check the renewed certificate chain", "CHG0000005")  # REQ-5
     lc.approve("bob", 5, "")

@@ -105,3 +105,27 @@ def test_due_grants_are_read_through_the_status_expiry_index(store):
     assert found == due
     assert "ix_grant_record_status_expires_at" in plan, plan
     assert "Sort" not in plan and "TEMP B-TREE" not in plan, plan  # the index gives expiry order itself
+
+
+def test_migration_0008_links_ticket_driven_requests_by_their_change(db_url):
+    """Requests recorded before 0008 had only the ticket's number; a ticket-driven one gets its
+    change's sys_id from its source_ref, one made from the CLI stays unlinked (matched by number)."""
+    from alembic import command
+    from alembic.config import Config as AlembicConfig
+
+    from app.store.database import MIGRATIONS, Store
+    store = Store(db_url)
+    cfg = AlembicConfig()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    with store.engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "0007")
+        for i, source in ((1, f"change_request:{'ab' * 16}"), (2, None)):
+            conn.execute(RequestRow.__table__.insert().values(**_row(i, id=i, ticket="CHG0000001", source_ref=source)))
+    store.migrate()
+    with store.transaction() as s:
+        links = dict(s.execute(sa.select(RequestRow.id, RequestRow.ticket_sys_id)).all())
+        indexes = {ix["name"] for ix in sa.inspect(s.connection()).get_indexes("access_request")}
+    store.dispose()
+    assert links == {1: "ab" * 16, 2: None}
+    assert "ix_access_request_ticket_sys_id" in indexes

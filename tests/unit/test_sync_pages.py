@@ -64,6 +64,12 @@ class FakeTickets:
             if ticket.updated_on >= watermark:
                 yield ticket
 
+    def approvals_many(self, changes):
+        return {t.sys_id: t.approvals for t in changes}
+
+    def find_many_by_sys_id(self, tickets):
+        return {}
+
     def find_many(self, numbers):
         return {}
 

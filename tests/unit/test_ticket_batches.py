@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from dataclasses import replace
 from datetime import timedelta
 
 import pytest
@@ -16,11 +17,13 @@ import sqlalchemy as sa
 from app.domain.errors import Refused
 from app.lifecycle import OutboxSettings
 from app.store import AuditEvent, OutboxRow, RequestRow, audit
-from integrations.servicenow.tickets import Ticket
+from integrations.servicenow.model import ChangeApprovals, Ticket
 from policies.decision import TicketFacts
 from tests.conftest import T0
 
 H = timedelta(hours=1)
+# ServiceNow's record of a dual approval: bob (managers) and carol (system-owners), before T0
+APPROVED = ChangeApprovals(approvers=(("bob", T0 - 2 * H), ("carol", T0 - 2 * H)))
 _numbers = iter(range(1, 10**6))
 
 
@@ -32,7 +35,7 @@ def change(person: str = "alice", start=T0 + H, hours: int = 2, role: str = "ser
     ticket = Ticket(number=number, table="change_request", sys_id=sys_id or uuid.uuid4().hex, state="-2",
                     approval="approved", type="normal", start=start, end=end, assignee=person, group=None,
                     group_name=None, cmdb_ci="web-prod-01", jit_target="web-prod-01", jit_role=role,
-                    updated_on=T0)
+                    updated_on=T0, approvals=APPROVED)
     facts = TicketFacts(number=number, status="found", kind="change", state="-2", approval="approved",
                         start=start, end=end, assignee=person)
     return ticket, facts
@@ -69,8 +72,12 @@ def test_a_page_becomes_requests_with_their_events_in_order(lifecycle, store):
     with store.transaction() as s:  # the same actors as a request submitted on its own
         actors = s.exec(sa.select(AuditEvent.actor).order_by(AuditEvent.seq)).scalars().all()
     assert actors == ["servicenow", "policy", "servicenow", "servicenow", "policy"]
-    assert events(store)[1][2] == {"model": "servicenow", "reason": f"the approved change {page[0][0].number} "
-                                                                     "counts as the approval for this tier"}
+    number = page[0][0].number
+    assert events(store)[1][2] == {  # who approved in ServiceNow, in which of the tier's groups, when
+        "model": "servicenow", "authenticated": "ServiceNow sysapproval_approver and sys_audit",
+        "reason": f"approved in ServiceNow by bob, carol: the approval of {number} covers this tier's dual approval",
+        "approvers": [{"person": "bob", "groups": ["managers"], "at": (T0 - 2 * H).isoformat()},
+                      {"person": "carol", "groups": ["system-owners"], "at": (T0 - 2 * H).isoformat()}]}
     assert lifecycle.get(first).checks == tuple(rows[0].checks)
 
 
@@ -160,3 +167,21 @@ def test_a_page_owes_its_work_notes_and_webhooks_once(lifecycle, store):
         ("servicenow", page[1][0].number, "pending", 0, T0)]
     assert "was refused by policy. Failing checks: privilege_appropriate" in owed[0].payload["text"]
     assert owed[0].payload["marker"].startswith("[jit:ev-")
+
+
+@pytest.mark.parametrize("approvals,counts,why", [
+    (ChangeApprovals(approvers=(("bob", None), ("carol", T0 - 2 * H)), edits=(("end_date", T0 - 3 * H),)), False,
+     "ServiceNow keeps no audit record of when bob approved"),  # edited: when each approved matters
+    (ChangeApprovals(approvers=(("bob", None), ("carol", None))), True, None),  # never edited: it does not
+    (ChangeApprovals(approvers=APPROVED.approvers, edits=(("u_jit_role", T0 - 2 * H),)), False,
+     "u_jit_role was changed at"),  # the same second as the approval: it may have come after it
+    (ChangeApprovals(approvers=APPROVED.approvers, edits=(("u_jit_role", T0 - 3 * H),)), True, None),  # before
+    (ChangeApprovals(approvers=(("carol", T0 - 2 * H), ("carol", T0 - H))), False, "one person counts once"),
+])
+def test_servicenow_approval_binds_to_what_was_approved(lifecycle, store, approvals, counts, why):
+    ticket, facts = change()
+    [rid] = lifecycle.submit_from_tickets([(replace(ticket, approvals=approvals), facts)])
+    assert lifecycle.get(rid).state == ("approved" if counts else "pending")
+    submitted = next(d for action, r, d in events(store) if action == "request.submitted" and r == rid)
+    assert (why is None) == ("servicenow_approval" not in submitted)
+    assert why is None or why in submitted["servicenow_approval"]

@@ -25,6 +25,7 @@ class TableSchema:
     number_prefix: str | None = None
     display_field: str = "name"          # what a reference to this table displays
     journal: bool = False                # work_notes/comments are write-only journal fields
+    audited: bool = False                # every field set on insert or changed by an update: a sys_audit row
 
 
 _TASK_JOURNAL = ("work_notes", "comments")
@@ -47,7 +48,7 @@ TABLES: dict[str, TableSchema] = {
                            "unsuccessful": "Unsuccessful"},
         },
         defaults={"state": "-5", "type": "normal", "approval": "not requested", "risk": "3"},
-        number_prefix="CHG", display_field="number", journal=True),
+        number_prefix="CHG", display_field="number", journal=True, audited=True),
     "incident": TableSchema(
         fields=("number", "short_description", "description", "state", "assigned_to", "assignment_group",
                 "caller_id", "priority", "close_code", "close_notes", *_TASK_JOURNAL),
@@ -76,6 +77,16 @@ TABLES: dict[str, TableSchema] = {
                                      display_field="sys_id"),
     "sys_journal_field": TableSchema(fields=("element", "element_id", "name", "value"), display_field="value"),
     "cmdb_ci": TableSchema(fields=("name",)),
+    # who was asked to approve a task, and their answer (the change's ``approval`` rolls these up)
+    "sysapproval_approver": TableSchema(
+        fields=("sysapproval", "approver", "state", "comments"),
+        references={"sysapproval": "change_request", "approver": "sys_user"},
+        choices={"state": {"not requested": "Not Yet Requested", "requested": "Requested", "approved": "Approved",
+                           "rejected": "Rejected", "cancelled": "Cancelled", "not_required": "No Longer Required"}},
+        defaults={"state": "requested"}, display_field="sys_id", audited=True),
+    # one row per field set or changed on an audited record; record_checkpoint 0 for the insert
+    "sys_audit": TableSchema(fields=("tablename", "fieldname", "documentkey", "oldvalue", "newvalue", "user",
+                                     "record_checkpoint", "reason"), display_field="sys_id"),
     "cmn_schedule_blackout": TableSchema(fields=("name", "start_date", "end_date", "cmdb_ci"),
                                          references={"cmdb_ci": "cmdb_ci"}),
 }

@@ -49,6 +49,7 @@ from integrations.servicenow.simulator.render import _MISSING, _format_time, _pa
 from integrations.servicenow.simulator.schema import _FIELD_NAME, _SYS_ID, JOURNAL_FIELDS, SYS_FIELDS, TABLES
 
 ACCESS_TOKEN_TTL = timedelta(seconds=1799)
+INDEXED = ("sys_id", "number", "documentkey", "sysapproval", "element_id")  # as an instance indexes them
 REFRESH_TOKEN_TTL = timedelta(days=100)
 
 
@@ -64,6 +65,8 @@ class Simulator:
         self._data: dict[str, list[dict[str, str]]] = {table: [] for table in TABLES}
         self._index: dict[str, dict[str, dict[str, str]]] = {table: {} for table in TABLES}
         self._extra: dict[str, set[str]] = {table: set() for table in TABLES}   # custom columns written
+        self._writes: Counter[str] = Counter()                              # per table: indexes stale when it moves
+        self._indexes: dict[tuple[str, str], tuple[int, dict[str, list[tuple[int, dict[str, str]]]]]] = {}
         self._counters: dict[str, int] = {}
         self._tokens: dict[str, tuple[str, datetime]] = {}                  # access token -> user, expiry
         self._refresh: dict[str, tuple[str, str, datetime]] = {}            # refresh -> user, client, expiry
@@ -131,6 +134,19 @@ class Simulator:
             stored = self._insert_locked(table, record, user)
             self._save_locked()
             return dict(stored)
+
+    def approve(self, number: str, *user_names: str, state: str = "approved") -> None:
+        """Record approvers of change ``number`` (``sysapproval_approver`` rows, by user name) in
+        ``state``, as the approval engine of an instance would; ``approval`` is set to match."""
+        with self._lock:
+            change = next(r for r in self._data["change_request"] if r["number"] == number)
+            for name in user_names:
+                user = next(u for u in self._data["sys_user"] if u["user_name"] == name)
+                self._insert_locked("sysapproval_approver", {"sysapproval": change["sys_id"],
+                                                             "approver": user["sys_id"], "state": state}, name)
+            if state == "approved":
+                self._update_locked("change_request", change, {"approval": "approved"}, "system")
+            self._save_locked()
 
     def records(self, table: str) -> list[dict[str, str]]:
         """Copies of the stored records of ``table``, in insertion order."""
@@ -340,6 +356,7 @@ class Simulator:
             if method == "GET":
                 return _Response(200, {"result": self._render(table, record, view)})
             if method == "DELETE":
+                self._writes[table] += 1
                 self._data[table].remove(record)
                 del self._index[table][sys_id]
                 self._save_locked()
@@ -373,7 +390,7 @@ class Simulator:
         parsed = snquery.parse(params.get("sysparm_query"))
         with self._lock:
             getter = lambda rec, name: self._value(table, rec, name)  # noqa: E731
-            matched = parsed.order(parsed.filter(self._data[table], getter), getter)
+            matched = parsed.order(parsed.filter(self._candidates(table, parsed), getter), getter)
             page = [self._render(table, rec, view) for rec in matched[offset:offset + limit]]
         if not page and version == "v1":
             return _error(404, "No Record found",
@@ -402,6 +419,29 @@ class Simulator:
         return ",".join(links)
 
     # -- data (callers hold self._lock)
+
+    def _candidates(self, table: str, parsed: snquery.Query) -> list[dict[str, str]]:
+        """The records a query may match, in insertion order: all of them, or, when it requires one
+        of the fields an instance indexes (``INDEXED``) to equal one of some values, only those
+        (found through an index rebuilt after writes), so a batched lookup costs what it would on
+        an instance rather than a scan per query. The query still filters them."""
+        if len(parsed.groups) == 1:
+            for term in parsed.groups[0]:
+                values = snquery.equal_to(term[0]) if len(term) == 1 else None
+                if values is not None and term[0].field in INDEXED and self._known(table, term[0].field):
+                    index = self._field_index(table, term[0].field)
+                    hits = {pos: rec for v in values for pos, rec in index.get(v, ())}
+                    return [hits[pos] for pos in sorted(hits)]
+        return self._data[table]
+
+    def _field_index(self, table: str, name: str) -> dict[str, list[tuple[int, dict[str, str]]]]:
+        version, index = self._indexes.get((table, name), (-1, {}))
+        if version != self._writes[table]:
+            index = {}
+            for pos, rec in enumerate(self._data[table]):
+                index.setdefault(rec.get(name, ""), []).append((pos, rec))
+            self._indexes[(table, name)] = (self._writes[table], index)
+        return index
 
     def _known(self, table: str, name: str) -> bool:
         return name in TABLES[table].fields or name in SYS_FIELDS or name in self._extra[table]
@@ -474,10 +514,12 @@ class Simulator:
                 return candidate["sys_id"]
         return value
 
-    def _assign(self, table: str, record: dict[str, str], values: Mapping[str, Any]) -> tuple[bool, dict[str, str]]:
-        """Copy writable values into ``record``; return (changed, journal entries)."""
+    def _assign(self, table: str, record: dict[str, str], values: Mapping[str, Any]
+                ) -> tuple[dict[str, tuple[str, str]], dict[str, str]]:
+        """Copy writable values into ``record``; return (field -> (old, new) for those changed, journal entries)."""
         schema = TABLES[table]
-        changed, notes = False, {}
+        changed: dict[str, tuple[str, str]] = {}
+        notes: dict[str, str] = {}
         for name, value in values.items():
             if name in SYS_FIELDS or not _FIELD_NAME.fullmatch(name):
                 continue
@@ -488,8 +530,8 @@ class Simulator:
             if name in schema.references:
                 text = self._resolve_reference(schema.references[name], text)
             if record.get(name) != text:
+                changed[name] = (record.get(name, ""), text)
                 record[name] = text
-                changed = True
             if not self._known(table, name):
                 self._extra[table].add(name)
         return changed, notes
@@ -498,7 +540,7 @@ class Simulator:
         schema = TABLES[table]
         now = _format_time(self.options.clock())
         record = {name: schema.defaults.get(name, "") for name in schema.fields}
-        _, notes = self._assign(table, record, values)
+        changed, notes = self._assign(table, record, values)
         sys_id = _to_str(values.get("sys_id")).lower()
         if not _SYS_ID.fullmatch(sys_id) or sys_id in self._index[table]:
             sys_id = uuid.uuid4().hex
@@ -514,17 +556,31 @@ class Simulator:
                 record["number"] = f"{schema.number_prefix}{counter + 1:07d}"
         record.update(sys_id=sys_id, sys_created_on=now, sys_created_by=user, sys_updated_on=now,
                       sys_updated_by=user, sys_mod_count="0")
+        self._writes[table] += 1
         self._data[table].append(record)
         self._index[table][sys_id] = record
         self._journal_locked(table, sys_id, notes, user)
+        self._audit_locked(table, record, {k: v for k, v in changed.items() if v[1]}, user)
         return record
 
     def _update_locked(self, table: str, record: dict[str, str], values: Mapping[str, Any], user: str) -> None:
+        self._writes[table] += 1
         changed, notes = self._assign(table, record, values)
         if changed or any(notes.values()):   # an update that changes nothing is not a write, as on an instance
             record.update(sys_updated_on=_format_time(self.options.clock()), sys_updated_by=user,
                           sys_mod_count=str(int(record.get("sys_mod_count") or 0) + 1))
         self._journal_locked(table, record["sys_id"], notes, user)
+        self._audit_locked(table, record, changed, user)
+
+    def _audit_locked(self, table: str, record: Mapping[str, str], changed: Mapping[str, tuple[str, str]],
+                      user: str) -> None:
+        """sys_audit rows for an audited table: one per field set (insert) or changed (update)."""
+        if not TABLES[table].audited:
+            return
+        for name, (old, new) in changed.items():
+            self._insert_locked("sys_audit", {"tablename": table, "fieldname": name, "documentkey": record["sys_id"],
+                                              "oldvalue": old, "newvalue": new, "user": user,
+                                              "record_checkpoint": record.get("sys_mod_count") or "0"}, user)
 
     def _journal_locked(self, table: str, sys_id: str, notes: Mapping[str, str], user: str) -> None:
         for element, text in notes.items():
@@ -541,6 +597,7 @@ class Simulator:
         for table in TABLES:
             rows = [{k: _to_str(v) for k, v in row.items()} for row in saved.get(table, [])]
             self._data[table] = rows
+            self._writes[table] += 1
             self._index[table] = {row["sys_id"]: row for row in rows}
             self._extra[table] = {k for row in rows for k in row if not self._known(table, k)}
 
