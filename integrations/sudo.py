@@ -348,6 +348,11 @@ def role_errors(params: Any) -> list[str]:
         errors += commands_errors(params["commands"], any_arguments=any_arguments)
     elif any_arguments:
         errors.append("allow_any_arguments: only valid with commands")
+    if "hosts" in params:
+        hosts = params["hosts"]
+        if (not isinstance(hosts, (list, tuple)) or not hosts
+                or not all(isinstance(h, str) and _TARGET_RE.fullmatch(h) for h in hosts)):
+            errors.append("hosts: must be a non-empty list of host names (letters, digits, '.', '-')")
     if "edit" in params:
         files = params["edit"]
         if not isinstance(files, (list, tuple)) or not files or not all(isinstance(f, str) for f in files):
@@ -439,6 +444,20 @@ def _parse_sudo_time(value: Any) -> datetime:
         return datetime.strptime(value, _TIME_FMT).replace(tzinfo=timezone.utc)
     except ValueError as exc:
         raise BackendError(f"unexpected sudoers time value {value!r}") from exc
+
+
+def hosts_of(grant: GrantSpec) -> list[str]:
+    """The hosts a grant's rule is for: its target's hosts where the policy lists them, else the
+    target itself; never ALL. Written in lower case: sudo matches host names without regard to
+    case, and a lower-case name can never be read as the keyword ALL or as an alias name. A
+    name with a dot is matched against the host's fully qualified name, one without against its
+    short name (sudoers(5), with or without ``fqdn``)."""
+    hosts = grant.params.get("hosts") if isinstance(grant.params, Mapping) else None
+    hosts = list(hosts) if hosts else [grant.target]
+    for host in hosts:
+        if not isinstance(host, str) or not _TARGET_RE.fullmatch(host):
+            raise InvalidGrant("hosts", f"{str(host)[:80]!r} is not a host name (letters, digits, '.', '-')")
+    return list(dict.fromkeys(h.lower() for h in hosts))
 
 
 def _unlink_quietly(path: str) -> None:
@@ -668,8 +687,13 @@ class SudoBackend:
             f"person={grant.person} target={grant.target} role={grant.role}\n"
             "# Managed by jit-access: do not edit; removed when the grant ends.\n"
         )
+        hosts = hosts_of(grant)
+        where = hosts[0]
+        if len(hosts) > 1:
+            where = f"JIT_G{grant.grant_id}_HOSTS"
+            header += f"Host_Alias {where} = {', '.join(hosts)}\n"
         spec = (
-            f"{grant.person} ALL = ({self.runas}) "
+            f"{grant.person} {where} = ({self.runas}) "
             f"NOTBEFORE={_sudo_time(grant.starts_at)} NOTAFTER={_sudo_time(grant.expires_at)} "
             f"LOG_INPUT: LOG_OUTPUT: {'NOEXEC' if noexec else 'EXEC'}: {cmnds}\n"
         )
@@ -791,9 +815,13 @@ class SudoBackend:
             msg = (result.stderr or result.stdout).strip()
             raise BackendError(f"cvtsudoers cannot parse {path}: {msg}")
         try:
-            specs = json.loads(result.stdout)["User_Specs"]
+            parsed = json.loads(result.stdout)
+            specs = parsed["User_Specs"]
             users = [u["username"] for s in specs for u in s["User_List"]]
             cmnd_specs = [c for s in specs for c in s["Cmnd_Specs"]]
+            aliases = parsed.get("Host_Aliases", {})
+            hosts = [h.get("hostname") or "ALL" for s in specs for entry in s.get("Host_List", [])
+                     for h in (aliases.get(entry["hostalias"], [{}]) if "hostalias" in entry else [entry])]
         except (ValueError, KeyError, TypeError) as exc:
             raise BackendError(f"unexpected cvtsudoers output for {path}: {exc}") from exc
         if len(users) != 1 or not cmnd_specs:
@@ -816,6 +844,7 @@ class SudoBackend:
             not_before=_parse_sudo_time(options["notbefore"]) if "notbefore" in options else None,
             not_after=_parse_sudo_time(options["notafter"]) if "notafter" in options else None,
             details={
+                "hosts": hosts,
                 "commands": commands,
                 "runas": runas,
                 "log_input": bool(options.get("log_input", False)),

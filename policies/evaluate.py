@@ -40,8 +40,15 @@ def evaluate(policy: PolicySet, req: AccessRequest, ctx: Context) -> Decision:
         environment=target.environment if target else None,
         tier=target.tier if target else None,
         backend=target.backend if target else None,
-        params=dict(role.params) if role else {},
+        params=_params(target, role),
     )
+
+
+def _params(target, role) -> dict:
+    """What the backend is given: the role's settings, and a host group's hosts (a sudo rule names them)."""
+    if role is None:
+        return {}
+    return {**role.params, "hosts": list(target.hosts)} if target.hosts else dict(role.params)
 
 
 def evaluate_bypass(policy: PolicySet, req: AccessRequest, ctx: Context) -> Decision:
@@ -66,5 +73,5 @@ def evaluate_bypass(policy: PolicySet, req: AccessRequest, ctx: Context) -> Deci
         environment=target.environment if target else None,
         tier=target.tier if target else None,
         backend=target.backend if target else None,
-        params=dict(role.params) if role else {},
+        params=_params(target, role),
     )

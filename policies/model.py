@@ -164,6 +164,14 @@ class Target(_Strict):
     backend: Literal["sudo", "ldap", "aws", "windows"] = "sudo"
     description: str = ""
     roles: dict[Annotated[str, Field(pattern=NAME)], Role] = Field(min_length=1)
+    # a sudo target that is a group of hosts: its rules name these (as a Host_Alias), not the target
+    hosts: tuple[Annotated[str, Field(pattern=TARGET)], ...] = ()
+
+    @model_validator(mode="after")
+    def _hosts_for_sudo(self) -> "Target":
+        if self.hosts and self.backend != "sudo":
+            raise ValueError("hosts: only a sudo target names hosts (its rules are written for them)")
+        return self
 
 
 class SodRule(_Strict):

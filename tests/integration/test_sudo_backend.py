@@ -114,7 +114,7 @@ def test_inspect_reads_back_the_grant(backend: SudoBackend) -> None:
     assert art.target == "web1.example.com" and art.role == "nginx-operator"
     assert art.not_before == grant.starts_at and art.not_after == grant.expires_at
     assert art.not_after.tzinfo == timezone.utc
-    assert art.details == {"commands": COMMANDS, "runas": "root", "log_input": True, "log_output": True,
+    assert art.details == {"hosts": ["web1.example.com"], "commands": COMMANDS, "runas": "root", "log_input": True, "log_output": True,
                            "noexec": True}
 
 

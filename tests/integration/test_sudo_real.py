@@ -5,8 +5,10 @@ another, that ``""`` means no arguments, and that a sudoedit entry edits its fil
 from __future__ import annotations
 
 import os
+import re
 import pwd
 import shutil
+import socket
 import subprocess
 import tempfile
 from datetime import datetime, timedelta, timezone
@@ -50,9 +52,21 @@ def box() -> Path:
     shutil.rmtree(where, ignore_errors=True)
 
 
-def grant(params: dict) -> GrantSpec:
+HOST = socket.gethostname().split(".")[0].lower()  # the rule is for this host: sudo here must match it
+
+
+def grant(params: dict, target: str = HOST, ends: timedelta = timedelta(hours=1)) -> GrantSpec:
     now = datetime.now(timezone.utc)
-    return GrantSpec(1, 1, ACCOUNT, "localhost", "ops", now - timedelta(minutes=1), now + timedelta(hours=1), params)
+    return GrantSpec(1, 1, ACCOUNT, target, "ops", now - timedelta(minutes=2), now + ends, params)
+
+
+def may(box: Path, host: str, command: str) -> bool:
+    """Real sudo's answer, as root in the box's namespace: may the account run ``command`` on ``host``?"""
+    outer = 'mount --bind "$1" /etc/sudoers.d && shift && exec "$@"'
+    r = subprocess.run([which("unshare"), "-m", "/bin/sh", "-c", outer, "sh", str(box / "sudoers.d"),
+                        which("sudo"), "-n", "-l", "-U", ACCOUNT, "-h", host, *command.split()],
+                       capture_output=True, text=True, timeout=60)
+    return r.returncode == 0
 
 
 def as_account(entry: pwd.struct_passwd, box: Path, script: str, env: dict[str, str] | None = None):
@@ -115,3 +129,22 @@ def test_sudoedit_edits_the_granted_file_as_the_person(account, box: Path) -> No
     assert f"not allowed to execute 'sudoedit {other}'" in r.stderr
     assert other.read_text() == "untouched\n"
     assert target.stat().st_uid == 0
+
+
+@pytest.mark.skipif(not re.fullmatch(r"[a-z0-9][a-z0-9-]{0,62}", HOST), reason=f"this host's name {HOST!r} is no target")
+def test_a_rule_is_for_its_target_host_only(account, box: Path, tryexec: Path) -> None:
+    """Reproduction: a grant for one host was written ``ALL = ...`` and real sudo allowed it on
+    every host that received the file."""
+    b = backend(box)
+    b.apply(grant({"commands": [f'{tryexec} ""']}, target="web-dev-01"))
+    assert "ALL" not in (box / "sudoers.d" / "jit_g1").read_text().split("=")[0]
+    assert may(box, "web-dev-01", str(tryexec))
+    assert may(box, "web-dev-01.example.org", str(tryexec))  # the short name matches in any domain
+    assert not may(box, "web-prod-01", str(tryexec))
+    assert not may(box, "web-dev-01", "/usr/bin/id")  # another command
+    b.apply(grant({"commands": [f'{tryexec} ""'], "hosts": ["web-prod-01", "WEB-PROD-02"]}, target="web-tier"))
+    assert may(box, "web-prod-01", str(tryexec)) and may(box, "web-prod-02", str(tryexec))  # the Host_Alias
+    assert not may(box, "web-dev-01", str(tryexec)) and not may(box, "web-tier", str(tryexec))
+    assert b.inspect(grant({}, target="web-tier")).details["hosts"] == ["web-prod-01", "web-prod-02"]
+    b.apply(grant({"commands": [f'{tryexec} ""']}, target="web-dev-01", ends=-timedelta(minutes=1)))
+    assert not may(box, "web-dev-01", str(tryexec))  # after NOTAFTER

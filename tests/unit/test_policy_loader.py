@@ -167,3 +167,28 @@ def test_schema_and_reference_problems_together(tmp_path: Path) -> None:
     problems = problems_of(tmp_path, edit(('max_duration = "8h"', 'max_duration = "8x"'),
                                           ('environment = "non-production"', 'environment = "staging"')))
     assert len(problems) == 2, problems
+
+
+def test_a_sudo_target_may_name_its_hosts_and_the_decision_carries_them(tmp_path: Path) -> None:
+    from datetime import datetime, timedelta, timezone
+
+    from policies.decision import AccessRequest, Context
+    from policies.evaluate import evaluate
+    path = tmp_path / "policy.toml"
+    path.write_text(edit(('description = "Production web server"\nenvironment = "production"',
+                          'description = "Production web server"\nenvironment = "production"\n'
+                          'hosts = ["web-prod-01", "web-prod-01b"]')))
+    policy = load_policy(path)
+    assert policy.targets["web-prod-01"].hosts == ("web-prod-01", "web-prod-01b")
+    req = AccessRequest("alice", "web-prod-01", "service-admin", datetime(2026, 12, 1, 10, tzinfo=timezone.utc),
+                        timedelta(hours=1), "renew the TLS certificate", "CHG0000001")
+    params = evaluate(policy, req, Context(groups=frozenset({"engineers"}))).params
+    assert params["hosts"] == ["web-prod-01", "web-prod-01b"] and params["commands"]
+    assert "hosts" not in evaluate(load_policy(DEFAULT), req, Context(groups=frozenset({"engineers"}))).params
+    bad = edit(('description = "Production web server"\nenvironment = "production"',
+                'description = "Production web server"\nenvironment = "production"\nhosts = ["web prod"]'))
+    assert any("hosts" in p for p in problems_of(tmp_path, bad))
+    ldap = edit(('description = "Production web server"\nenvironment = "production"\ntier = "high"\nbackend = "sudo"',
+                 'description = "Production web server"\nenvironment = "production"\ntier = "high"\nbackend = "ldap"\n'
+                 'hosts = ["web-prod-01"]'))
+    assert any("only a sudo target names hosts" in p for p in problems_of(tmp_path, ldap))
