@@ -88,34 +88,27 @@ class Tickets:
     def find_many(self, numbers: Iterable[str], chunk: int = 200) -> dict[str, Ticket]:
         """The tickets with these numbers that exist, by number: one query per table and ``chunk``
         numbers (``numberIN...``), not one per ticket. Numbers that are not well-formed are skipped."""
-        by_table: dict[str, list[str]] = {}
-        for number in dict.fromkeys(numbers):
-            if isinstance(number, str) and NUMBER_RE.fullmatch(number):
-                by_table.setdefault(TABLES[number[:3] if number[:3] in TABLES else number[:4]], []).append(number)
-        found: dict[str, Ticket] = {}
-        for table, wanted in by_table.items():
-            for i in range(0, len(wanted), chunk):
-                q = pysnow.QueryBuilder().field("number").equals(wanted[i:i + chunk])
-                for row in self.client.query(table, str(q), self.FIELDS + [self.target_field, self.role_field]):
-                    ticket = self._ticket(table, row)
-                    found[ticket.number] = ticket
-        return found
+        return self._find_in("number", ((n, n) for n in numbers if isinstance(n, str)), chunk)
 
     def find_many_by_sys_id(self, tickets: Iterable[tuple[str, str]], chunk: int = 200) -> dict[str, Ticket]:
         """The tickets ((number, sys_id): the number says the table) that exist, by sys_id: one query
         per table and ``chunk`` (``sys_idIN...``). Pairs not well-formed are skipped."""
+        return self._find_in("sys_id", ((n, i) for n, i in tickets
+                                        if isinstance(i, str) and SYS_ID_RE.fullmatch(i)), chunk)
+
+    def _find_in(self, key: str, wanted: Iterable[tuple[str, str]], chunk: int) -> dict[str, Ticket]:
+        """Tickets by ``key`` (number or sys_id) for (number, value) pairs, ``keyIN`` per table and chunk."""
         by_table: dict[str, list[str]] = {}
-        for number, sys_id in dict.fromkeys(tickets):
-            if (isinstance(number, str) and NUMBER_RE.fullmatch(number) and isinstance(sys_id, str)
-                    and SYS_ID_RE.fullmatch(sys_id)):
-                by_table.setdefault(TABLES[number[:3] if number[:3] in TABLES else number[:4]], []).append(sys_id)
+        for number, value in dict.fromkeys(wanted):
+            if isinstance(number, str) and NUMBER_RE.fullmatch(number):
+                by_table.setdefault(TABLES[number[:3] if number[:3] in TABLES else number[:4]], []).append(value)
         found: dict[str, Ticket] = {}
-        for table, wanted in by_table.items():
-            for i in range(0, len(wanted), chunk):
-                q = pysnow.QueryBuilder().field("sys_id").equals(wanted[i:i + chunk])
+        for table, values in by_table.items():
+            for i in range(0, len(values), chunk):
+                q = pysnow.QueryBuilder().field(key).equals(values[i:i + chunk])
                 for row in self.client.query(table, str(q), self.FIELDS + [self.target_field, self.role_field]):
                     ticket = self._ticket(table, row)
-                    found[ticket.sys_id] = ticket
+                    found[getattr(ticket, key)] = ticket
         return found
 
     def bound_fields(self) -> tuple[str, ...]:
