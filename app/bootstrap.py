@@ -89,6 +89,13 @@ def build_backends(config: Config, policy: PolicySet, environ: Mapping[str, str]
                 group_base=ld.group_base, managed_groups=sorted({r.group_dn for r in roles("ldap") if r.group_dn}),
                 active_directory=ld.active_directory, tls=ld.tls, ca_file=config.path(ld.ca_file) if ld.ca_file
                 else None, validate_cert=ld.validate_cert, timeout=ld.timeout.total_seconds())
+        if b.sudo_ldap.enabled:
+            from integrations.ldap.sudoers import SudoLdapBackend
+            if "ldap" not in backends:
+                raise ConfigError(str(config.source), ["backends.sudo_ldap: needs [backends.ldap] enabled = true "
+                                                       "(the directory's connection settings are shared)"])
+            backends["sudo_ldap"] = SudoLdapBackend(backends["ldap"], sudoers_base=b.sudo_ldap.sudoers_base,
+                                                    runas=b.sudo_ldap.runas)
         if b.aws.enabled:
             from integrations.aws import AwsBackend
             aw = b.aws

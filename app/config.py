@@ -83,6 +83,12 @@ class SudoSettings(_Strict):
     runas: str = "root"
 
 
+class SudoLdapSettings(_Strict):
+    enabled: StrictBool = False  # sudoRole entries, on [backends.ldap]'s connection settings
+    sudoers_base: str = "ou=SUDOers,dc=example,dc=org"
+    runas: str = "root"
+
+
 class LdapSettings(_Strict):
     enabled: StrictBool = False
     uri: str = "ldaps://ad.example.internal"
@@ -130,6 +136,7 @@ class WindowsSettings(_Strict):
 class Backends(_Strict):
     sudo: SudoSettings = SudoSettings()
     ldap: LdapSettings = LdapSettings()
+    sudo_ldap: SudoLdapSettings = SudoLdapSettings()
     aws: AwsSettings = AwsSettings()
     windows: WindowsSettings = WindowsSettings()
 

@@ -446,6 +446,28 @@ def _parse_sudo_time(value: Any) -> datetime:
         raise BackendError(f"unexpected sudoers time value {value!r}") from exc
 
 
+def rule_of(grant: GrantSpec) -> tuple[list[str], list[str], bool, list[str]]:
+    """Every field of ``grant`` checked (``InvalidGrant`` naming the first bad one), and the
+    rule it becomes: commands as sudoers writes them, sudoedit files, NOEXEC, hosts. The drop-in
+    and the sudoRole entry (``integrations.ldap.sudoers``) are both written from this."""
+    if isinstance(grant.grant_id, bool) or not isinstance(grant.grant_id, int) or grant.grant_id < 0:
+        raise InvalidGrant("grant_id", "must be a non-negative integer")
+    rid = grant.request_id
+    if isinstance(rid, bool) or not isinstance(rid, int) or rid < 0:
+        raise InvalidGrant("request_id", "must be a non-negative integer")
+    checks = (
+        ("person", grant.person, _USER_RE, "must be a lowercase user name ([a-z_][a-z0-9_-]{0,31})"),
+        ("role", grant.role, _ROLE_RE, "must match [a-z][a-z0-9-]{0,62}"),
+        ("target", grant.target, _TARGET_RE, "must be a host name (letters, digits, '.', '-')"),
+    )
+    for field_name, value, pattern, reason in checks:
+        if not isinstance(value, str) or not pattern.fullmatch(value):
+            raise InvalidGrant(field_name, reason)
+    grant.check_window()
+    commands, edits, noexec = SudoBackend._entries(grant.params)
+    return commands, edits, noexec, hosts_of(grant)
+
+
 def hosts_of(grant: GrantSpec) -> list[str]:
     """The hosts a grant's rule is for: its target's hosts where the policy lists them, else the
     target itself; never ALL. Written in lower case: sudo matches host names without regard to
@@ -668,26 +690,13 @@ class SudoBackend:
     def _render(self, grant: GrantSpec) -> str:
         """Validate every field of ``grant`` and return the drop-in's text."""
         self._path(grant.grant_id)
-        rid = grant.request_id
-        if isinstance(rid, bool) or not isinstance(rid, int) or rid < 0:
-            raise InvalidGrant("request_id", "must be a non-negative integer")
-        checks = (
-            ("person", grant.person, _USER_RE, "must be a lowercase user name ([a-z_][a-z0-9_-]{0,31})"),
-            ("role", grant.role, _ROLE_RE, "must match [a-z][a-z0-9-]{0,62}"),
-            ("target", grant.target, _TARGET_RE, "must be a host name (letters, digits, '.', '-')"),
-        )
-        for field_name, value, pattern, reason in checks:
-            if not isinstance(value, str) or not pattern.fullmatch(value):
-                raise InvalidGrant(field_name, reason)
-        grant.check_window()
-        commands, edits, noexec = self._entries(grant.params)
+        commands, edits, noexec, hosts = rule_of(grant)
         cmnds = ", ".join([*commands, *(f"sudoedit {f}" for f in edits)])
         header = (
-            f"{_HEADER_PREFIX} grant_id={grant.grant_id} request_id={rid} "
+            f"{_HEADER_PREFIX} grant_id={grant.grant_id} request_id={grant.request_id} "
             f"person={grant.person} target={grant.target} role={grant.role}\n"
             "# Managed by jit-access: do not edit; removed when the grant ends.\n"
         )
-        hosts = hosts_of(grant)
         where = hosts[0]
         if len(hosts) > 1:
             where = f"JIT_G{grant.grant_id}_HOSTS"

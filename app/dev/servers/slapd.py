@@ -17,7 +17,8 @@ Base tree (``BASE_TREE``): ``ou=people`` with alice, bob, carol, dave, erin (ine
 a duplicate-uid trap ``uid=twin`` in both ``ou=people`` and ``ou=contractors``; ``ou=groups`` with
 groupOfNames engineers (alice, dave), managers (bob), system-owners (carol), oncall (dave),
 security (erin) and the managed targets web-admins and db-admins, which hold only the
-placeholder member ``PLACEHOLDER_DN`` (a groupOfNames needs at least one member).
+placeholder member ``PLACEHOLDER_DN`` (a groupOfNames needs at least one member); ``ou=SUDOers``,
+empty, for sudoRole entries (sudo's own schema, ``sudo.schema`` beside this file, is loaded).
 """
 from __future__ import annotations
 
@@ -41,6 +42,8 @@ ADMIN_PASSWORD = "s3cret-Adm1n-pw"
 PEOPLE_DN = f"ou=people,{BASE_DN}"
 CONTRACTORS_DN = f"ou=contractors,{BASE_DN}"
 GROUPS_DN = f"ou=groups,{BASE_DN}"
+SUDOERS_DN = f"ou=SUDOers,{BASE_DN}"  # sudoRole entries (the sudo_ldap backend)
+SUDO_SCHEMA = Path(__file__).with_name("sudo.schema")
 PLACEHOLDER_DN = f"cn=nobody,{BASE_DN}"
 PEOPLE = ("alice", "bob", "carol", "dave", "erin")
 
@@ -75,6 +78,7 @@ BASE_TREE: tuple[tuple[str, dict[str, object]], ...] = (
     (PEOPLE_DN, {"objectClass": ["organizationalUnit"], "ou": "people"}),
     (CONTRACTORS_DN, {"objectClass": ["organizationalUnit"], "ou": "contractors"}),
     (GROUPS_DN, {"objectClass": ["organizationalUnit"], "ou": "groups"}),
+    (SUDOERS_DN, {"objectClass": ["organizationalUnit"], "ou": "SUDOers"}),
     *(_person(uid) for uid in PEOPLE),
     _person("twin"),
     _person("twin", CONTRACTORS_DN),
@@ -205,7 +209,7 @@ class Slapd:
         if schema_dir is None:
             raise RuntimeError(f"no OpenLDAP schema directory found in {_SCHEMA_DIRS}")
         (self.workdir / "db").mkdir(parents=True, exist_ok=True)
-        includes = "".join(f"include {schema_dir}/{s}.schema\n" for s in _SCHEMAS)
+        includes = "".join(f"include {schema_dir}/{s}.schema\n" for s in _SCHEMAS) + f"include {SUDO_SCHEMA}\n"
         tls = ""
         if self.ldaps_port is not None:
             self.ca_file = _make_certificates(self.workdir, self.tls_names)
