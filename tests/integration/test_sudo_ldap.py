@@ -159,3 +159,23 @@ def test_the_config_wires_it_on_the_ldap_connection(slapd_server, tmp_path):
                            + f'\n[backends.sudo_ldap]\nenabled = true\nsudoers_base = "{SUDOERS_DN}"\n')
     with pytest.raises(ConfigError, match=r"backends.sudo_ldap: needs \[backends.ldap\] enabled = true"):
         build_backends(load_config(config_path), policy, {})
+
+
+def test_the_bind_secret_never_reaches_an_error_or_a_log_line(slapd_server, caplog):
+    import logging
+
+    from integrations.base import BackendError
+    caplog.set_level(logging.DEBUG)
+    wrong = "wrong-5e1b-never-logged"
+    bad = SudoLdapBackend(LdapBackend(slapd_server.uri, slapd_server.admin_dn, wrong, user_base=PEOPLE_DN),
+                          sudoers_base=SUDOERS_DN)
+    with pytest.raises(BackendError) as info:
+        bad.apply(grant())
+    assert "cannot bind" in str(info.value) and wrong not in str(info.value)
+    good = SudoLdapBackend(LdapBackend(slapd_server.uri, slapd_server.admin_dn, slapd_server.admin_password,
+                                       user_base=PEOPLE_DN), sudoers_base=SUDOERS_DN)
+    good.apply(grant())
+    good.revoke(grant())
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    assert wrong not in logged and slapd_server.admin_password not in logged
+    good.close()
