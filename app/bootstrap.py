@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Mapping
 from app.clock import Clock, system_clock
 from app.config import Config, check_trusted, secret
 from app.domain.errors import ConfigError
+from app.fleet.reports import HostReports
 from app.identity import Directory, StaticDirectory
 from app.jobs.engine import Engine
 from app.jobs.outbox import Deliverer
@@ -41,6 +42,7 @@ class Services:
     sync: TicketSync | None = None
     deliverer: Deliverer | None = None
     reconciler: Reconciler | None = None
+    host_reports: HostReports | None = None  # what hosts' agents report they hold
 
     def close(self) -> None:
         self.engine.stop()
@@ -96,6 +98,9 @@ def build_backends(config: Config, policy: PolicySet, environ: Mapping[str, str]
                                                        "(the directory's connection settings are shared)"])
             backends["sudo_ldap"] = SudoLdapBackend(backends["ldap"], sudoers_base=b.sudo_ldap.sudoers_base,
                                                     runas=b.sudo_ldap.runas)
+        if b.agent.enabled:
+            from app.fleet.backend import AgentBackend
+            backends["agent"] = AgentBackend(wait=b.agent.wait.total_seconds())
         if b.aws.enabled:
             from integrations.aws import AwsBackend
             aw = b.aws
@@ -208,6 +213,10 @@ def build(config: Config, *, clock: Clock = system_clock, backends: dict[str, Ba
     store = Store(config.database_url)
     if migrate:
         store.migrate()
+    host_reports = HostReports(store, clock)
+    agent = backends.get("agent")
+    if agent is not None and hasattr(agent, "attach"):
+        agent.attach(host_reports)  # type: ignore[union-attr]
     directory = build_directory(config, backends)
     tickets = build_tickets(config, environ)
     webhook = build_webhook(config, environ)
@@ -224,4 +233,4 @@ def build(config: Config, *, clock: Clock = system_clock, backends: dict[str, Ba
                     sync_interval=sn.sync_interval, expiry_warning=config.settings.notify.expiry_warning,
                     alert=(lambda text: webhook.send({"text": text, "event": "engine.alert"})) if webhook else None)
     return Services(config, policy, store, directory, backends, lifecycle, engine, clock, tickets, sync, deliverer,
-                    reconciler)
+                    reconciler, host_reports)

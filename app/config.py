@@ -89,6 +89,18 @@ class SudoLdapSettings(_Strict):
     runas: str = "root"
 
 
+class AgentSettings(_Strict):
+    enabled: StrictBool = False  # sudo grants written by each target host's own `jit agent`
+    wait: Duration = timedelta(seconds=10)  # how long an apply or revoke waits for the host's report
+
+    @field_validator("wait")
+    @classmethod
+    def _below_lease(cls, value: timedelta) -> timedelta:
+        if not timedelta(0) < value <= timedelta(seconds=50):
+            raise ValueError("must be more than 0 s and at most 50 s (below the engine's lease)")
+        return value
+
+
 class LdapSettings(_Strict):
     enabled: StrictBool = False
     uri: str = "ldaps://ad.example.internal"
@@ -137,6 +149,7 @@ class Backends(_Strict):
     sudo: SudoSettings = SudoSettings()
     ldap: LdapSettings = LdapSettings()
     sudo_ldap: SudoLdapSettings = SudoLdapSettings()
+    agent: AgentSettings = AgentSettings()
     aws: AwsSettings = AwsSettings()
     windows: WindowsSettings = WindowsSettings()
 
@@ -284,6 +297,7 @@ class Server(_Strict):
     oidc: Oidc = Oidc()            # callers proven by a bearer token...
     client_ca: str = Field(default="", validate_default=True)  # ...or by a client certificate from this CA (PEM)
     cert_identity: Literal["cn", "email", "dns", "uri"] = "cn"  # which name in the certificate is the person
+    agent_ca: str = ""  # hosts' `jit agent`s: a certificate this CA issued names a host by its CN (PEM)
     rate_limit: StrictInt = Field(default=50, ge=1, le=100_000)   # calls a second per person, past the burst...
     rate_burst: StrictInt = Field(default=200, ge=1, le=100_000)  # ...then 429 with Retry-After
 
@@ -299,6 +313,14 @@ class Server(_Strict):
     def _tls(cls, value: str, info: ValidationInfo) -> str:
         if info.data.get("listen") and not value:
             raise ValueError("required when listen is set (TCP is served only with TLS)")
+        return value
+
+    @field_validator("agent_ca")
+    @classmethod
+    def _not_the_people_ca(cls, value: str, info: ValidationInfo) -> str:
+        if value and value == info.data.get("client_ca"):
+            raise ValueError("must not be client_ca: a certificate must name either a person or a host, and "
+                             "which one is decided by the CA that issued it")
         return value
 
     @field_validator("client_ca")

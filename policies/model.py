@@ -161,7 +161,7 @@ class Role(_Strict):
 class Target(_Strict):
     environment: str
     tier: str
-    backend: Literal["sudo", "sudo_ldap", "ldap", "aws", "windows"] = "sudo"
+    backend: Literal["sudo", "sudo_ldap", "agent", "ldap", "aws", "windows"] = "sudo"
     description: str = ""
     roles: dict[Annotated[str, Field(pattern=NAME)], Role] = Field(min_length=1)
     # a sudo target that is a group of hosts: its rules name these (as a Host_Alias), not the target
@@ -169,8 +169,9 @@ class Target(_Strict):
 
     @model_validator(mode="after")
     def _hosts_for_sudo(self) -> "Target":
-        if self.hosts and self.backend not in ("sudo", "sudo_ldap"):
-            raise ValueError("hosts: only a sudo or sudo_ldap target names hosts (its rules are written for them)")
+        if self.hosts and self.backend not in ("sudo", "sudo_ldap", "agent"):
+            raise ValueError("hosts: only a sudo, sudo_ldap or agent target names hosts (its rules are written "
+                             "for them)")
         return self
 
 

@@ -197,6 +197,16 @@ def _parser(only: str | None, names: list[str]) -> argparse.ArgumentParser:
 
     c = cmd("engine", "run the engine alone, without the API: activation, expiry, escalation, lapse, recovery")
     c.add_argument("--once", action="store_true", help="one pass, then exit")
+    c = cmd("agent", "on a target host, as root: write this host's sudo grants from the server as drop-ins, "
+                     "remove them when they end, report what the host holds")
+    c.add_argument("--once", action="store_true", help="one pass, then exit")
+    c.add_argument("--sudoers-dir", default="/etc/sudoers.d", metavar="DIR")
+    c.add_argument("--state-dir", default="/var/lib/jit-agent", metavar="DIR",
+                   help="where a removal's intent is kept until it is done (root only)")
+    c.add_argument("--timestamp-dir", default="/run/sudo/ts", metavar="DIR",
+                   help="sudo's credential cache, emptied for the person at revoke ('' for none)")
+    c.add_argument("--visudo", default="/usr/sbin/visudo", metavar="PATH")
+    c.add_argument("--cvtsudoers", default="/usr/bin/cvtsudoers", metavar="PATH")
     c = cmd("server", "the control plane: the engine, the sync, the outbox and the API")
     c.add_argument("--socket", metavar="PATH", help="the Unix socket to listen on (else [server] socket)")
     c.add_argument("--dev", metavar="DIR", help="dev mode on a sandbox in DIR (written when missing): listens on "
@@ -282,6 +292,9 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     try:
         if args.command in LOCAL or (args.command == "policy" and args.policy_command == "lint"):
             return _local(args, environ, out, err)
+        if args.command == "agent":
+            from app.fleet.agent import run_agent
+            return run_agent(args, client_settings(args.server, args.config, environ), out)
         with Client(client_settings(args.server, args.config, environ)) as client:
             return _remote(args, client, environ, out, err)
     except ConfigError as exc:

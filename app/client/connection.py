@@ -46,6 +46,7 @@ class ClientSettings(NamedTuple):
     ca: str = ""
     token: str = ""
     impersonate: str = ""  # $JIT_USER: honoured only by a dev server
+    agent_host: str = ""  # `jit agent`: the host it runs on, sent as X-Jit-Host (honoured only by a dev server)
     source: str = "default"
 
 
@@ -188,6 +189,9 @@ class Client:
     def post(self, path: str, body: Mapping[str, Any] | None = None) -> Any:
         return self._json(self._send("POST", path, None, body or {}))
 
+    def put(self, path: str, body: Mapping[str, Any]) -> Any:
+        return self._json(self._send("PUT", path, None, body))
+
     def lines(self, path: str, query: Mapping[str, Any] | None = None) -> Iterator[str]:
         """A streamed answer, line by line (``/v1/audit/export``, ``/v1/events``)."""
         response = self._send("GET", path, query, None)
@@ -208,6 +212,8 @@ class Client:
             headers["Authorization"] = f"Bearer {self.settings.token}"
         if self.settings.impersonate:
             headers["X-Jit-User"] = self.settings.impersonate
+        if self.settings.agent_host:
+            headers["X-Jit-Host"] = self.settings.agent_host
         return headers
 
     def _send(self, method: str, path: str, query: Mapping[str, Any] | None,
@@ -220,7 +226,7 @@ class Client:
             return self._conn.request(method, target, self._headers(data), data)
         except (Closed, BrokenPipeError, ConnectionResetError):
             self.close()
-            if reused and method == "GET":  # the server closed an idle kept-alive connection: once more
+            if reused and method in ("GET", "PUT"):  # the server closed an idle kept-alive connection: once more
                 return self._send(method, path, query, body)
             raise ServerUnavailable(f"the jit server at {self.url} closed the connection"
                                     + (" (the call may have been done: check with 'jit show')"

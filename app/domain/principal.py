@@ -19,6 +19,14 @@ class Principal:
     how: str  # e.g. "peer-uid:1001"; in dev mode "dev:JIT_USER by peer-uid:1000"
 
 
+AGENT = "agent:"  # a host's ``jit agent`` acts as "agent:<host>", never as a person
+
+
+def agent_host(principal: Principal) -> str | None:
+    """The host a principal is the agent of, or None for a person."""
+    return principal.person[len(AGENT):] if principal.person.startswith(AGENT) else None
+
+
 _ACTING: ContextVar[Principal | None] = ContextVar("jit_acting", default=None)
 
 

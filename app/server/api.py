@@ -20,7 +20,7 @@ from pydantic import BaseModel, ValidationError
 from app.domain.errors import BadInput, Conflict, JitError, NotFound, Refused, StoreError
 from app.domain.principal import acting
 from app.queries import audit as audit_queries
-from app.server import events, openapi
+from app.server import agents, events, openapi
 from app.server.auth import IMPERSONATION, PRINCIPAL, authenticate
 from app.server.limits import RateLimit
 from app.server.routes import ROUTES, Call, Route, request_id, ticket_number
@@ -200,7 +200,8 @@ async def serve_openapi(request: web.Request) -> web.Response:
 
 
 ROUTE = {r.path: r for r in ROUTES if r.method == "GET"}
-STREAMS = {"/v1/audit/export": audit_export, "/v1/events": event_stream, "/v1/openapi.json": serve_openapi}
+STREAMS = {"/v1/audit/export": audit_export, "/v1/events": event_stream, "/v1/openapi.json": serve_openapi,
+           "/v1/agent/hosts/{host}/grants": agents.grants, "/v1/agent/hosts/{host}/held": agents.held}
 
 
 def make_app(services: Services, *, workers: int = 8, impersonation: bool = False) -> web.Application:
@@ -213,6 +214,9 @@ def make_app(services: Services, *, workers: int = 8, impersonation: bool = Fals
     app[READS] = ThreadPoolExecutor(2, thread_name_prefix="jit-events")
     app[events.HUB] = events.Hub(lambda: audit_queries.newest_seq(services.store), app[READS])
     app[IMPERSONATION] = impersonation
+    app[agents.AGENT_POOL] = ThreadPoolExecutor(2, thread_name_prefix="jit-agents")
+    app[agents.FLEET] = agents.FleetView(services, app[READS])
+    app[agents.REPORTS] = services.host_reports
     for route in ROUTES:
         handler = STREAMS[route.path] if route.run is None else _handler(route)
         app.router.add_route(route.method, route.path, handler)
@@ -227,6 +231,7 @@ def make_app(services: Services, *, workers: int = 8, impersonation: bool = Fals
         await app[events.HUB].stop()
         app[POOL].shutdown(wait=False)
         app[READS].shutdown(wait=False)
+        app[agents.AGENT_POOL].shutdown(wait=False)
     app.on_startup.append(start_hub)
     app.on_shutdown.append(end_streams)
     app.on_cleanup.append(close)

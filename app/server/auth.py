@@ -14,12 +14,14 @@ from typing import Awaitable, Callable, Protocol
 from aiohttp import web
 
 from app.domain.errors import IdentityError
-from app.domain.principal import Principal
+from app.domain.principal import AGENT, Principal, agent_host
 from app.identity import account_name
-from policies.names import PERSON
+from policies.names import PERSON, TARGET
 
 _CRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 IMPERSONATE_HEADER = "X-Jit-User"
+HOST_HEADER = "X-Jit-Host"  # dev mode only: the host a ``jit agent`` says it runs on (its uname -n)
+AGENT_ROUTES = "/v1/agent/"
 
 PRINCIPAL = web.RequestKey("principal", Principal)  # set by ``authenticate`` before any handler runs
 IMPERSONATION = web.AppKey("impersonation", bool)  # dev mode only
@@ -45,7 +47,13 @@ def peer_principal(request: web.Request) -> Principal:
 
 
 def impersonated(request: web.Request, real: Principal) -> Principal:
-    """Dev mode: the person the client plays, recorded with who really called."""
+    """Dev mode: the person the client plays, or the host an agent runs on, recorded with who
+    really called."""
+    host = request.headers.get(HOST_HEADER, "")
+    if host:
+        if not re.fullmatch(TARGET, host):
+            raise IdentityError(f"host name {host[:40]!r} is not a host name ({HOST_HEADER})")
+        return Principal(AGENT + host.lower(), f"dev-host:{host.lower()} by {real.how}")
     person = request.headers.get(IMPERSONATE_HEADER, "")
     if not person:
         return real
@@ -75,4 +83,7 @@ async def authenticate(request: web.Request, handler: Callable[[web.Request], Aw
         if remote is not None:
             await remote.refused(request, exc)
         return web.json_response({"error": {"rule": "identity", "message": str(exc), "field": None}}, status=401)
+    if agent_host(principal) is not None and not request.path.startswith(AGENT_ROUTES):
+        return web.json_response({"error": {"rule": "agent", "field": None, "message":
+                                            f"a host's agent may only call {AGENT_ROUTES}..."}}, status=403)
     return await handler(request)

@@ -11,6 +11,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSeriali
 from app.domain.inputs import MAX_ID
 from app.domain.states import REVIEW_OUTCOMES, RequestState
 from policies.durations import format_duration, parse_duration
+from policies.names import PERSON
 
 
 def _duration(value: object) -> timedelta:
@@ -120,3 +121,52 @@ class ConsoleAuditQuery(Body):
     model_config = ConfigDict(extra="forbid", strict=False, frozen=True)
     text: Annotated[StrictStr, Field(max_length=200)] = ""
     limit: int = Field(default=500, ge=1, le=5000)
+
+
+# ------------------------------------------------------------------ a host's agent
+class AgentPoll(Body):
+    """The host's grants once they differ from ``known`` (the version it holds), or after ``wait`` s."""
+
+    model_config = ConfigDict(extra="forbid", strict=False, frozen=True)
+    known: str = Field(default="", max_length=64)
+    wait: float = Field(default=0, ge=0, le=30)
+
+
+class HeldDropIn(Body):
+    grant_id: int = Field(ge=0, le=MAX_ID)
+    person: StrictStr = Field(pattern=PERSON)
+    not_before: Instant | None = None
+    not_after: Instant | None = None
+    ref: StrictStr = Field(default="", max_length=4096)
+
+
+class RefusedGrant(Body):
+    grant_id: int = Field(ge=-1, le=MAX_ID)
+    error: StrictStr = Field(max_length=500)
+
+
+class RemovedDropIn(Body):
+    grant_id: int = Field(ge=0, le=MAX_ID)
+    person: StrictStr = Field(pattern=PERSON)
+    why: StrictStr = Field(max_length=200)
+
+
+class EndedProcess(Body):
+    pid: int = Field(ge=1)
+    command: StrictStr = Field(max_length=200)
+
+
+class EndedSessions(Body):
+    grant_id: int = Field(ge=0, le=MAX_ID)
+    person: StrictStr = Field(pattern=PERSON)
+    processes: list[EndedProcess] = Field(max_length=100)
+
+
+class AgentReport(Body):
+    """Everything the host holds now (it replaces the last report), what it would not write, and
+    what it removed and ended since the last report."""
+
+    held: list[HeldDropIn] = Field(max_length=20_000)
+    refused: list[RefusedGrant] = Field(default_factory=list, max_length=20_000)
+    removed: list[RemovedDropIn] = Field(default_factory=list, max_length=20_000)
+    ended: list[EndedSessions] = Field(default_factory=list, max_length=20_000)

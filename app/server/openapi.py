@@ -18,6 +18,8 @@ ERRORS = {"400": "Malformed body (not a JSON object)", "401": "The caller could 
           "429": "Too many calls (see Retry-After)", "503": "The database is unavailable"}
 ID = {"name": "id", "in": "path", "required": True,
       "schema": {"type": "string", "pattern": "^(REQ-)?[0-9]{1,10}$"}, "description": "REQ-42 or 42"}
+HOST = {"name": "host", "in": "path", "required": True, "schema": {"type": "string", "maxLength": 253},
+        "description": "the host's name (its uname -n); only that host's agent may use it"}
 NUMBER = {"name": "number", "in": "path", "required": True, "schema": {"type": "string", "maxLength": 64},
           "description": "a ServiceNow ticket number, e.g. CHG0000001"}
 
@@ -35,7 +37,8 @@ def _document(routes: tuple[Route, ...]) -> dict[str, Any]:
             str(r.status): {"description": r.summary, "content": {r.content: {"schema": {}}}},
             **{code: {"description": why, "content": {"application/json": {
                 "schema": {"$ref": "#/components/schemas/Error"}}}} for code, why in ERRORS.items()}}}
-        params = [ID] if "{id}" in r.path else [NUMBER] if "{number}" in r.path else []
+        params = [ID] if "{id}" in r.path else [NUMBER] if "{number}" in r.path else \
+            [HOST] if "{host}" in r.path else []
         if r.query is not None:
             schema = r.query.model_json_schema()
             params += [{"name": name, "in": "query", "required": name in schema.get("required", ()),

@@ -20,7 +20,7 @@ from app.domain.errors import IdentityError, JitError
 from app.server.api import POOL, SERVICES
 from app.server.auth import Principal
 from app.server.oidc import OidcVerifier
-from app.server.tls import cert_principal, server_context
+from app.server.tls import Issuers, cert_principal, server_context
 from app.store import audit
 
 if TYPE_CHECKING:
@@ -76,13 +76,15 @@ class RefusalLimiter:
 class RemoteAuth:
     """``auth.Remote`` for the TCP listener."""
 
-    def __init__(self, server: Server, verifier: OidcVerifier | None, limiter: RefusalLimiter | None = None) -> None:
+    def __init__(self, server: Server, verifier: OidcVerifier | None, limiter: RefusalLimiter | None = None,
+                 issuers: Issuers | None = None) -> None:
         self.server = server
+        self.issuers = issuers
         self.verifier = verifier
         self.limiter = limiter or RefusalLimiter()
 
     async def principal(self, request: web.Request) -> Principal:
-        found = cert_principal(request, self.server)  # a presented certificate wins over a token
+        found = cert_principal(request, self.server, self.issuers)  # a presented certificate wins over a token
         if found is not None:
             return found
         token = _bearer(request)
@@ -142,4 +144,5 @@ def tcp_listener(services: Services) -> Listener:
     if server.oidc.issuer:
         verifier = OidcVerifier.from_config(server.oidc, config.path)
         verifier.preload()
-    return Listener(host, port, context, RemoteAuth(server, verifier))
+    issuers = Issuers(config) if server.agent_ca else None
+    return Listener(host, port, context, RemoteAuth(server, verifier, issuers=issuers))

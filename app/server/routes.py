@@ -271,5 +271,9 @@ ROUTES: tuple[Route, ...] = (
           console_bypass_choices),
     Route("GET", "/v1/console/settings", "The console's key bindings from the server's [console] keys",
           console_settings),
+    Route("GET", "/v1/agent/hosts/{host}/grants", "A host's agent: the grants its host should hold, once they "
+          "differ from the version it knows (a long poll)", None, query=b.AgentPoll),
+    Route("PUT", "/v1/agent/hosts/{host}/held", "A host's agent: what its host holds now, what it removed, refused "
+          "and the sudo sessions it ended", None, body=b.AgentReport),
     Route("GET", "/v1/openapi.json", "This API, described as OpenAPI 3.1", None),
 )

@@ -5,8 +5,8 @@ and the one version-checked ``transition()`` per entity (``requests.py``, ``gran
 from app.domain.errors import StoreError
 from app.store.bulk import among, insert_rows, next_ids
 from app.store.database import Store
-from app.store.tables import (HEARTBEAT_PREFIX, ApprovalRow, AuditEvent, AuditHead, GrantRow, JSONText, OutboxRow, RequestRow, ReviewRow,
+from app.store.tables import (HEARTBEAT_PREFIX, ApprovalRow, AuditEvent, AuditHead, GrantRow, HostReportRow, JSONText, OutboxRow, RequestRow, ReviewRow,
                               SyncState, UTCDateTime)
 
-__all__ = ["HEARTBEAT_PREFIX", "ApprovalRow", "AuditEvent", "AuditHead", "GrantRow", "JSONText", "OutboxRow", "RequestRow", "ReviewRow",
+__all__ = ["HEARTBEAT_PREFIX", "ApprovalRow", "AuditEvent", "AuditHead", "GrantRow", "HostReportRow", "JSONText", "OutboxRow", "RequestRow", "ReviewRow",
            "Store", "StoreError", "SyncState", "UTCDateTime", "among", "insert_rows", "next_ids"]

@@ -185,6 +185,17 @@ class SyncState(SQLModel, table=True):
     behind_s: Optional[float] = None
 
 
+class HostReportRow(SQLModel, table=True):
+    """What a host's ``jit agent`` last said it holds: one row per host, replaced by each report
+    (migration 0009). The ``agent`` backend reads it to know a grant is in place, or gone."""
+
+    __tablename__ = "host_report"
+    host: str = Field(primary_key=True)
+    held: list = _json(default_factory=list)  # [{grant_id, person, not_before, not_after, ref}]
+    refused: list = _json(default_factory=list)  # [{grant_id, error}]: grants the host would not write
+    reported_at: datetime = _when()
+
+
 HEARTBEAT_PREFIX = "engine:"  # sync_state rows "engine:<host:pid>": when each engine was last seen
 
 

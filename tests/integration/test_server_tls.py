@@ -184,9 +184,10 @@ class Running:
     sock: Path
 
 
-def _server_toml(pki: Pki, port: int, idp: Idp | None, *, client_ca: bool = True) -> str:
+def _server_toml(pki: Pki, port: int, idp: Idp | None, *, client_ca: bool = True, agent_ca: Path | None = None) -> str:
     text = (f'\n[server]\nlisten = "127.0.0.1:{port}"\ntls_cert = "{pki.server.cert_path}"\n'
-            f'tls_key = "{pki.server.key_path}"\n' + (f'client_ca = "{pki.ca.cert_path}"\n' if client_ca else ""))
+            f'tls_key = "{pki.server.key_path}"\n' + (f'client_ca = "{pki.ca.cert_path}"\n' if client_ca else "")
+            + (f'agent_ca = "{agent_ca}"\n' if agent_ca else ""))
     if idp is not None:
         text += f'\n[server.oidc]\nissuer = "{ISSUER}"\naudience = "{AUDIENCE}"\njwks_url = "{idp.url}"\n'
     return text
@@ -201,11 +202,11 @@ def sandbox(where: Path) -> Path:
     return config
 
 
-def start_server(where: Path, pki: Pki, idp: Idp, *, client_ca: bool = True):
+def start_server(where: Path, pki: Pki, idp: Idp, *, client_ca: bool = True, agent_ca: Path | None = None):
     config = sandbox(where / "sb")
     port = free_port()
     with open(config, "a") as handle:
-        handle.write(_server_toml(pki, port, idp, client_ca=client_ca))
+        handle.write(_server_toml(pki, port, idp, client_ca=client_ca, agent_ca=agent_ca))
     sv = build(load_config(config))
     run_dir = Path(tempfile.mkdtemp(prefix="jit-tls-", dir="/tmp"))  # a short path: sun_path is 108 bytes
     sock = run_dir / "jit.sock"
@@ -495,3 +496,35 @@ def test_the_cli_reaches_the_server_over_https_with_a_certificate_or_a_token(ser
     out, err = io.StringIO(), io.StringIO()  # neither: 401, said in one line, exit 2
     assert main(["--config", str(tokened), "whoami"], {"HOME": str(tmp_path)}, out, err) == 2
     assert err.getvalue().startswith("identity error: ") and err.getvalue().count("\n") == 1
+
+
+# ------------------------------------------------------------------ hosts' agents (server.agent_ca)
+def test_a_host_certificate_names_its_host_and_only_opens_its_own_grants(tmp_path, pki, idp):
+    hosts = make_ca(tmp_path, "hosts")
+    prod = issue(hosts, tmp_path, "prod", cn="web-prod-01")
+    person_like = issue(hosts, tmp_path, "alice-host", cn="alice")  # a host CA's certificate is never a person
+    running, finish = start_server(tmp_path, pki, idp, agent_ca=hosts.cert_path)
+    try:
+        with tls_client(running.base, pki, prod) as c:
+            ok = c.get("/v1/agent/hosts/web-prod-01/grants")
+            assert ok.status_code == 200 and ok.json()["host"] == "web-prod-01", ok.text
+            other = c.get("/v1/agent/hosts/web-dev-01/grants")
+            assert other.status_code == 403 and "not web-dev-01's agent" in other.json()["error"]["message"]
+            assert c.get("/v1/whoami").status_code == 403  # a host is nobody on a person's routes
+        with tls_client(running.base, pki, person_like) as c:
+            assert c.get("/v1/whoami").status_code == 403
+        with tls_client(running.base, pki, pki.alice) as c:  # a person: whoami yes, a host's grants no
+            assert c.get("/v1/whoami").json()["person"] == "alice"
+            assert c.get("/v1/agent/hosts/web-prod-01/grants").status_code == 403
+        with running.sv.store.transaction() as s:
+            rows = s.exec(select(AuditEvent).where(AuditEvent.action == "agent.refused").order_by(AuditEvent.seq)).all()
+        assert [r.actor for r in rows] == ["agent:web-prod-01", "alice"]
+        assert json.loads(rows[0].details)["authenticated"] == "host-cert:" + prod.fingerprint
+    finally:
+        finish()
+
+
+def test_agent_ca_may_not_be_client_ca(tmp_path):
+    problems = _problems(_config(tmp_path, '[server]\nlisten = "127.0.0.1:8443"\ntls_cert = "c"\ntls_key = "k"\n'
+                                           'client_ca = "ca.pem"\nagent_ca = "ca.pem"\n'))
+    assert any(p.startswith("server.agent_ca: must not be client_ca") for p in problems), problems

@@ -28,7 +28,7 @@ CLIENT_HEAVY = HEAVY + ["sqlalchemy", "sqlmodel", "alembic", "psycopg", "pydanti
 RUN = "from app.cli.main import main; main([{argv}], {{'HOME': '/nonexistent'}})"
 
 
-@pytest.mark.parametrize("statement", ["import app.cli.main", "import app.client.console", RUN.format(argv="'--server', 'unix:///nowhere', 'list'"),
+@pytest.mark.parametrize("statement", ["import app.cli.main", "import app.client.console", "import app.fleet.agent", RUN.format(argv="'--server', 'unix:///nowhere', 'list'"),
                                        RUN.format(argv="'--server', 'unix:///nowhere', 'request', 'web-dev-01', "
                                                        "'service-admin', '--duration', '1h', '--reason', 'x'"),
                                        RUN.format(argv="'--server', 'unix:///nowhere', 'audit', 'export'")])

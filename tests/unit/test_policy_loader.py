@@ -191,4 +191,4 @@ def test_a_sudo_target_may_name_its_hosts_and_the_decision_carries_them(tmp_path
     ldap = edit(('description = "Production web server"\nenvironment = "production"\ntier = "high"\nbackend = "sudo"',
                  'description = "Production web server"\nenvironment = "production"\ntier = "high"\nbackend = "ldap"\n'
                  'hosts = ["web-prod-01"]'))
-    assert any("only a sudo or sudo_ldap target names hosts" in p for p in problems_of(tmp_path, ldap))
+    assert any("only a sudo, sudo_ldap or agent target names hosts" in p for p in problems_of(tmp_path, ldap))

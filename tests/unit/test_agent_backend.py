@@ -1,0 +1,131 @@
+"""The ``agent`` backend over the host reports, on the real store: a grant counts as applied only
+once every host its rule names reports it with the grant's end, as revoked once none does; a
+host's refusal fails it at once with the host's reason; silence fails it after ``wait``."""
+from __future__ import annotations
+
+import threading
+import time
+from datetime import timedelta
+
+import pytest
+from conftest import T0
+
+from app.fleet.backend import AgentBackend
+from app.fleet.reports import Held, HostReports
+from app.fleet.sessions import _program
+from integrations.base import BackendError, GrantSpec, InvalidGrant
+
+PARAMS = {"commands": ["/usr/bin/systemctl restart nginx"]}
+
+
+def spec(gid: int = 7, hosts: list[str] | None = None, ends: timedelta = timedelta(hours=1)) -> GrantSpec:
+    params = {**PARAMS, **({"hosts": hosts} if hosts else {})}
+    return GrantSpec(gid, gid, "alice", "web-prod-01", "service-admin", T0, T0 + ends, params)
+
+
+def held(g: GrantSpec, **kw) -> Held:
+    return Held(g.grant_id, g.person, g.starts_at, kw.get("not_after", g.expires_at),
+                f"/etc/sudoers.d/jit_g{g.grant_id}")
+
+
+@pytest.fixture
+def backend(store, clock):
+    b = AgentBackend(wait=1.0)
+    b.attach(HostReports(store, clock))
+    return b
+
+
+def later(seconds: float, action) -> threading.Thread:
+    t = threading.Thread(target=lambda: (time.sleep(seconds), action()))
+    t.start()
+    return t
+
+
+def test_apply_waits_for_the_hosts_report_of_the_grant(backend) -> None:
+    g = spec()
+    t = later(0.2, lambda: backend.reports.record("web-prod-01", [held(g)], {}))
+    start = time.monotonic()
+    assert backend.apply(g) == "agent:web-prod-01:jit_g7"
+    assert 0.15 <= time.monotonic() - start < 0.9
+    t.join()
+    a = backend.inspect(g)
+    assert a is not None and a.grant_id == 7 and a.not_after == g.expires_at and a.details["hosts"] == ["web-prod-01"]
+
+
+def test_a_report_with_another_end_is_not_the_grant(backend) -> None:
+    g = spec()
+    backend.reports.record("web-prod-01", [held(g, not_after=g.expires_at - timedelta(minutes=5))], {})
+    with pytest.raises(BackendError, match="web-prod-01 .last report .* has not written grant 7 within 1 s"):
+        backend.apply(g)
+
+
+def test_silence_fails_the_apply_naming_the_host(backend) -> None:
+    with pytest.raises(BackendError, match=r"host web-prod-01 \(never reported\) has not written grant 7") as e:
+        backend.apply(spec())
+    assert not e.value.transient
+
+
+def test_a_hosts_refusal_fails_the_apply_at_once_with_its_reason(backend) -> None:
+    backend.reports.record("web-prod-01", [], {7: "commands[0]: /opt/app/run is under a directory users can write"})
+    start = time.monotonic()
+    with pytest.raises(BackendError, match="host web-prod-01 refused grant 7: commands.0.: /opt/app/run"):
+        backend.apply(spec())
+    assert time.monotonic() - start < 0.5
+
+
+def test_a_group_of_hosts_counts_only_when_every_host_holds_it(backend) -> None:
+    g = spec(hosts=["web-01", "web-02"])
+    backend.reports.record("web-01", [held(g)], {})
+    with pytest.raises(BackendError, match="web-02"):
+        backend.apply(g)
+    assert backend.inspect(g) is None  # half there is missing
+    backend.reports.record("web-02", [held(g)], {})
+    assert backend.apply(g) == "agent:web-01,web-02:jit_g7"
+
+
+def test_revoke_waits_until_no_host_reports_it(backend) -> None:
+    g = spec()
+    backend.reports.record("web-prod-01", [held(g)], {})
+    t = later(0.2, lambda: backend.reports.record("web-prod-01", [], {}))
+    backend.revoke(g)
+    t.join()
+    assert backend.inspect(g) is None
+    backend.reports.record("web-prod-01", [held(g)], {})
+    with pytest.raises(BackendError, match="still holds grant 7 after 1 s"):
+        backend.revoke(g)
+
+
+def test_list_managed_is_what_every_host_reports(backend) -> None:
+    a, b = spec(1), spec(2)
+    backend.reports.record("web-prod-01", [held(a)], {})
+    backend.reports.record("web-dev-01", [held(b), held(a)], {})
+    found = [(x.ref, x.grant_id) for x in backend.list_managed()]
+    assert found == [("agent:web-dev-01:/etc/sudoers.d/jit_g1", 1), ("agent:web-prod-01:/etc/sudoers.d/jit_g1", 1),
+                     ("agent:web-dev-01:/etc/sudoers.d/jit_g2", 2)]
+
+
+def test_a_report_recorded_by_another_process_is_read_from_the_database(store, clock) -> None:
+    ours, theirs = HostReports(store, clock), HostReports(store, clock)
+    backend = AgentBackend(wait=2.0)
+    backend.attach(ours)
+    g = spec()
+    assert ours.of("web-prod-01") is None  # read (and cached) before the other server writes
+    t = later(0.1, lambda: theirs.record("web-prod-01", [held(g)], {}))
+    assert backend.apply(g).endswith("jit_g7")  # within REFRESH of the other's write
+    t.join()
+
+
+def test_an_unsafe_rule_is_refused_before_any_host_is_asked(backend) -> None:
+    with pytest.raises(InvalidGrant, match="commands"):
+        backend.apply(GrantSpec(7, 7, "alice", "web-prod-01", "x", T0, T0 + timedelta(hours=1),
+                                {"commands": ["/bin/bash"]}))
+
+
+@pytest.mark.parametrize(("argv", "program"), [
+    (("sudo", "-u", "root", "/usr/bin/sleep", "600"), "/usr/bin/sleep"),
+    (("sudo", "-n", "--", "/usr/bin/systemctl", "restart", "nginx"), "/usr/bin/systemctl"),
+    (("sudo", "-g", "adm", "-u", "root", "-n", "/usr/bin/journalctl"), "/usr/bin/journalctl"),
+    (("sudo", "-l"), None),
+])
+def test_the_program_a_sudo_command_line_runs(argv, program) -> None:
+    assert _program(argv) == program
