@@ -39,6 +39,7 @@ bench: $(STAMP)
 	$(PY) tests/benchmarks/cli_startup.py
 	$(PY) tests/benchmarks/api_latency.py
 	$(PY) tests/benchmarks/engines_split.py
+	$(PY) tests/benchmarks/agent_fanout.py
 	$(PY) tests/benchmarks/fuzz_inputs.py --inputs 10000 --seed 1
 
 clean:

@@ -40,19 +40,21 @@ MAX_REPORT = 8 * 1024 * 1024  # a host holding thousands of drop-ins reports the
 
 
 class FleetView:
-    """Every host's grants as of one audit sequence number, recomputed when the head has moved."""
+    """Every host's grants (``desired.Desired``), brought up to date when the audit head has moved
+    past what was read: one refresh at a time, shared by every waiting agent."""
 
     def __init__(self, services: Services, pool: Executor) -> None:
         self.services, self.pool = services, pool
-        self._cached: tuple[int, dict[str, list[dict[str, Any]]]] | None = None
+        self._desired = desired.Desired()
         self._lock = asyncio.Lock()
 
-    async def current(self, seen: int) -> tuple[int, dict[str, list[dict[str, Any]]]]:
+    async def current(self, seen: int, host: str) -> tuple[int, str, list[dict[str, Any]]]:
+        """The sequence number read, and ``host``'s version and grants as of it (at least ``seen``)."""
         async with self._lock:
-            if self._cached is None or self._cached[0] < seen:
-                self._cached = await asyncio.get_running_loop().run_in_executor(
-                    self.pool, desired.by_host, self.services.store)
-            return self._cached
+            if self._desired.seq < 0 or self._desired.seq < seen:
+                await asyncio.get_running_loop().run_in_executor(self.pool, self._desired.refresh,
+                                                                 self.services.store)
+            return (self._desired.seq, *self._desired.of(host))
 
 
 FLEET = web.AppKey("fleet", FleetView)
@@ -97,9 +99,7 @@ async def grants(request: web.Request) -> web.StreamResponse:
     hub.listeners += 1
     try:
         while True:
-            seq, hosts = await fleet.current(hub.seq)
-            mine = hosts.get(host, [])
-            version = desired.version_of(mine)
+            seq, version, mine = await fleet.current(hub.seq, host)
             left = deadline - time.monotonic()
             if version != q.known or left <= 0 or hub.closing:
                 return web.json_response({"host": host, "version": version, "grants": mine})

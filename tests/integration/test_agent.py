@@ -174,28 +174,33 @@ def test_a_killed_agent_finishes_a_removal_within_two_seconds(world, step: str) 
     assert len(events(sv, "agent.removed")) == 1  # reported once, from the note the killed agent left
 
 
-def test_with_the_server_down_the_drop_in_is_gone_at_its_end(tmp_path: Path) -> None:
+def test_with_the_server_down_the_drop_in_is_gone_at_its_end_and_the_agent_catches_up(tmp_path: Path) -> None:
+    from datetime import datetime, timezone
     config = agent_sandbox(tmp_path / "sb")
-    with dev_server(config) as sv:
-        prod = AgentProcess("web-prod-01", sv.config.path(sv.config.settings.server.socket), tmp_path / "prod")
-        prod.start()
-        try:
+    prod = None
+    try:
+        with dev_server(config) as sv:
+            prod = AgentProcess("web-prod-01", sv.config.path(sv.config.settings.server.socket), tmp_path / "prod")
+            prod.start()
             prod.wait_reported(sv.host_reports)
             out = request(sv, duration="4s")
             assert out.request.state == "active"
             ends = out.request.expires_at
             assert len(prod.files()) == 1
-        except BaseException:
-            prod.stop()
-            raise
-    try:  # the server is gone for the grant's whole end
-        from datetime import datetime, timezone
+        # the server is gone for the grant's whole end
         wait_for(lambda: not prod.files(), 10)
         late = (datetime.now(timezone.utc) - ends.replace(microsecond=0)).total_seconds()
         assert late <= 1.0, late
         assert "server unreachable" in prod.log.read_text()
+        with dev_server(config) as sv:  # back: the agent follows it again, and reports what it did meanwhile
+            wait_for(lambda: prod.log.read_text().count("server reachable") == 2, 15)
+            prod.wait_reported(sv.host_reports)
+            wait_for(lambda: [e for e in events(sv, "agent.removed") if '"why":"expired"' in e.details], 5)
+            again = request(sv)
+            assert again.request.state == "active" and prod.files() == [f"jit_g{again.request.grant.id}"]
     finally:
-        prod.stop()
+        if prod is not None:
+            prod.stop()
 
 
 SESSION_ACCOUNT = "jitt-agent"

@@ -32,8 +32,11 @@ CASES = {
     "api_latency.py": (["--clients", "3", "--rounds", "1", "--postgres", ""], "API latency", ["SQLite"]),
     "engines_split.py": (["--grants", "6", "--latency-ms", "1", "--postgres", PG_URL], "expired grants",
                          ["|", "3", "|"]),
+    "agent_fanout.py": (["--hosts", "2", "--people", "2", "--clients", "2", "--idle", "0.5"], "agent fan-out",
+                        ["approval", "(grant.applying)"]),
 }
 NEEDS_POSTGRES = {"engines_split.py"}
+NEEDS_ROOT = {"agent_fanout.py"}  # agents in their own UTS namespaces (unshare)
 
 
 def _postgres_down() -> str | None:
@@ -52,6 +55,8 @@ def test_benchmark_runs_and_prints_its_table(script: str, tmp_path: Path) -> Non
     args, title, row = CASES[script]
     if script in NEEDS_POSTGRES and (why := _postgres_down()):
         pytest.skip(f"{script} needs PostgreSQL: {why}")
+    if script in NEEDS_ROOT and os.geteuid() != 0:
+        pytest.skip(f"{script} needs root (unshare --uts); CI runs it as root")
     done = subprocess.run([sys.executable, str(BENCH / script), *args], capture_output=True, text=True,
                           timeout=240, cwd=tmp_path)
     assert done.returncode == 0, f"{script} failed:\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}"

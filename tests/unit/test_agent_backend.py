@@ -129,3 +129,56 @@ def test_an_unsafe_rule_is_refused_before_any_host_is_asked(backend) -> None:
 ])
 def test_the_program_a_sudo_command_line_runs(argv, program) -> None:
     assert _program(argv) == program
+
+
+# ------------------------------------------------------------------ what each host should hold
+def _grant(s, gid: int, *, target: str = "web-01", hosts: list[str] | None = None, backend: str = "agent",
+           status: str = "applying") -> None:
+    from app.store import GrantRow, RequestRow
+    s.add(RequestRow(id=gid, requester="alice", target=target, role="service-admin", reason="r" * 12,
+                     state="approved", approval_model="self-service", duration_s=3600, starts_at=T0,
+                     expires_at=T0 + timedelta(hours=1), created_at=T0, updated_at=T0, backend=backend))
+    s.flush()
+    s.add(GrantRow(id=gid, request_id=gid, backend=backend, person="alice", target=target, role="service-admin",
+                   params={**PARAMS, **({"hosts": hosts} if hosts else {})}, starts_at=T0,
+                   expires_at=T0 + timedelta(hours=1), status=status, updated_at=T0))
+
+
+def _event(s, request_id: int) -> None:
+    from app.store import audit
+    audit.append(s, at=T0, actor="engine", action="grant.test", request_id=request_id)
+
+
+def test_what_each_host_should_hold_follows_the_audit_chain(store) -> None:
+    from app.fleet.desired import Desired, by_host
+    from app.store import GrantRow
+    d = Desired()
+
+    def ids(host: str) -> list[int]:
+        d.refresh(store)
+        mine = [g["grant_id"] for g in d.of(host)[1]]
+        assert mine == [g["grant_id"] for g in by_host(store).get(host, [])]  # as a full read says
+        return mine
+    assert ids("web-01") == []
+    with store.transaction() as s:
+        _grant(s, 1)
+        _grant(s, 2, target="web-tier", hosts=["web-01", "WEB-02"])
+        _grant(s, 3, target="web-01", backend="sudo")  # another backend: no agent is told
+        _event(s, 1), _event(s, 2), _event(s, 3)
+    assert ids("web-01") == [1, 2] and ids("web-02") == [2] and ids("web-tier") == []
+    before = d.of("web-01")[0]
+    with store.transaction() as s:
+        s.get(GrantRow, 1).expires_at = T0 + timedelta(hours=2)  # extended: the host must rewrite it
+        _event(s, 1)
+    assert ids("web-01") == [1, 2] and d.of("web-01")[0] != before
+    assert d.of("web-01")[1][0]["expires_at"] == (T0 + timedelta(hours=2)).isoformat()
+    with store.transaction() as s:
+        s.get(GrantRow, 2).status = "revoking"
+        _event(s, 2)
+    assert ids("web-01") == [1] and ids("web-02") == []
+    with store.transaction() as s:  # a change without an event is found by the periodic full read only
+        s.get(GrantRow, 1).status = "revoked"
+    d.refresh(store)
+    assert [g["grant_id"] for g in d.of("web-01")[1]] == [1]
+    d._full_at = float("-inf")
+    assert ids("web-01") == []
