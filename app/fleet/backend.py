@@ -89,15 +89,27 @@ class AgentBackend:
         return results  # type: ignore[return-value]  (every entry is set)
 
     def revoke(self, grant: GrantSpec) -> None:
-        hosts = _hosts_or_none(grant) or [grant.target.lower()]
+        result = self.revoke_many([grant])[0]
+        if result is not None:
+            raise result
+
+    def revoke_many(self, grants: Sequence[GrantSpec]) -> list[BackendError | None]:
+        """Wait (together, up to ``wait`` seconds) until no host lists any of ``grants``; per grant
+        None (gone everywhere) or why not. Expiry uses it for a batch: one silent host then costs
+        the batch one ``wait``, not one per grant."""
+        hosts = [_hosts_or_none(g) or [g.target.lower()] for g in grants]
 
         def gone() -> bool:
-            return not any(_listed(self._reports().of(h), grant) for h in hosts)
+            return not any(_listed(self._reports().of(h), g) for g, hs in zip(grants, hosts) for h in hs)
 
-        if not self._reports().wait_until(gone, self.wait):
-            still = [h for h in hosts if _listed(self._reports().of(h), grant)]
-            raise BackendError(f"host {_seen(self._reports(), still[0])} still holds grant {grant.grant_id} "
-                               f"after {self.wait:g} s (its NOTAFTER ends the rule all the same)")
+        self._reports().wait_until(gone, self.wait)
+        results: list[BackendError | None] = []
+        for g, hs in zip(grants, hosts):
+            still = [h for h in hs if _listed(self._reports().of(h), g)]
+            results.append(BackendError(f"host {_seen(self._reports(), still[0])} still holds grant {g.grant_id} "
+                                        f"after {self.wait:g} s (its NOTAFTER ends the rule all the same)")
+                           if still else None)
+        return results
 
     def inspect(self, grant: GrantSpec) -> Artifact | None:
         hosts = _hosts_or_none(grant) or [grant.target.lower()]

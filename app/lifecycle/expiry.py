@@ -6,12 +6,13 @@ from typing import Any
 
 from sqlmodel import select
 
+from app import failpoints
 from app.domain.errors import Conflict
 from app.lifecycle.base import LifecycleBase
 from app.store import GrantRow, RequestRow
 from app.store import grants as grant_store
 from app.store import requests as request_store
-from integrations.base import BackendError
+from integrations.base import BackendError, GrantSpec
 
 
 class Expiry(LifecycleBase):
@@ -27,13 +28,18 @@ class Expiry(LifecycleBase):
             found, batch, until = self._intend_expiry(now, limit, skip_locked)
             done = {}
             with self.leases.hold([g.id for g in batch], until):  # renewed while the backend works through it
+                together: dict[str, list[GrantSpec]] = {}  # per backend with revoke_many: its grants, at once
                 for g in batch:
                     if not self.leases.holds(g.id):
                         continue  # the claim was lost (frozen, database gone): its new owner finishes it
                     if g.shared_key:  # another grant may still cover the artifact: the careful path
                         self._revoke(g.id)
+                    elif hasattr(self.backends.get(g.backend), "revoke_many"):
+                        together.setdefault(g.backend, []).append(self._spec(g))
                     else:
                         done[g.id] = (self._with_backend(self._spec(g), g.backend, "revoke"), self.clock())
+                for name, specs in together.items():
+                    done.update(self._revoke_many(name, [s for s in specs if self.leases.holds(s.grant_id)]))
                 if done:
                     self._expiry_outcomes(done)
             ended += len(batch)
@@ -43,6 +49,16 @@ class Expiry(LifecycleBase):
                 # Rows skipped as locked: most are another engine's claims (now 'revoking', so no longer
                 # due); any other holder is waited for here, not left to the next sweep.
                 skip_locked = False
+
+    def _revoke_many(self, backend: str, specs: list[GrantSpec]) -> dict[int, tuple[Any, datetime]]:
+        """A backend's ``revoke_many`` over ``specs`` (the agent backend waits for every host at once
+        rather than for each grant in turn, so one silent host does not hold up the others): per
+        grant id its answer (None or the BackendError) and when it came."""
+        failpoints.hit("revoke.before_backend")
+        answers = self.backends[backend].revoke_many(specs)  # type: ignore[attr-defined]
+        failpoints.hit("revoke.after_backend")
+        at = self.clock()
+        return {spec.grant_id: (answer, at) for spec, answer in zip(specs, answers)}
 
     def _expiry_outcomes(self, done: dict[int, tuple[Any, datetime]]) -> None:
         """Record the backend's answers for a batch of expiring grants in one transaction: the removed

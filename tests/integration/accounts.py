@@ -88,3 +88,21 @@ def run_as(entry: pwd.struct_passwd, venv: Path, code: Path, source: str, env: d
                           capture_output=True, text=True, timeout=120)
 
 
+
+
+@contextlib.contextmanager
+def sudo_box(account: str) -> Iterator[Path]:
+    """A root-owned directory outside /tmp (the sudo backend refuses programs and files under /tmp)
+    with ``sudoers.d`` (for a bind mount over /etc/sudoers.d) holding test-only settings for
+    ``account``: no password asked, sudo's I/O logs kept in the box's ``io``."""
+    where = Path(tempfile.mkdtemp(prefix="jit-sudo-", dir="/var/lib"))
+    try:
+        where.chmod(0o755)
+        (where / "sudoers.d").mkdir(mode=0o750)
+        (where / "io").mkdir(mode=0o700)
+        test_defaults = where / "sudoers.d" / "00_test"
+        test_defaults.write_text(f"Defaults:{account} !authenticate, !lecture, iolog_dir={where / 'io'}\n")
+        test_defaults.chmod(0o440)
+        yield where
+    finally:
+        shutil.rmtree(where, ignore_errors=True)

@@ -215,21 +215,13 @@ commands = ["/usr/bin/sleep 600"]
 def test_a_live_sudo_session_ends_within_a_second_of_the_revoke(tmp_path: Path) -> None:
     import pwd
     import shutil
-    import tempfile
 
-    from accounts import local_accounts
+    from accounts import local_accounts, sudo_box
 
     from app.fleet import sessions
     if not shutil.which("sudo") or not shutil.which("setpriv"):
         pytest.skip("the live-session proof needs sudo and setpriv")
-    box = Path(tempfile.mkdtemp(prefix="jit-agent-", dir="/var/lib"))  # root-owned, not under /tmp
-    try:
-        box.chmod(0o755)
-        (box / "sudoers.d").mkdir(mode=0o750)
-        (box / "io").mkdir(mode=0o700)
-        test_defaults = box / "sudoers.d" / "00_test"
-        test_defaults.write_text(f"Defaults:{SESSION_ACCOUNT} !authenticate, !lecture, iolog_dir={box / 'io'}\n")
-        test_defaults.chmod(0o440)
+    with sudo_box(SESSION_ACCOUNT) as box:
         with local_accounts(SESSION_ACCOUNT) as made:
             who: pwd.struct_passwd = made[SESSION_ACCOUNT]
             config = agent_sandbox(tmp_path / "sb", people={SESSION_ACCOUNT: ["engineers"]}, extra_roles=SLEEPER)
@@ -267,5 +259,25 @@ def test_a_live_sudo_session_ends_within_a_second_of_the_revoke(tmp_path: Path) 
                     assert ended.actor == "agent:web-prod-01"
                 finally:
                     prod.stop()
-    finally:
-        shutil.rmtree(box, ignore_errors=True)
+
+
+def test_expiry_waits_for_a_silent_host_once_per_batch_not_once_per_grant(world) -> None:
+    from datetime import timedelta
+    sv, agent = world
+    prod, dev = agent("web-prod-01").start(), agent("web-dev-01").start()
+    prod.wait_reported(sv.host_reports)
+    dev.wait_reported(sv.host_reports)
+    mine = [request(sv, person="alice"), request(sv, person="alice")]
+    silent = [request(sv, target="web-dev-01", person="dave") for _ in range(3)]
+    assert all(o.request.state == "active" for o in mine + silent)
+    dev.stop()  # web-dev-01 goes quiet holding its three drop-ins
+    later = max(o.request.expires_at for o in mine + silent) + timedelta(seconds=1)
+    start = time.monotonic()
+    assert sv.lifecycle.expire_due(now=later) == 5
+    took = time.monotonic() - start
+    assert 4.5 <= took < 8, took  # one [backends.agent] wait (5 s) for the batch, not three
+    assert [sv.lifecycle.get(o.request.id).state for o in mine] == ["expired", "expired"]
+    assert prod.files() == []
+    assert [sv.lifecycle.get(o.request.id).state for o in silent] == ["active"] * 3  # revocation retried later
+    failed = events(sv, "grant.revoke_failed")
+    assert len(failed) == 3 and all("web-dev-01" in e.details and "still holds" in e.details for e in failed)

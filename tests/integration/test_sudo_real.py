@@ -10,12 +10,11 @@ import pwd
 import shutil
 import socket
 import subprocess
-import tempfile
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
-from accounts import local_accounts
+from accounts import local_accounts, sudo_box
 
 from integrations.base import GrantSpec
 from integrations.sudo import SudoBackend
@@ -39,17 +38,8 @@ def account() -> pwd.struct_passwd:
 
 @pytest.fixture
 def box() -> Path:
-    """A root-owned directory outside /tmp (the backend refuses programs and files under /tmp)."""
-    where = Path(tempfile.mkdtemp(prefix="jit-sudo-", dir="/var/lib"))
-    where.chmod(0o755)
-    (where / "sudoers.d").mkdir(mode=0o750)
-    (where / "io").mkdir(mode=0o700)
-    # Test-only settings beside the drop-in: the account has no password, and sudo's I/O logs go here.
-    test_defaults = where / "sudoers.d" / "00_test"
-    test_defaults.write_text(f"Defaults:{ACCOUNT} !authenticate, !lecture, iolog_dir={where / 'io'}\n")
-    test_defaults.chmod(0o440)
-    yield where
-    shutil.rmtree(where, ignore_errors=True)
+    with sudo_box(ACCOUNT) as where:
+        yield where
 
 
 HOST = socket.gethostname().split(".")[0].lower()  # the rule is for this host: sudo here must match it

@@ -8,7 +8,7 @@ import time
 from datetime import timedelta
 
 import pytest
-from conftest import T0
+from tests.conftest import T0
 
 from app.fleet.backend import AgentBackend
 from app.fleet.reports import Held, HostReports
