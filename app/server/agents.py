@@ -48,10 +48,11 @@ class FleetView:
         self._desired = desired.Desired()
         self._lock = asyncio.Lock()
 
-    async def current(self, seen: int, host: str) -> tuple[int, str, list[dict[str, Any]]]:
-        """The sequence number read, and ``host``'s version and grants as of it (at least ``seen``)."""
+    async def current(self, seen: int | None, host: str) -> tuple[int, str, list[dict[str, Any]]]:
+        """The sequence number read, and ``host``'s version and grants as of it: at least ``seen``
+        (the hub's head), or read afresh (None: a new poll, when the hub may not have been watching)."""
         async with self._lock:
-            if self._desired.seq < 0 or self._desired.seq < seen:
+            if seen is None or self._desired.seq < 0 or self._desired.seq < seen:
                 await asyncio.get_running_loop().run_in_executor(self.pool, self._desired.refresh,
                                                                  self.services.store)
             return (self._desired.seq, *self._desired.of(host))
@@ -97,13 +98,15 @@ async def grants(request: web.Request) -> web.StreamResponse:
     fleet = request.app[FLEET]
     deadline = time.monotonic() + q.wait
     hub.listeners += 1
+    seen: int | None = None  # the first look reads the head itself: the hub watches only while someone waits
     try:
         while True:
-            seq, version, mine = await fleet.current(hub.seq, host)
+            seq, version, mine = await fleet.current(seen, host)
             left = deadline - time.monotonic()
             if version != q.known or left <= 0 or hub.closing:
                 return web.json_response({"host": host, "version": version, "grants": mine})
             await hub.wait_beyond(seq, min(left, 1.0))
+            seen = hub.seq
             if request.transport is None or request.transport.is_closing():
                 return web.Response(status=499)
     finally:

@@ -281,3 +281,57 @@ def test_expiry_waits_for_a_silent_host_once_per_batch_not_once_per_grant(world)
     assert [sv.lifecycle.get(o.request.id).state for o in silent] == ["active"] * 3  # revocation retried later
     failed = events(sv, "grant.revoke_failed")
     assert len(failed) == 3 and all("web-dev-01" in e.details and "still holds" in e.details for e in failed)
+
+
+def test_agent_once_writes_and_reports_then_exits(world, tmp_path: Path) -> None:
+    import sys
+    sv, _ = world
+    sock = sv.config.path(sv.config.settings.server.socket)
+    where = tmp_path / "once"
+    (where / "sudoers.d").mkdir(parents=True)
+
+    def once() -> subprocess.CompletedProcess:
+        jit = str(Path(sys.executable).with_name("jit"))
+        return subprocess.run(["unshare", "--uts", "/bin/sh", "-c", 'hostname web-prod-01 && exec "$@"', "sh", jit,
+                               "agent", "--once", "--server", f"unix://{sock}", "--sudoers-dir",
+                               str(where / "sudoers.d"), "--state-dir", str(where / "state"), "--timestamp-dir", ""],
+                              capture_output=True, text=True, timeout=60)
+    first = once()
+    assert first.returncode == 0 and "0 drop-in(s) held, reported" in first.stdout, first
+    result: list = []
+    t = threading.Thread(target=lambda: result.append(request(sv)))
+    t.start()
+    wait_for(lambda: sv.lifecycle.list(state="approved"), 5)
+    second = once()  # the grant is 'applying': this pass writes it and reports, which activates it
+    t.join(30)
+    assert second.returncode == 0 and "1 drop-in(s) held, reported" in second.stdout, second
+    assert result[0].request.state == "active"
+    assert sorted(p.name for p in (where / "sudoers.d").iterdir()) == [f"jit_g{result[0].request.grant.id}"]
+
+
+def test_agent_once_without_a_server_exits_5_and_writes_nothing(tmp_path: Path) -> None:
+    import sys
+    jit = str(Path(sys.executable).with_name("jit"))
+    r = subprocess.run([jit, "agent", "--once", "--server", f"unix://{tmp_path / 'none.sock'}", "--sudoers-dir",
+                        str(tmp_path / "sudoers.d"), "--state-dir", str(tmp_path / "state")],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 5 and "server unreachable: nothing new written" in r.stdout, r
+    assert list((tmp_path / "sudoers.d").iterdir()) == []
+
+
+def test_reconcile_sees_what_a_host_reports_and_no_grant_backs(world) -> None:
+    from app.fleet.reports import Held
+    sv, agent = world
+    prod = agent("web-prod-01").start()
+    prod.wait_reported(sv.host_reports)
+    out = request(sv)
+    assert out.request.state == "active"
+    prod.stop()  # as a host would report a drop-in copied in by hand, beside the real one
+    held = sv.host_reports.of("web-prod-01").held
+    sv.host_reports.record("web-prod-01", [*held.values(), Held(999, "mallory", None, None, "/etc/sudoers.d/jit_g999")],
+                           {})
+    findings = [f for f in sv.reconciler.run() if f.backend == "agent"]
+    assert [(f.kind, f.grant_id, f.person) for f in findings] == [("standing", 999, "mallory")]
+    sv.host_reports.record("web-prod-01", [], {})  # the real one gone from the host: missing
+    findings = [f for f in sv.reconciler.run() if f.backend == "agent"]
+    assert [(f.kind, f.grant_id) for f in findings] == [("missing", out.request.grant.id)]
