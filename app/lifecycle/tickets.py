@@ -13,7 +13,7 @@ from sqlmodel import Session, select
 from app.domain.errors import Refused
 from app.domain.states import OPEN_STATES, UNSTARTED
 from app.lifecycle.base import AUTO_APPROVED, LifecycleBase, checks_of, log
-from app.store import RequestRow, among, audit, next_ids
+from app.store import RequestRow, TicketDecisionRow, among, audit, next_ids
 from app.store import requests as request_store
 from integrations.servicenow.model import SYS_ID_RE, Ticket
 from policies.approvals import Approver, approvals_needed, tally
@@ -86,11 +86,15 @@ class Tickets(LifecycleBase):
                 results[i] = Refused("ticket", f"{ticket.number!r} has an invalid sys_id {ticket.sys_id[:40]!r}")
         handled = set(s.exec(select(RequestRow.source_ref)
                              .where(among(s, RequestRow.source_ref, set(sources.values())))).all()) if sources else set()
+        refused = {d.source_ref: d for d in s.exec(select(TicketDecisionRow).where(
+            among(s, TicketDecisionRow.source_ref, set(sources.values()) - handled)))} if sources else {}
         wanted = []  # (index, request, servicenow approves, facts)
         for i, source in sources.items():
             if source in handled:
                 continue  # this change was turned into a request before (or earlier in this page)
             handled.add(source)
+            if source in refused and refused[source].digest == items[i][0].digest():
+                continue  # this version was refused before: its refusal's note changed nothing we decide on
             try:
                 wanted.append((i, *self._ticket_request(items[i][0], now), items[i][1]))
             except Refused as exc:
@@ -141,6 +145,11 @@ class Tickets(LifecycleBase):
                     target=req.target, role=req.role, requester=req.requester, duration=duration,
                     ticket=req.ticket, checks=checks_of(decision))))
                 results[i] = Refused("policy", decision.refusal())
+                if not self._servicenow_down(decision, items[i][1]):  # decided: not again for this version
+                    mark = refused.get(sources[i]) or TicketDecisionRow(source_ref=sources[i], digest="",
+                                                                        decided_at=now)
+                    mark.digest, mark.decided_at = items[i][0].digest(), now
+                    s.add(mark)
                 continue
             more = {} if servicenow is None or servicenow[0] else {"servicenow_approval": servicenow[1]}
             events.append(("servicenow", "request.submitted", row, row["id"], dict(

@@ -6,7 +6,7 @@ from app.domain.errors import StoreError
 from app.store.bulk import among, insert_rows, next_ids
 from app.store.database import Store
 from app.store.tables import (HEARTBEAT_PREFIX, ApprovalRow, AuditEvent, AuditHead, GrantRow, HostReportRow, JSONText, OutboxRow, RequestRow, ReviewRow,
-                              SyncState, UTCDateTime)
+                              SyncState, TicketDecisionRow, UTCDateTime)
 
 __all__ = ["HEARTBEAT_PREFIX", "ApprovalRow", "AuditEvent", "AuditHead", "GrantRow", "HostReportRow", "JSONText", "OutboxRow", "RequestRow", "ReviewRow",
-           "Store", "StoreError", "SyncState", "UTCDateTime", "among", "insert_rows", "next_ids"]
+           "Store", "StoreError", "SyncState", "TicketDecisionRow", "UTCDateTime", "among", "insert_rows", "next_ids"]

@@ -185,6 +185,17 @@ class SyncState(SQLModel, table=True):
     behind_s: Optional[float] = None
 
 
+class TicketDecisionRow(SQLModel, table=True):
+    """A ServiceNow change the sync refused, and the version of it that was refused (a digest of
+    the fields the decision reads): the same version is never decided again, however often the
+    product's own work notes make it look updated (migration 0010)."""
+
+    __tablename__ = "ticket_decision"
+    source_ref: str = Field(primary_key=True)  # change_request:<sys_id>
+    digest: str
+    decided_at: datetime = _when()
+
+
 class HostReportRow(SQLModel, table=True):
     """What a host's ``jit agent`` last said it holds: one row per host, replaced by each report
     (migration 0009). The ``agent`` backend reads it to know a grant is in place, or gone."""

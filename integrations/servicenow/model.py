@@ -2,6 +2,7 @@
 importable without pysnow (the lifecycle and the sync use it; ``tickets.py`` builds it)."""
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass
 from datetime import datetime
@@ -47,6 +48,15 @@ class Ticket:
     jit_role: str | None
     updated_on: datetime | None
     approvals: ChangeApprovals | None = None  # read for the changes whose approval may count (the sync)
+
+    def digest(self) -> str:
+        """This version of the ticket as a decision reads it: every field but ``updated_on`` (which
+        a work note moves), so a note alone is never a new version."""
+        parts = (self.number, self.table, self.sys_id, self.state, self.approval, self.type,
+                 self.start.isoformat() if self.start else "", self.end.isoformat() if self.end else "",
+                 self.assignee or "", self.group or "", self.group_name or "", self.cmdb_ci or "",
+                 self.jit_target or "", self.jit_role or "")
+        return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:32]
 
     @property
     def closed(self) -> bool:

@@ -1,0 +1,89 @@
+"""Issue 17: ServiceNow as a real instance behaves, over real HTTP against the simulator with an
+instance's behaviour switched on: its clock moving (so the product's own notes update the change),
+ties in the sort order, rows its ACLs remove after the limit, writes by others while the sync pages."""
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+import pytest
+from sqlmodel import select
+from test_servicenow import make_client, notes
+
+from app.clock import FrozenClock
+from app.config import EngineSettings
+from app.dev.sandbox import PEOPLE
+from app.identity import StaticDirectory
+from app.jobs.outbox import Deliverer
+from app.jobs.sync import TicketSync
+from app.lifecycle import Lifecycle, OutboxSettings
+from app.lifecycle.ticket_facts import TicketGateway
+from app.store import AuditEvent
+from integrations.servicenow.simulator import Simulator, SimulatorOptions
+from integrations.servicenow.tickets import Tickets, sn_time
+
+H = timedelta(hours=1)
+
+
+@pytest.fixture
+def sim():
+    simulator = Simulator(SimulatorOptions(seed="demo")).start()  # the wall clock: writes move sys_updated_on
+    yield simulator
+    simulator.stop()
+
+
+@pytest.fixture
+def world(store, policy, backend, sim):
+    now = datetime.now(timezone.utc).replace(microsecond=0)
+    client = make_client(sim)
+    tickets = Tickets(client)
+    clock = FrozenClock(now)
+    directory = StaticDirectory({name: frozenset(groups) for name, (_, groups) in PEOPLE.items()})
+    gateway = TicketGateway(tickets)
+    lc = Lifecycle(store, policy, directory, {"sudo": backend}, clock, EngineSettings(retry_backoff=timedelta(0)),
+                   tickets=gateway, outbox=OutboxSettings(servicenow=True, webhook=False, create_change=False))
+    sync = TicketSync(store, lc, tickets, gateway, clock, timedelta(days=7))
+    yield type("World", (), {"lc": lc, "clock": clock, "now": now, "sync": sync, "sim": sim, "tickets": tickets,
+                             "deliverer": Deliverer(store, clock, tickets=tickets, webhook=None), "store": store})
+    client.close()
+
+
+def user_id(sim, name: str) -> str:
+    return next(r["sys_id"] for r in sim.records("sys_user") if r["user_name"] == name)
+
+
+def add_change(w, number: str, *, assignee: str = "alice", target: str = "web-prod-01", **more) -> dict:
+    alice = next(r for r in w.sim.records("change_request") if r["number"] == "CHG0000001")
+    values = {"number": number, "state": "-1", "approval": "approved", "type": "normal",
+              "start_date": sn_time(w.now - H), "end_date": sn_time(w.now + 2 * H),
+              "assigned_to": user_id(w.sim, assignee), "assignment_group": alice["assignment_group"],
+              "u_jit_target": target, "u_jit_role": "service-admin", **more}
+    return w.sim.insert("change_request", values)
+
+
+def events(w, action: str) -> list[AuditEvent]:
+    with w.store.transaction() as s:
+        return list(s.exec(select(AuditEvent).where(AuditEvent.action == action)))
+
+
+# ------------------------------------------------------------------ 1. a refusal is noted once
+def test_a_refused_change_is_refused_and_noted_once_however_often_the_sync_runs(world):
+    w = world
+    add_change(w, "CHG0000030", assignee="erin")  # erin is not eligible for service-admin: refused
+    for _ in range(5):
+        w.sync.run_once()
+        w.deliverer.run_once()
+    refusals = [e for e in events(w, "request.refused") if "CHG0000030" in e.details]
+    assert len(refusals) == 1
+    assert len([n for n in notes(w.sim, "CHG0000030") if "refused" in n.lower()]) == 1
+    changed = next(r for r in w.sim.records("change_request") if r["number"] == "CHG0000030")
+    assert int(changed["sys_mod_count"]) == 1  # the note did update the change: it was read again, not decided
+
+
+def test_a_new_version_of_a_refused_change_is_decided_again(world):
+    w = world
+    c = add_change(w, "CHG0000031", assignee="erin")
+    w.sync.run_once()
+    w.deliverer.run_once()
+    w.tickets.client.update("change_request", c["sys_id"], {"assigned_to": user_id(w.sim, "alice")})
+    report = w.sync.run_once()
+    assert report.created == 1 and [v.ticket for v in w.lc.list()].count("CHG0000031") == 1
