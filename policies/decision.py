@@ -54,6 +54,7 @@ class TicketFacts:
     group_members: frozenset[str] = frozenset()
     blackouts: tuple[tuple[str, datetime, datetime], ...] = ()
     error: str = ""
+    active: bool = True  # ServiceNow's flag: false once the ticket is closed
     sys_id: str = ""  # the ticket's identity in ServiceNow (its number is only a display value)
 
 

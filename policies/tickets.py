@@ -12,6 +12,8 @@ from policies.decision import AccessRequest, Check, TicketFacts
 CHANGE_STATES = {"-5": "New", "-4": "Assess", "-3": "Authorize", "-2": "Scheduled", "-1": "Implement",
                  "0": "Review", "3": "Closed", "4": "Canceled"}
 INCIDENT_STATES = {"1": "New", "2": "In Progress", "3": "On Hold", "6": "Resolved", "7": "Closed", "8": "Canceled"}
+ITEM_STATES = {"-5": "Pending", "1": "Open", "2": "Work in Progress", "3": "Closed Complete", "4": "Closed Incomplete",
+               "7": "Closed Skipped"}
 
 
 def _utc(value) -> str:
@@ -25,16 +27,24 @@ def ticket_checks(req: AccessRequest, facts: TicketFacts) -> list[Check]:
     if facts.status == "missing":
         return [Check("ticket_exists", False, f"{facts.number} does not exist in ServiceNow.")]
     found = [Check("ticket_exists", True, f"{facts.number} exists in ServiceNow.")]
+    inactive = "" if facts.active else " (inactive)"
     if facts.kind == "incident":
-        label = INCIDENT_STATES.get(facts.state, facts.state)
-        is_open = facts.state not in ("6", "7", "8")
+        label = INCIDENT_STATES.get(facts.state, facts.state) + inactive
+        is_open = facts.state not in ("6", "7", "8") and facts.active
         found.append(Check("incident_open", is_open, f"incident {facts.number} is {label}" +
                            ("." if is_open else "; it must be open (not Resolved, Closed or Canceled).")))
         return found
+    if facts.kind == "item":
+        label = ITEM_STATES.get(facts.state, facts.state) + inactive
+        is_open = facts.state not in ("3", "4", "7") and facts.active
+        found.append(Check("item_open", is_open, f"requested item {facts.number} is {label}" +
+                           ("." if is_open else "; it must be open (not Closed Complete, Closed Incomplete or "
+                                                "Closed Skipped).")))
+        return found
     if facts.kind != "change":
         return found
-    label = CHANGE_STATES.get(facts.state, facts.state)
-    approved = facts.approval == "approved" and facts.state in ("-2", "-1")
+    label = CHANGE_STATES.get(facts.state, facts.state) + inactive
+    approved = facts.approval == "approved" and facts.state in ("-2", "-1") and facts.active
     found.append(Check("change_approved", approved,
                        f"change {facts.number} is {label} with approval '{facts.approval}'" +
                        ("." if approved else "; it must be approved and Scheduled or Implement.")))

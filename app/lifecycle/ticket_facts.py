@@ -68,7 +68,8 @@ class TicketGateway:
         return TicketFacts(number=ticket.number, sys_id=ticket.sys_id, status="found", kind=KINDS[ticket.table],
                            state=ticket.state,
                            approval=ticket.approval, start=ticket.start, end=ticket.end, assignee=ticket.assignee,
-                           group_name=ticket.group_name, group_members=members, blackouts=blackouts)
+                           group_name=ticket.group_name, group_members=members, blackouts=blackouts,
+                           active=ticket.active)
 
     def _blackouts(self, start: datetime, end: datetime, cache: dict | None) -> list:
         """Blackouts overlapping [start, end): from the run's one read of every blackout ahead of the

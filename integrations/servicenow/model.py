@@ -17,6 +17,7 @@ SN_TIME = "%Y-%m-%d %H:%M:%S"
 SN_TIME_RE = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", re.ASCII)
 CLOSED_CHANGE = ("3", "4")  # Closed, Canceled
 CLOSED_INCIDENT = ("6", "7", "8")  # Resolved, Closed, Canceled
+CLOSED_ITEM = ("3", "4", "7")  # Closed Complete, Closed Incomplete, Closed Skipped
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,7 @@ class Ticket:
     jit_role: str | None
     updated_on: datetime | None
     approvals: ChangeApprovals | None = None  # read for the changes whose approval may count (the sync)
+    active: bool = True  # ServiceNow's own flag: false once a task is closed, whatever its state says
 
     def digest(self) -> str:
         """This version of the ticket as a decision reads it: every field but ``updated_on`` (which
@@ -55,9 +57,10 @@ class Ticket:
         parts = (self.number, self.table, self.sys_id, self.state, self.approval, self.type,
                  self.start.isoformat() if self.start else "", self.end.isoformat() if self.end else "",
                  self.assignee or "", self.group or "", self.group_name or "", self.cmdb_ci or "",
-                 self.jit_target or "", self.jit_role or "")
+                 self.jit_target or "", self.jit_role or "", str(self.active))
         return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:32]
 
     @property
     def closed(self) -> bool:
-        return self.state in (CLOSED_CHANGE if self.table == "change_request" else CLOSED_INCIDENT)
+        closed = {"change_request": CLOSED_CHANGE, "sc_req_item": CLOSED_ITEM}.get(self.table, CLOSED_INCIDENT)
+        return self.state in closed or not self.active

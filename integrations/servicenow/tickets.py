@@ -51,7 +51,7 @@ class Tickets:
     """The product's ServiceNow operations over a ``ServiceNowClient``."""
 
     FIELDS = ["sys_id", "number", "state", "approval", "type", "start_date", "end_date", "assigned_to.user_name",
-              "assignment_group", "assignment_group.name", "cmdb_ci.name", "sys_updated_on"]
+              "assignment_group", "assignment_group.name", "cmdb_ci.name", "sys_updated_on", "active"]
 
     def __init__(self, client: ServiceNowClient, *, target_field: str = "u_jit_target",
                  role_field: str = "u_jit_role") -> None:
@@ -75,7 +75,8 @@ class Tickets:
                       assignee=text("assigned_to.user_name"), group=text("assignment_group"),
                       group_name=text("assignment_group.name"), cmdb_ci=text("cmdb_ci.name"),
                       jit_target=text(self.target_field), jit_role=text(self.role_field),
-                      updated_on=parse_sn_time(text("sys_updated_on") or ""))
+                      updated_on=parse_sn_time(text("sys_updated_on") or ""),
+                      active=(text("active") or "true").lower() not in ("false", "0"))
 
     def find(self, number: str) -> Ticket | None:
         """The change, incident or requested item with this number, or None."""

@@ -87,3 +87,34 @@ def test_a_new_version_of_a_refused_change_is_decided_again(world):
     w.tickets.client.update("change_request", c["sys_id"], {"assigned_to": user_id(w.sim, "alice")})
     report = w.sync.run_once()
     assert report.created == 1 and [v.ticket for v in w.lc.list()].count("CHG0000031") == 1
+
+
+# ------------------------------------------------------------------ 4. closed requested items
+@pytest.mark.parametrize(("values", "says"), [({"state": "3"}, "Closed Complete"), ({"state": "4"}, "Closed Incomplete"),
+                                              ({"state": "7"}, "Closed Skipped"),
+                                              ({"state": "2", "active": "false"}, "Work in Progress (inactive)")])
+def test_a_closed_requested_item_does_not_pass_the_ticket_checks(world, values, says):
+    w = world
+    w.sim.insert("sc_req_item", {"number": "RITM0000040", "short_description": "access", "state": "1",
+                                 "requested_for": user_id(w.sim, "alice")})
+    item = next(r for r in w.sim.records("sc_req_item") if r["number"] == "RITM0000040")
+    opened = w.lc.preview("alice", "web-prod-01", "service-admin", H, "renew the TLS certificate", "RITM0000040")
+    assert [c.passed for c in opened.checks if c.name == "item_open"] == [True]
+    w.tickets.client.update("sc_req_item", item["sys_id"], values)
+    closed = w.lc.preview("alice", "web-prod-01", "service-admin", H, "renew the TLS certificate", "RITM0000040")
+    [check] = [c for c in closed.checks if c.name == "item_open"]
+    assert not check.passed and says in check.message and not closed.allowed
+
+
+def test_a_grant_for_a_requested_item_ends_when_the_item_is_closed(world, backend):
+    w = world
+    item = w.sim.insert("sc_req_item", {"number": "RITM0000041", "short_description": "access", "state": "2",
+                                        "requested_for": user_id(w.sim, "alice")})
+    rid = w.lc.submit("alice", "web-prod-01", "service-admin", H, "renew the TLS certificate", "RITM0000041").request.id
+    w.lc.approve("bob", rid)
+    assert w.lc.approve("carol", rid).request.state == "active"
+    w.tickets.client.update("sc_req_item", item["sys_id"], {"state": "7"})  # Closed Skipped
+    assert w.sync.run_once().ended == 1
+    view = w.lc.get(rid)
+    assert view.state == "revoked" and "closed" in view.closed_reason
+    assert view.grant.id not in backend.artifacts  # (the seed's own CHG0000001 became a grant in that run too)

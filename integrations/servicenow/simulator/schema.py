@@ -26,9 +26,10 @@ class TableSchema:
     display_field: str = "name"          # what a reference to this table displays
     journal: bool = False                # work_notes/comments are write-only journal fields
     audited: bool = False                # every field set on insert or changed by an update: a sys_audit row
+    closed_states: tuple[str, ...] = ()  # a task in one of these is made inactive, as an instance's rules do
 
 
-_TASK_JOURNAL = ("work_notes", "comments")
+_TASK_FIELDS = ("work_notes", "comments", "active")  # the journal, and "active": false once the task is closed
 _APPROVAL = {"not requested": "Not Yet Requested", "requested": "Requested", "approved": "Approved",
              "rejected": "Rejected"}
 
@@ -36,7 +37,7 @@ TABLES: dict[str, TableSchema] = {
     "change_request": TableSchema(
         fields=("number", "short_description", "description", "state", "type", "approval", "start_date",
                 "end_date", "assigned_to", "assignment_group", "cmdb_ci", "risk", "close_code", "close_notes",
-                *_TASK_JOURNAL, "u_jit_target", "u_jit_role"),
+                *_TASK_FIELDS, "u_jit_target", "u_jit_role"),
         references={"assigned_to": "sys_user", "assignment_group": "sys_user_group", "cmdb_ci": "cmdb_ci"},
         choices={
             "state": {"-5": "New", "-4": "Assess", "-3": "Authorize", "-2": "Scheduled", "-1": "Implement",
@@ -47,11 +48,11 @@ TABLES: dict[str, TableSchema] = {
             "close_code": {"successful": "Successful", "successful_issues": "Successful with issues",
                            "unsuccessful": "Unsuccessful"},
         },
-        defaults={"state": "-5", "type": "normal", "approval": "not requested", "risk": "3"},
-        number_prefix="CHG", display_field="number", journal=True, audited=True),
+        defaults={"state": "-5", "type": "normal", "approval": "not requested", "risk": "3", "active": "true"},
+        number_prefix="CHG", display_field="number", journal=True, audited=True, closed_states=("3", "4")),
     "incident": TableSchema(
         fields=("number", "short_description", "description", "state", "assigned_to", "assignment_group",
-                "caller_id", "priority", "close_code", "close_notes", *_TASK_JOURNAL),
+                "caller_id", "priority", "close_code", "close_notes", *_TASK_FIELDS),
         references={"assigned_to": "sys_user", "assignment_group": "sys_user_group", "caller_id": "sys_user"},
         choices={
             "state": {"1": "New", "2": "In Progress", "3": "On Hold", "6": "Resolved", "7": "Closed",
@@ -59,17 +60,17 @@ TABLES: dict[str, TableSchema] = {
             "priority": {"1": "1 - Critical", "2": "2 - High", "3": "3 - Moderate", "4": "4 - Low",
                          "5": "5 - Planning"},
         },
-        defaults={"state": "1", "priority": "5"},
-        number_prefix="INC", display_field="number", journal=True),
+        defaults={"state": "1", "priority": "5", "active": "true"},
+        number_prefix="INC", display_field="number", journal=True, closed_states=("6", "7", "8")),
     "sc_req_item": TableSchema(
         fields=("number", "short_description", "description", "state", "approval", "requested_for",
-                *_TASK_JOURNAL),
+                *_TASK_FIELDS),
         references={"requested_for": "sys_user"},
         choices={"state": {"-5": "Pending", "1": "Open", "2": "Work in Progress", "3": "Closed Complete",
                            "4": "Closed Incomplete", "7": "Closed Skipped"},
                  "approval": _APPROVAL},
-        defaults={"state": "1", "approval": "not requested"},
-        number_prefix="RITM", display_field="number", journal=True),
+        defaults={"state": "1", "approval": "not requested", "active": "true"},
+        number_prefix="RITM", display_field="number", journal=True, closed_states=("3", "4", "7")),
     "sys_user": TableSchema(fields=("user_name", "name", "email", "active"), defaults={"active": "true"}),
     "sys_user_group": TableSchema(fields=("name", "active"), defaults={"active": "true"}),
     "sys_user_grmember": TableSchema(fields=("user", "group"),

@@ -541,6 +541,7 @@ class Simulator:
         now = _format_time(self.options.clock())
         record = {name: schema.defaults.get(name, "") for name in schema.fields}
         changed, notes = self._assign(table, record, values)
+        self._close_rule(table, record, changed)
         sys_id = _to_str(values.get("sys_id")).lower()
         if not _SYS_ID.fullmatch(sys_id) or sys_id in self._index[table]:
             sys_id = uuid.uuid4().hex
@@ -566,11 +567,19 @@ class Simulator:
     def _update_locked(self, table: str, record: dict[str, str], values: Mapping[str, Any], user: str) -> None:
         self._writes[table] += 1
         changed, notes = self._assign(table, record, values)
+        self._close_rule(table, record, changed)
         if changed or any(notes.values()):   # an update that changes nothing is not a write, as on an instance
             record.update(sys_updated_on=_format_time(self.options.clock()), sys_updated_by=user,
                           sys_mod_count=str(int(record.get("sys_mod_count") or 0) + 1))
         self._journal_locked(table, record["sys_id"], notes, user)
         self._audit_locked(table, record, changed, user)
+
+    @staticmethod
+    def _close_rule(table: str, record: dict[str, str], changed: dict) -> None:
+        """An instance's business rule: a task put in a closed state becomes inactive."""
+        if record.get("state") in TABLES[table].closed_states and record.get("active") != "false":
+            changed["active"] = (record.get("active", ""), "false")
+            record["active"] = "false"
 
     def _audit_locked(self, table: str, record: Mapping[str, str], changed: Mapping[str, tuple[str, str]],
                       user: str) -> None:
