@@ -46,6 +46,10 @@ log = logging.getLogger("jit.sync")
 NAME = "servicenow"
 KEEP_ERRORS = 10
 PAGE = 500  # changes decided in one transaction
+# Each run reads again this far behind its watermark: an instance stamps sys_updated_on when an
+# update starts, so a change can become visible after later-stamped ones were read. What was
+# decided already is skipped (its request exists, or its refused version is recorded).
+REREAD = timedelta(seconds=30)
 T = TypeVar("T")
 
 
@@ -136,7 +140,7 @@ class TicketSync:
         now = run.now
         page: list[Ticket] = []
         try:
-            for t in self.tickets.changes_since(run.watermark):
+            for t in self.tickets.changes_since(run.watermark - REREAD):
                 page.append(t)
                 if len(page) == PAGE:
                     yield from self._with_facts(run, page, now)

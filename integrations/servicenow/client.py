@@ -2,7 +2,7 @@
 
 pysnow has no paging, updates with PUT after a GET, raises ``requests.HTTPError``, and
 shares parameters between calls on one resource. This adapter:
-- pages with ``sysparm_offset``/``sysparm_limit`` over a fresh resource per call;
+- pages with ``sysparm_offset``/``sysparm_limit`` over a fresh resource per call, ended by an empty page;
 - updates with PATCH on ``/{sys_id}``;
 - retries timeouts, dropped connections, 429 and 5xx with exponential backoff, honouring
   ``Retry-After``;
@@ -21,7 +21,7 @@ import re
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping, NamedTuple
 from urllib.parse import urlsplit
 
 import pysnow
@@ -73,6 +73,11 @@ class CircuitBreaker:
             self.failures += 1
             if self.failures >= self.threshold or self.opened_at is not None:
                 self.opened_at = self.clock()
+
+
+class Page(NamedTuple):
+    rows: list[dict[str, Any]]
+    more: bool  # the instance counts matches past this page (its rows may all have been hidden by ACLs)
 
 
 class ServiceNowClient:
@@ -199,7 +204,12 @@ class ServiceNowClient:
     # ------------------------------------------------------------ API
     def query(self, table: str, query: str, fields: list[str] | None = None,
               limit: int | None = None) -> Iterator[dict[str, Any]]:
-        """Yield every matching record, a page at a time (offset paging, stable order)."""
+        """Yield every matching record, a page at a time (offset paging, stable order). An instance
+        applies ``sysparm_limit`` before its ACLs remove rows, so a page may come back short, or
+        empty, in the middle: the next page starts a whole page further on, and the query ends at
+        an empty page past the instance's count of matches (``X-Total-Count``), or at ``limit``
+        records. Where rows may change between pages use a keyset (``page`` with a condition
+        after the last row read), as ``Tickets.changes_since`` does."""
         if "ORDERBY" not in query:
             query = f"{query}^ORDERBYsys_id" if query else "ORDERBYsys_id"
         offset, seen = 0, 0
@@ -207,21 +217,27 @@ class ServiceNowClient:
             size = self.page_size if limit is None else min(self.page_size, limit - seen)
             if size <= 0:
                 return
-
-            def page(offset: int = offset, size: int = size) -> list[dict[str, Any]]:
-                try:
-                    return list(self._resource(table).get(query=query, fields=fields or [], limit=size,
-                                                          offset=offset).all())
-                except requests.HTTPError as exc:  # v1-style "No Record found" for an empty page
-                    if exc.response is not None and exc.response.status_code == 404:
-                        return []
-                    raise
-            rows = self._call(f"query {table}", page)
-            yield from rows
-            seen += len(rows)
-            if len(rows) < size:
+            page = self.page(table, query, fields, size, offset)
+            if not page.rows and not page.more:
                 return
-            offset += len(rows)
+            yield from page.rows
+            seen += len(page.rows)
+            offset += size
+
+    def page(self, table: str, query: str, fields: list[str] | None, size: int, offset: int = 0) -> Page:
+        """One page of a query: at most ``size`` records from ``offset`` (fewer when ACLs hid some),
+        and whether the instance counts matches past it."""
+        def call() -> Page:
+            try:
+                response = self._resource(table).get(query=query, fields=fields or [], limit=size, offset=offset)
+                rows = list(response.all())
+                total = response.headers.get("X-Total-Count", "")
+            except requests.HTTPError as exc:  # v1-style "No Record found" for an empty page
+                if exc.response is not None and exc.response.status_code == 404:
+                    return Page([], False)
+                raise
+            return Page(rows, total.isdigit() and int(total) > offset + size)
+        return self._call(f"query {table}", call)
 
     def get(self, table: str, sys_id: str) -> dict[str, Any] | None:
         if not sys_id.isalnum():

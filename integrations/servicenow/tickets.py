@@ -178,11 +178,31 @@ class Tickets:
         return out
 
     def changes_since(self, watermark: datetime) -> Iterator[Ticket]:
-        """Change requests updated at or after ``watermark`` that carry JIT fields, oldest first."""
-        q = (pysnow.QueryBuilder().field("sys_updated_on").greater_than_or_equal(_utc(watermark)).AND()
-             .field(self.target_field).is_not_empty().AND().field("sys_updated_on").order_ascending())
-        for row in self.client.query("change_request", str(q), self.FIELDS + [self.target_field, self.role_field]):
-            yield self._ticket("change_request", row)
+        """Change requests updated at or after ``watermark`` that carry JIT fields, oldest first, in
+        ``(sys_updated_on, sys_id)`` order, by keyset: each page asks for the rows after the last
+        one read (``sys_updated_on`` equal and ``sys_id`` greater, or ``sys_updated_on`` later; one
+        query, ``^NQ``), never for an offset, so a change edited while the sync pages moves later
+        and is read there, rows equal to the second are ordered by ``sys_id``, and a page an ACL
+        made short does not end the read: only an empty page does."""
+        wanted = f"{self.target_field}ISNOTEMPTY"
+        order = "ORDERBYsys_updated_on^ORDERBYsys_id"
+        fields = self.FIELDS + [self.target_field, self.role_field, "sys_mod_count"]
+        query, offset = f"sys_updated_on>={sn_time(watermark)}^{wanted}^{order}", 0
+        while True:
+            page = self.client.page("change_request", query, fields, self.client.page_size, offset)
+            rows = page.rows
+            if not rows:
+                if not page.more:
+                    return
+                offset += self.client.page_size  # a whole page hidden by ACLs: past it, from the same row
+                continue
+            offset = 0
+            for row in rows:
+                yield self._ticket("change_request", row)
+            at, last = str(rows[-1].get("sys_updated_on", "")), str(rows[-1].get("sys_id", ""))
+            if not (SN_TIME_RE.fullmatch(at) and SYS_ID_RE.fullmatch(last)):
+                raise ServiceNowError(f"change_request row without a usable sys_updated_on/sys_id ({at!r}, {last!r})")
+            query = f"sys_updated_on={at}^sys_id>{last}^{wanted}^NQsys_updated_on>{at}^{wanted}^{order}"
 
     def add_work_note(self, table: str, sys_id: str, text: str, marker: str) -> bool:
         """Append a work note once: a note carrying ``marker`` already in the journal is not written again.

@@ -33,7 +33,10 @@ def sim():
 
 @pytest.fixture
 def world(store, policy, backend, sim):
-    now = datetime.now(timezone.utc).replace(microsecond=0)
+    yield from make_world(store, policy, backend, sim, datetime.now(timezone.utc).replace(microsecond=0))
+
+
+def make_world(store, policy, backend, sim, now):
     client = make_client(sim)
     tickets = Tickets(client)
     clock = FrozenClock(now)
@@ -118,3 +121,79 @@ def test_a_grant_for_a_requested_item_ends_when_the_item_is_closed(world, backen
     view = w.lc.get(rid)
     assert view.state == "revoked" and "closed" in view.closed_reason
     assert view.grant.id not in backend.artifacts  # (the seed's own CHG0000001 became a grant in that run too)
+
+
+# ------------------------------------------------------------------ 2. the sync never loses a change
+@pytest.fixture
+def timed():
+    """A simulator whose clock the test moves, with changes CHG0000051..55 a second apart."""
+    t = [datetime(2026, 12, 4, 9, 0, tzinfo=timezone.utc)]
+    simulator = Simulator(SimulatorOptions(clock=lambda: t[0])).start()
+    for i in range(1, 6):
+        simulator.insert("change_request", {"number": f"CHG00000{50 + i}", "u_jit_target": "web-dev-01",
+                                            "u_jit_role": "service-admin"})
+        t[0] += timedelta(seconds=1)
+    client = make_client(simulator, page_size=2)
+    yield simulator, Tickets(client), t
+    client.close()
+    simulator.stop()
+
+
+def numbers(tickets: Tickets, since: datetime) -> list[str]:
+    return [t.number for t in tickets.changes_since(since)]
+
+
+def test_a_change_edited_while_the_sync_pages_is_still_read(timed):
+    sim, tickets, t = timed
+    first = next(r for r in sim.records("change_request") if r["number"] == "CHG0000051")
+    calls = []
+
+    def edit_between_pages(table, params):
+        calls.append(table)
+        if table == "change_request" and len(calls) == 2:  # someone edits CHG0000051 after page one
+            t[0] += timedelta(seconds=30)
+            with sim._lock:
+                sim._update_locked("change_request", sim._index["change_request"][first["sys_id"]],
+                                   {"short_description": "edited"}, "someone")
+    sim.before_list = edit_between_pages
+    read = numbers(tickets, datetime(2026, 12, 4, 8, 0, tzinfo=timezone.utc))
+    assert sorted(set(read)) == [f"CHG00000{50 + i}" for i in range(1, 6)]  # offset paging skipped CHG0000053
+    assert read[-1] == "CHG0000051"  # read again at its new place, last
+
+
+def test_changes_in_one_second_come_back_whole_whatever_the_tie_order(timed):
+    import random
+    sim, tickets, t = timed
+    for i in range(6, 12):  # six more in one second
+        sim.insert("change_request", {"number": f"CHG00000{50 + i}", "u_jit_target": "web-dev-01",
+                                      "u_jit_role": "service-admin"})
+    sim.tie_order = random.Random(7)
+    read = numbers(tickets, datetime(2026, 12, 4, 8, 0, tzinfo=timezone.utc))
+    assert sorted(read) == [f"CHG00000{50 + i}" for i in range(1, 12)]  # each once, none lost
+
+
+def test_a_page_an_acl_made_short_does_not_end_the_read(timed):
+    sim, tickets, t = timed
+    sim.hidden = lambda user, table, row: table == "change_request" and row["number"] in ("CHG0000051", "CHG0000052")
+    read = numbers(tickets, datetime(2026, 12, 4, 8, 0, tzinfo=timezone.utc))
+    assert read == ["CHG0000053", "CHG0000054", "CHG0000055"]  # the first page came back empty: not the end
+
+
+def test_a_change_that_becomes_visible_late_is_read_by_the_next_run(store, policy, backend):
+    t = [datetime.now(timezone.utc).replace(microsecond=0)]
+    sim = Simulator(SimulatorOptions(seed="demo", clock=lambda: t[0])).start()
+    try:
+        for w in make_world(store, policy, backend, sim, t[0]):
+            sim.hidden = lambda user, table, row: row.get("number") == "CHG0000061"  # not yet committed
+            add_change(w, "CHG0000061", target="web-dev-01")
+            t[0] += timedelta(seconds=5)
+            add_change(w, "CHG0000062", target="web-dev-01", assignee="dave")
+            w.sync.run_once()
+            assert w.sync.status().watermark == t[0]  # past CHG0000061's sys_updated_on
+            sim.hidden = None  # its update is committed: visible, stamped 5 s before the watermark
+            w.sync.run_once()
+            assert {"CHG0000061", "CHG0000062"} <= {v.ticket for v in w.lc.list()}
+            w.sync.run_once()  # and read again within the window: nothing new is made of it
+            assert [v.ticket for v in w.lc.list()].count("CHG0000061") == 1
+    finally:
+        sim.stop()

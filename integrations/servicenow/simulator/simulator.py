@@ -19,6 +19,7 @@ import json
 import math
 import os
 import secrets
+import random
 import socket
 import tempfile
 import threading
@@ -28,7 +29,7 @@ from collections import Counter, deque
 from datetime import datetime, timedelta
 from email.message import Message
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 from urllib.parse import parse_qsl, urlencode
 
 from integrations.servicenow import query as snquery
@@ -68,6 +69,12 @@ class Simulator:
         self._writes: Counter[str] = Counter()                              # per table: indexes stale when it moves
         self._indexes: dict[tuple[str, str], tuple[int, dict[str, list[tuple[int, dict[str, str]]]]]] = {}
         self._counters: dict[str, int] = {}
+        # What a real instance does that tests switch on (set directly; not part of the options file):
+        self.tie_order: random.Random | None = None  # rows equal on every ORDERBY key come back in this random order
+        self.hidden: Callable[[str, str, Mapping[str, str]], bool] | None = None  # (user, table, row): an ACL
+        # removes it from a page after sysparm_limit was applied, as an instance does (a page can be short)
+        self.before_list: Callable[[str, Mapping[str, str]], None] | None = None  # (table, params): another
+        # client's writes between two pages of a list
         self._tokens: dict[str, tuple[str, datetime]] = {}                  # access token -> user, expiry
         self._refresh: dict[str, tuple[str, str, datetime]] = {}            # refresh -> user, client, expiry
         self._hits: dict[str, deque[float]] = {}
@@ -336,7 +343,7 @@ class Simulator:
         view = _View.from_params(params)
         method = req.method
         if sys_id is None and method == "GET":
-            return self._list(req, version, table, params, view)
+            return self._list(req, version, table, params, view, user)
         if sys_id is None and method == "POST":
             body = _json_object(req.body)
             if isinstance(body, _Response):
@@ -377,8 +384,8 @@ class Simulator:
             return _Response(status, None, headers or {})
         return _Response(status, {"result": rendered}, headers or {})
 
-    def _list(self, req: _Request, version: str | None, table: str, params: Mapping[str, str], view: _View
-              ) -> _Response:
+    def _list(self, req: _Request, version: str | None, table: str, params: Mapping[str, str], view: _View,
+              user: str = "") -> _Response:
         try:
             limit = int(params.get("sysparm_limit") or 10000)
             offset = int(params.get("sysparm_offset") or 0)
@@ -388,10 +395,18 @@ class Simulator:
             return _error(400, "Invalid parameter",
                           "sysparm_limit must be a positive integer and sysparm_offset a non-negative integer")
         parsed = snquery.parse(params.get("sysparm_query"))
+        if self.before_list is not None:
+            self.before_list(table, params)
         with self._lock:
             getter = lambda rec, name: self._value(table, rec, name)  # noqa: E731
-            matched = parsed.order(parsed.filter(self._candidates(table, parsed), getter), getter)
-            page = [self._render(table, rec, view) for rec in matched[offset:offset + limit]]
+            candidates = parsed.filter(self._candidates(table, parsed), getter)
+            if self.tie_order is not None:
+                self.tie_order.shuffle(candidates)  # the sort is stable: ties keep this order
+            matched = parsed.order(candidates, getter)
+            window = matched[offset:offset + limit]
+            if self.hidden is not None:
+                window = [rec for rec in window if not self.hidden(user, table, rec)]
+            page = [self._render(table, rec, view) for rec in window]
         if not page and version == "v1":
             return _error(404, "No Record found",
                           "Records matching query not found. Check query parameter or offset parameter")
