@@ -13,6 +13,7 @@ Credentials are held privately and never appear in messages or logs.
 """
 from __future__ import annotations
 
+import email.utils
 import json
 import logging
 import os
@@ -52,17 +53,27 @@ class CircuitBreaker:
         self.clock = clock
         self.failures = 0
         self.opened_at: float | None = None
+        self.held_until: float | None = None  # the instance's Retry-After: no call before this
+        self.held_until_wall: float | None = None
         self._lock = threading.Lock()
 
     @property
     def state(self) -> str:
+        if self.held_until is not None and self.clock() < self.held_until:
+            return "rate-limited"
         if self.opened_at is None:
             return "closed"
         return "half-open" if self.clock() - self.opened_at >= self.cooldown else "open"
 
     def allow(self) -> bool:
         with self._lock:
-            return self.state != "open"
+            return self.state not in ("open", "rate-limited")
+
+    def hold(self, seconds: float) -> None:
+        """The instance said when to come back (``Retry-After``): no call until then."""
+        with self._lock:
+            self.held_until = self.clock() + seconds
+            self.held_until_wall = time.time() + seconds
 
     def success(self) -> None:
         with self._lock:
@@ -73,6 +84,24 @@ class CircuitBreaker:
             self.failures += 1
             if self.failures >= self.threshold or self.opened_at is not None:
                 self.opened_at = self.clock()
+
+
+def _retry_after(value: str | None) -> float | None:
+    """``Retry-After`` in seconds: a number of seconds or an HTTP date (RFC 9110); None if neither."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time()) if when.tzinfo else None
+
+
+def _wall(epoch: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(epoch or 0))
 
 
 class Page(NamedTuple):
@@ -146,6 +175,9 @@ class ServiceNowClient:
         lost may have been written): the caller checks and retries itself."""
         with self._lock:
             if not self.breaker.allow():
+                if self.breaker.state == "rate-limited":
+                    raise Unavailable(f"ServiceNow rate limit: {what} deferred until "
+                                      f"{_wall(self.breaker.held_until_wall)} (its Retry-After)")
                 raise Unavailable(f"ServiceNow circuit open after repeated failures; {what} not attempted")
             delay = self.backoff
             for attempt in range(1, (self.retries if retry else 0) + 2):
@@ -159,6 +191,12 @@ class ServiceNowClient:
                     if not isinstance(error, NotFound):
                         self.breaker.success()  # the instance answered: it is alive
                     raise error
+                if error.status == 429 and wait is not None and wait > self.max_backoff:
+                    # an hourly limit spent: waiting here would hold the caller for up to an hour
+                    self.breaker.hold(wait)
+                    log.warning("ServiceNow rate limit reached; calls deferred for %.0fs (Retry-After)", wait)
+                    raise Unavailable(f"{error}; deferred until {_wall(self.breaker.held_until_wall)} "
+                                      "(its Retry-After)")
                 self.breaker.failure()
                 if not retry or attempt > self.retries or not self.breaker.allow():
                     raise Unavailable(f"{error} (gave up after {attempt} attempt(s))")
@@ -179,8 +217,7 @@ class ServiceNowClient:
                 message = exc.response.json()["error"]["message"]
             except Exception:  # noqa: BLE001 - not an envelope
                 message = exc.response.reason or "error"
-            retry_after = exc.response.headers.get("Retry-After")
-            wait = float(retry_after) if retry_after and retry_after.isdigit() else None
+            wait = _retry_after(exc.response.headers.get("Retry-After"))
             if status in (401, 403):
                 return AuthFailed(f"ServiceNow {what}: {status} {message}", status=status), None
             if status == 404:

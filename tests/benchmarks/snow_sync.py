@@ -6,7 +6,8 @@ tomorrow on web-prod-01 (most of them: each becomes an approved, scheduled reque
 closed, a few not approved (refused by policy). Each phase runs in a fresh process so its peak
 memory is its own:
 - fetch: the same client (ServiceNowClient, the configured page size) reads the same records
-  with the same query and fields as the sync, and does nothing with them;
+  with the sync's own read (``Tickets.changes_since``: keyset pages, the same query and fields),
+  and does nothing with them;
 - sync: one TicketSync.run_once() on an empty database (after start-up, as `jit engine` does, what
   start-up built is frozen out of the cyclic collector's way), then a second run over the same
   (already handled) tickets, which must create nothing.
@@ -118,13 +119,8 @@ def phase(name: str, config: str) -> dict:
     if name == "fetch":
         tickets = build_tickets(cfg, os.environ)
         watermark = datetime.now(timezone.utc) - cfg.settings.servicenow.initial_lookback
-        from integrations.servicenow.tickets import _utc
-        import pysnow
-        q = (pysnow.QueryBuilder().field("sys_updated_on").greater_than_or_equal(_utc(watermark)).AND()
-             .field(tickets.target_field).is_not_empty().AND().field("sys_updated_on").order_ascending())
-        fields = tickets.FIELDS + [tickets.target_field, tickets.role_field]
         t0 = time.perf_counter()
-        count = sum(1 for _ in tickets.client.query("change_request", str(q), fields))
+        count = sum(1 for _ in tickets.changes_since(watermark))  # the sync's own read: keyset pages
         seconds = time.perf_counter() - t0
         tickets.client.close()
         result = {"read": count}

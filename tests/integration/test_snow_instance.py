@@ -197,3 +197,20 @@ def test_a_change_that_becomes_visible_late_is_read_by_the_next_run(store, polic
             assert [v.ticket for v in w.lc.list()].count("CHG0000061") == 1
     finally:
         sim.stop()
+
+
+# ------------------------------------------------------------------ 8. hourly rate limits
+def test_an_hourly_rate_limit_defers_calls_instead_of_retrying(store, policy, backend):
+    import time
+    sim = Simulator(SimulatorOptions(seed="demo", rate_limit=3, rate_window=3600)).start()
+    try:
+        for w in make_world(store, policy, backend, sim, datetime.now(timezone.utc).replace(microsecond=0)):
+            start = time.monotonic()
+            report = w.sync.run_once()  # its reads spend the hour's three calls, then 429, Retry-After ~3600
+            assert report.error and "deferred until" in report.error and "Retry-After" in report.error
+            assert time.monotonic() - start < 2  # not four waits of 30 s
+            assert sim.stats["429"] == 1 and w.tickets.client.breaker.state == "rate-limited"
+            again = w.sync.run_once()  # the next run does not even ask until the hour is over
+            assert again.error and "rate limit" in again.error and sim.stats["429"] == 1
+    finally:
+        sim.stop()
