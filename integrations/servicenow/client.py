@@ -276,6 +276,28 @@ class ServiceNowClient:
             return Page(rows, total.isdigit() and int(total) > offset + size)
         return self._call(f"query {table}", call)
 
+    def journal(self, table: str, sys_id: str, element: str = "work_notes") -> str | None:
+        """A record's journal field as the instance shows it (its entries, newest first), read on the
+        record itself with ``sysparm_display_value``: what a user allowed to read the record may see,
+        unlike ``sys_journal_field``, which needs a role of its own. None when there is no such record."""
+        if not sys_id.isalnum() or not re.fullmatch(r"[a-z_]{1,40}", element):
+            raise ServiceNowError(f"journal of {sys_id!r}.{element!r} is not valid")
+
+        def call() -> str | None:
+            try:
+                response = self._resource(table).get(query=f"sys_id={sys_id}", fields=[element], limit=1,
+                                                     display_value=True)
+                rows = list(response.all())
+            except requests.HTTPError as exc:
+                if exc.response is not None and exc.response.status_code == 404:
+                    return None
+                raise
+            if not rows:
+                return None
+            value = rows[0].get(element)
+            return str(value.get("display_value", "") if isinstance(value, dict) else value or "")
+        return self._call(f"read {table} {element}", call)
+
     def get(self, table: str, sys_id: str) -> dict[str, Any] | None:
         if not sys_id.isalnum():
             raise ServiceNowError(f"sys_id {sys_id!r} is not valid")

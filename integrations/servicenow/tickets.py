@@ -205,15 +205,19 @@ class Tickets:
             query = f"sys_updated_on={at}^sys_id>{last}^{wanted}^NQsys_updated_on>{at}^{wanted}^{order}"
 
     def add_work_note(self, table: str, sys_id: str, text: str, marker: str) -> bool:
-        """Append a work note once: a note carrying ``marker`` already in the journal is not written again.
+        """Append a work note once: a note carrying ``marker`` already in the record's work notes is not
+        written again. The notes are read on the record itself (its ``work_notes`` display value),
+        which any user allowed to note the record may read; ``sys_journal_field`` needs a role the
+        integration user need not have, and an ACL there answers 403 or, worse, an empty 200.
 
         Returns True when written now, False when it was already there (a retry after a timeout)."""
         _check(SYS_ID_RE, sys_id, "sys_id")
         _check(re.compile(r"^\[jit:[a-z0-9.:-]{1,80}\]$"), marker, "note marker")
-        q = (pysnow.QueryBuilder().field("element_id").equals(sys_id).AND().field("element").equals("work_notes")
-             .AND().field("value").contains(marker))
         for attempt in range(1, self.client.retries + 2):
-            if self.client.find_one("sys_journal_field", str(q), ["sys_id"]) is not None:
+            notes = self.client.journal(table, sys_id, "work_notes")
+            if notes is None:
+                raise ServiceNowError(f"{table} {sys_id} cannot be read: the note cannot be written once")
+            if marker in notes:
                 return attempt > 1  # written by our own earlier attempt whose answer was lost
             try:
                 self.client.update(table, sys_id, {"work_notes": f"{text}\n{marker}"}, retry=False)

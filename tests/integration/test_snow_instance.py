@@ -214,3 +214,36 @@ def test_an_hourly_rate_limit_defers_calls_instead_of_retrying(store, policy, ba
             assert again.error and "rate limit" in again.error and sim.stats["429"] == 1
     finally:
         sim.stop()
+
+
+# ------------------------------------------------------------------ 7. notes without the journal's role
+def _noted_change(w) -> str:
+    """A request for CHG0000001 whose grant, once approved, owes the change a note."""
+    rid = w.lc.submit("alice", "web-prod-01", "service-admin", H, "renew the TLS certificate", "CHG0000001").request.id
+    w.lc.approve("bob", rid)
+    w.lc.approve("carol", rid)
+    return f"JIT REQ-{rid}"
+
+
+def test_a_note_is_written_once_when_the_journal_table_answers_403(world):
+    w = world
+    w.sim.forbidden = lambda user, table: table == "sys_journal_field"  # no audit_viewer-like role
+    prefix = _noted_change(w)
+    w.sim.faults.update({"fail_after_write_next": 1})  # written, but its answer is lost: retried
+    w.deliverer.run_once()
+    w.deliverer.run_once()
+    mine = [n for n in notes(w.sim, "CHG0000001") if n.startswith(prefix)]
+    assert len(mine) == 1 and "Access granted" in mine[0]
+    with w.store.transaction() as s:
+        from app.store import OutboxRow
+        assert {o.state for o in s.exec(select(OutboxRow))} == {"sent"}  # not failed for good
+
+
+def test_a_note_is_written_once_when_the_journal_table_answers_an_empty_200(world):
+    w = world
+    w.sim.hidden = lambda user, table, row: table == "sys_journal_field"  # an ACL removes every row
+    prefix = _noted_change(w)
+    w.sim.faults.update({"fail_after_write_next": 1})
+    w.deliverer.run_once()
+    w.deliverer.run_once()
+    assert len([n for n in notes(w.sim, "CHG0000001") if n.startswith(prefix)]) == 1

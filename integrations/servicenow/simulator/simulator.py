@@ -75,6 +75,7 @@ class Simulator:
         # removes it from a page after sysparm_limit was applied, as an instance does (a page can be short)
         self.before_list: Callable[[str, Mapping[str, str]], None] | None = None  # (table, params): another
         # client's writes between two pages of a list
+        self.forbidden: Callable[[str, str], bool] | None = None  # (user, table): the table's ACL denies: 403
         self._tokens: dict[str, tuple[str, datetime]] = {}                  # access token -> user, expiry
         self._refresh: dict[str, tuple[str, str, datetime]] = {}            # refresh -> user, client, expiry
         self._hits: dict[str, deque[float]] = {}
@@ -339,6 +340,8 @@ class Simulator:
                ) -> _Response:
         if table not in TABLES:
             return _error(400, f"Invalid table {table}", None)
+        if self.forbidden is not None and self.forbidden(user, table):
+            return _error(403, "User Not Authorized", "User is not authorized to access this table (ACL)")
         params = _params(req.query)
         view = _View.from_params(params)
         method = req.method
@@ -496,6 +499,15 @@ class Simulator:
             if target is None:
                 return {"display_value": "", "value": ""} if view.display == "all" else ""
             return self._render_field(target_table, target, sub, view)
+        if schema.journal and name in JOURNAL_FIELDS:  # its history, newest first, as display text only
+            if view.display == "false":
+                return ""
+            entries = [j for j in self._data["sys_journal_field"]
+                       if j["element_id"] == record.get("sys_id") and j["element"] == name]
+            label = "Work notes" if name == "work_notes" else "Additional comments"
+            text = "".join(f"{j['sys_created_on']} - {j['sys_created_by']} ({label})\n{j['value']}\n\n"
+                           for j in reversed(entries))
+            return {"display_value": text, "value": ""} if view.display == "all" else text
         if name not in record:
             return _MISSING
         raw = record[name]
