@@ -2,7 +2,8 @@
 
 pysnow has no paging, updates with PUT after a GET, raises ``requests.HTTPError``, and
 shares parameters between calls on one resource. This adapter:
-- pages with ``sysparm_offset``/``sysparm_limit`` over a fresh resource per call, ended by an empty page;
+- pages with ``sysparm_offset``/``sysparm_limit`` over a fresh resource per call, a whole page at a
+  time, ended by the instance's count of matches (counted before its ACLs), else by an empty page;
 - updates with PATCH on ``/{sys_id}``;
 - retries timeouts, dropped connections, 429 and 5xx with exponential backoff, honouring
   ``Retry-After``;
@@ -106,7 +107,8 @@ def _wall(epoch: float | None) -> str:
 
 class Page(NamedTuple):
     rows: list[dict[str, Any]]
-    more: bool  # the instance counts matches past this page (its rows may all have been hidden by ACLs)
+    more: bool | None  # the instance counts matches past this page (True: even if ACLs hid every row
+    # of this one; False: none); None when it sends no count (sysparm_no_count): only an empty page ends
 
 
 class ServiceNowClient:
@@ -243,9 +245,9 @@ class ServiceNowClient:
               limit: int | None = None) -> Iterator[dict[str, Any]]:
         """Yield every matching record, a page at a time (offset paging, stable order). An instance
         applies ``sysparm_limit`` before its ACLs remove rows, so a page may come back short, or
-        empty, in the middle: the next page starts a whole page further on, and the query ends at
-        an empty page past the instance's count of matches (``X-Total-Count``), or at ``limit``
-        records. Where rows may change between pages use a keyset (``page`` with a condition
+        empty, in the middle: the next page starts a whole page further on, and the query ends when
+        the instance's count of matches (``X-Total-Count``, counted before its ACLs) says none lie
+        further on, or, where it sends no count, at an empty page, or at ``limit`` records. Where rows may change between pages use a keyset (``page`` with a condition
         after the last row read), as ``Tickets.changes_since`` does."""
         if "ORDERBY" not in query:
             query = f"{query}^ORDERBYsys_id" if query else "ORDERBYsys_id"
@@ -255,9 +257,9 @@ class ServiceNowClient:
             if size <= 0:
                 return
             page = self.page(table, query, fields, size, offset)
-            if not page.rows and not page.more:
-                return
             yield from page.rows
+            if page.more is False or (page.more is None and not page.rows):
+                return
             seen += len(page.rows)
             offset += size
 
@@ -273,7 +275,7 @@ class ServiceNowClient:
                 if exc.response is not None and exc.response.status_code == 404:
                     return Page([], False)
                 raise
-            return Page(rows, total.isdigit() and int(total) > offset + size)
+            return Page(rows, int(total) > offset + size if total.isdigit() else None)
         return self._call(f"query {table}", call)
 
     def journal(self, table: str, sys_id: str, element: str = "work_notes") -> str | None:

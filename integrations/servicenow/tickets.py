@@ -183,7 +183,8 @@ class Tickets:
         one read (``sys_updated_on`` equal and ``sys_id`` greater, or ``sys_updated_on`` later; one
         query, ``^NQ``), never for an offset, so a change edited while the sync pages moves later
         and is read there, rows equal to the second are ordered by ``sys_id``, and a page an ACL
-        made short does not end the read: only an empty page does."""
+        made short does not end the read: the instance's count of matches past the page does (or,
+        where it sends none, an empty page)."""
         wanted = f"{self.target_field}ISNOTEMPTY"
         order = "ORDERBYsys_updated_on^ORDERBYsys_id"
         fields = self.FIELDS + [self.target_field, self.role_field, "sys_mod_count"]
@@ -199,6 +200,8 @@ class Tickets:
             offset = 0
             for row in rows:
                 yield self._ticket("change_request", row)
+            if page.more is False:
+                return  # none match past this page (a change edited since is later: the next run reads it)
             at, last = str(rows[-1].get("sys_updated_on", "")), str(rows[-1].get("sys_id", ""))
             if not (SN_TIME_RE.fullmatch(at) and SYS_ID_RE.fullmatch(last)):
                 raise ServiceNowError(f"change_request row without a usable sys_updated_on/sys_id ({at!r}, {last!r})")
