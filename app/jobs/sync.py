@@ -99,6 +99,7 @@ class TicketSync:
                  clock: Clock, initial_lookback: timedelta) -> None:
         self.store, self.lifecycle, self.tickets, self.gateway = store, lifecycle, tickets, gateway
         self.clock, self.initial_lookback = clock, initial_lookback
+        self._fields_checked = False
 
     def status(self) -> SyncState | None:
         with self.store.transaction() as s:
@@ -118,6 +119,7 @@ class TicketSync:
         run.linked = set(self.lifecycle.open_tickets())
         error = None
         try:
+            self._check_fields()
             for page in read_ahead(self._read(run), PAGE):
                 self._handle(run, page)
             unseen = [(n, sys_id) for n, sys_id in run.linked if sys_id not in run.seen]  # the rest: 200 per query
@@ -132,6 +134,21 @@ class TicketSync:
             log.warning("sync stopped, will resume from %s: %s", run.mark, exc)
         down = self._save(now, run.mark, error, run.errors, run.read, run.fresh, run.behind)
         return SyncReport(run.read, run.created, run.refused, run.ended, run.behind, error, down)
+
+    def _check_fields(self) -> None:
+        """Before the first read: the configured JIT fields exist on the instance, else the sync does
+        not run (an instance drops a condition on an unknown field: every change would be read)."""
+        if self._fields_checked:
+            return
+        missing = self.tickets.missing_fields()
+        if missing:
+            names = {self.tickets.target_field: "target_field", self.tickets.role_field: "role_field"}
+            raise ServiceNowError(f"servicenow.{names[missing[0]]}: {missing[0]!r} is not a field of change_request "
+                                  "on this instance; the sync does not run until it is (README, least privilege)")
+        if missing is None:
+            log.warning("cannot tell whether change_request has %s and %s (no change readable, no sys_dictionary "
+                        "access); reading on", self.tickets.target_field, self.tickets.role_field)
+        self._fields_checked = True
 
     def _read(self, run: _Run) -> Iterator[tuple[Ticket, TicketFacts | None]]:
         """The changes since the watermark, each with ServiceNow's facts for the policy (None for a

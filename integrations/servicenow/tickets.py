@@ -177,6 +177,24 @@ class Tickets:
                 out.append((r.get("name", "blackout"), s, e, r.get("cmdb_ci.name") or None))
         return out
 
+    def missing_fields(self) -> list[str] | None:
+        """The configured JIT fields ``change_request`` does not have on the instance (an instance
+        drops a condition on an unknown field, so ``ISNOTEMPTY`` on one would read every change):
+        read on one change (an instance leaves unknown fields out of a record), else, with no
+        change to read, in ``sys_dictionary``; None when neither can tell (no change, no access)."""
+        wanted = (self.target_field, self.role_field)
+        rows = self.client.page("change_request", "ORDERBYsys_id", ["sys_id", *wanted], 1).rows
+        if rows:
+            return [f for f in wanted if f not in rows[0]]
+        try:
+            q = pysnow.QueryBuilder().field("name").equals("change_request").AND().field("element").equals(list(wanted))
+            found = {r.get("element") for r in self.client.query("sys_dictionary", str(q), ["element"])}
+        except ServiceNowError as exc:
+            if exc.transient:
+                raise
+            return None
+        return [f for f in wanted if f not in found]
+
     def changes_since(self, watermark: datetime) -> Iterator[Ticket]:
         """Change requests updated at or after ``watermark`` that carry JIT fields, oldest first, in
         ``(sys_updated_on, sys_id)`` order, by keyset: each page asks for the rows after the last

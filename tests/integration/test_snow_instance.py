@@ -247,3 +247,17 @@ def test_a_note_is_written_once_when_the_journal_table_answers_an_empty_200(worl
     w.deliverer.run_once()
     w.deliverer.run_once()
     assert len([n for n in notes(w.sim, "CHG0000001") if n.startswith(prefix)]) == 1
+
+
+# ------------------------------------------------------------------ 6. a missing custom field
+def test_a_jit_field_the_instance_does_not_have_stops_the_sync_naming_it(world):
+    w = world
+    w.sync.tickets = Tickets(w.tickets.client, target_field="u_jit_host")  # a typo of the instance's u_jit_target
+    before = w.sim.stats["GET /api/now/table/change_request"]
+    report = w.sync.run_once()
+    assert report.error and "servicenow.target_field: 'u_jit_host' is not a field of change_request" in report.error
+    assert report.read == 0 and w.lc.list() == []  # without the check: ISNOTEMPTY dropped, every change read
+    assert w.sim.stats["GET /api/now/table/change_request"] - before == 1  # the one-row check only
+    assert "u_jit_host" in w.sync.status().last_error
+    w.sync.tickets = w.tickets  # configured right: it runs
+    assert w.sync.run_once().error is None and len(w.lc.list()) == 1
