@@ -196,6 +196,9 @@ class TicketSync:
                   if facts is None and ((t.number, t.sys_id) in run.linked or (t.number, None) in run.linked)]
         if closed:
             run.ended += len(self.lifecycle.end_for_closed_tickets(closed, "was closed"))
+        followed = [t for t, facts in page if facts is not None and (t.number, t.sys_id) in run.linked]
+        if followed:  # changed after requests were made from them: rejected, moved, shortened
+            run.ended += len(self.lifecycle.follow_changed_tickets(followed))
         wanted = [(t, facts) for t, facts in page if facts is not None]
         for (ticket, _), result in zip(wanted, self.lifecycle.submit_from_tickets(wanted)):
             if isinstance(result, Refused):

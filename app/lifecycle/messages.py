@@ -38,6 +38,8 @@ def _note(event: AuditEvent, row: RequestRow | None, d: dict[str, Any]) -> str |
                 "request.expired": "expired and was removed", "request.released": "released by the requester "
                 "(task completed) and was removed"}[event.action]
         return f"{label}: Access for {who} {verb}."
+    if event.action == "request.shortened":
+        return f"{label}: Access for {who} now ends {_when(row.expires_at)}: {d.get('reason')}."
     if event.action == "bypass.reviewed":
         return (f"{label}: Emergency bypass by {row.requester} reviewed by {event.actor}: "
                 f"{d.get('outcome')} ({d.get('comment')}).")

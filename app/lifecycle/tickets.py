@@ -13,13 +13,15 @@ from sqlmodel import Session, select
 from app.domain.errors import Refused
 from app.domain.states import OPEN_STATES, UNSTARTED
 from app.lifecycle.base import AUTO_APPROVED, LifecycleBase, checks_of, log
-from app.store import RequestRow, TicketDecisionRow, among, audit, next_ids
+from app.store import GrantRow, RequestRow, TicketDecisionRow, among, audit, next_ids
+from app.store import grants as grant_store
 from app.store import requests as request_store
 from integrations.servicenow.model import SYS_ID_RE, Ticket
 from policies.approvals import Approver, approvals_needed, tally
 from policies.decision import AccessRequest, Context, Decision, Holding, TicketFacts
 from policies.durations import format_duration
 from policies.evaluate import evaluate
+from policies.tickets import CHANGE_STATES
 
 
 def source_ref(ticket: Ticket) -> str:
@@ -235,6 +237,68 @@ class Tickets(LifecycleBase):
             except Refused as exc:
                 log.warning("REQ-%s not ended for closed ticket %s: %s", r.id, r.ticket, exc)
         return ended
+
+    def follow_changed_tickets(self, changes: Iterable[Ticket]) -> list[int]:
+        """Changes read again that are still open but changed after requests were made from them (or
+        citing them): a change rejected, put back to New, or otherwise no longer approved and
+        Scheduled or Implement ends its open requests; a window moved so that it starts later than
+        now ends an active grant (no access in between; an unstarted request is checked against
+        the new window when it would start); a window shortened shortens the grant to its new end.
+        Each with its audit event and work note; the request ids changed."""
+        by_id = {t.sys_id: t for t in changes if t.table == "change_request" and SYS_ID_RE.fullmatch(t.sys_id or "")}
+        if not by_id:
+            return []
+        with self.store.transaction() as s:
+            rows = s.exec(select(RequestRow).where(among(s, RequestRow.ticket_sys_id, set(by_id)),
+                                                   RequestRow.state.in_(OPEN_STATES))).all()
+        now, changed = self.clock(), []
+        for r in sorted(rows, key=lambda r: r.id):
+            t = by_id[r.ticket_sys_id]
+            if t.closed:
+                continue  # ended as a closed ticket
+            try:
+                if not (t.approval == "approved" and t.state in ("-2", "-1") and t.active):
+                    why = (f"{t.number} is no longer approved in ServiceNow (approval '{t.approval}', "
+                           f"{CHANGE_STATES.get(t.state, t.state)})")
+                elif t.start is None or t.end is None or (r.state == "active" and t.start > now):
+                    why = f"the window of {t.number} moved: it starts {t.start:%Y-%m-%d %H:%M} UTC" if t.start else \
+                        f"{t.number} has no planned window any more"
+                elif r.state == "active" and t.end < r.expires_at:
+                    if t.end <= now:
+                        why = f"the window of {t.number} now ended at {t.end:%Y-%m-%d %H:%M} UTC"
+                    else:
+                        self._shorten("servicenow", r.id, t.end, f"the window of {t.number} was shortened to end "
+                                                                  f"{t.end:%Y-%m-%d %H:%M} UTC")
+                        changed.append(r.id)
+                        continue
+                else:
+                    continue
+                if r.state == "active":
+                    self._end("servicenow", r.id, "revoked", "revoke", why, lambda row: None)
+                else:
+                    self._close("servicenow", r.id, UNSTARTED, "cancelled", "cancel", why, lambda row: None)
+                changed.append(r.id)
+            except Refused as exc:
+                log.warning("REQ-%s not changed for %s: %s", r.id, t.number, exc)
+        return changed
+
+    def _shorten(self, actor: str, request_id: int, end: datetime, reason: str) -> None:
+        """An active grant ends earlier: the request, the grant and its artifact (sudo's NOTAFTER,
+        a membership's TTL) take the new end; the engine then ends it then."""
+        now = self.clock()
+        with self.store.transaction() as s:
+            row = self._load(s, request_id)
+            self._expect(row, "active", "shorten")
+            grant = s.exec(select(GrantRow).where(GrantRow.request_id == row.id)).first()
+            if grant is None or grant.status != "active" or end >= row.expires_at:
+                return
+            request_store.transition(s, row, "active", now, expires_at=end,
+                                     duration_s=max(0, int((end - row.starts_at).total_seconds())))
+            grant_store.transition(s, grant, "active", now, expires_at=end)
+            self._record(s, at=now, actor=actor, action="request.shortened", request_id=row.id, reason=reason,
+                         expires_at=end.isoformat())
+            grant_id = grant.id
+        self._reapply(grant_id)
 
     def open_tickets(self) -> list[tuple[str, str | None]]:
         """The tickets open requests depend on: (number, sys_id), sys_id None for a request recorded

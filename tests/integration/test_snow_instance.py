@@ -261,3 +261,42 @@ def test_a_jit_field_the_instance_does_not_have_stops_the_sync_naming_it(world):
     assert "u_jit_host" in w.sync.status().last_error
     w.sync.tickets = w.tickets  # configured right: it runs
     assert w.sync.run_once().error is None and len(w.lc.list()) == 1
+
+
+# ------------------------------------------------------------------ 5. later changes to a handled change
+@pytest.mark.parametrize(("edit", "says"), [
+    ({"approval": "rejected"}, "is no longer approved in ServiceNow (approval 'rejected', Implement)"),
+    ({"state": "-5"}, "is no longer approved in ServiceNow (approval 'approved', New)"),
+    ("later", "the window of CHG0000001 moved: it starts"),
+])
+def test_a_change_rejected_reverted_or_moved_later_ends_its_grant(world, backend, edit, says):
+    w = world
+    assert w.sync.run_once().created == 1  # the seed's CHG0000001: alice's active grant
+    [view] = w.lc.list()
+    assert view.state == "active"
+    c = next(r for r in w.sim.records("change_request") if r["number"] == "CHG0000001")
+    values = {"start_date": sn_time(w.now + 2 * H), "end_date": sn_time(w.now + 6 * H)} if edit == "later" else edit
+    w.tickets.client.update("change_request", c["sys_id"], values)
+    report = w.sync.run_once()
+    view = w.lc.get(view.id)
+    assert view.state == "revoked" and says in view.closed_reason and report.ended == 1
+    assert view.grant.id not in backend.artifacts
+    w.deliverer.run_once()
+    assert any("revoked by servicenow" in n and says in n for n in notes(w.sim, "CHG0000001"))
+
+
+def test_a_shortened_change_window_shortens_the_grant(world, backend):
+    w = world
+    w.sync.run_once()
+    [view] = w.lc.list()
+    assert view.expires_at == w.now + 4 * H
+    c = next(r for r in w.sim.records("change_request") if r["number"] == "CHG0000001")
+    w.tickets.client.update("change_request", c["sys_id"], {"end_date": sn_time(w.now + H)})
+    w.sync.run_once()
+    view = w.lc.get(view.id)
+    assert view.state == "active" and view.expires_at == w.now + H and view.grant.expires_at == w.now + H
+    assert backend.artifacts[view.grant.id].not_after == w.now + H  # the artifact itself ends then
+    w.deliverer.run_once()
+    assert any("now ends" in n and "shortened" in n for n in notes(w.sim, "CHG0000001"))
+    w.sync.run_once()  # read again unchanged: nothing more happens
+    assert w.lc.get(view.id).version == view.version
