@@ -48,6 +48,19 @@ class QueryError(ValueError):
     """Raised by :func:`parse_condition` for text that is not a condition."""
 
 
+class UnsupportedQuery(QueryError):
+    """An operator or value ServiceNow has and this module does not implement: evaluating it as
+    anything (dropping it, splitting it at an operator inside it) would match the wrong records,
+    so :func:`parse` raises it rather than guess."""
+
+
+# ServiceNow's operators (and value forms) not implemented here, longest first
+UNSUPPORTED = ("DOES NOT CONTAIN", "RELATIVEGE", "RELATIVELE", "RELATIVEGT", "RELATIVELT", "RELATIVEEE",
+               "CHANGESFROM", "CHANGESTO", "VALCHANGES", "INSTANCEOF", "EMPTYSTRING", "MORETHAN", "LESSTHAN",
+               "NSAMEAS", "DATEPART", "CONTAINS", "ANYTHING", "DYNAMIC", "SAMEAS", "GT_FIELD", "LT_FIELD",
+               "GT_OR_EQUALS_FIELD", "LT_OR_EQUALS_FIELD", "BETWEEN_FIELD", "NOTONToday")
+
+
 @dataclass(frozen=True)
 class Condition:
     """One ``field OP value`` test."""
@@ -103,7 +116,8 @@ class Query:
 
 
 def parse(q: str | None) -> Query:
-    """Parse an encoded query; unparseable conditions are dropped, never raised."""
+    """Parse an encoded query; unparseable conditions are dropped; an operator ServiceNow has and
+    this module does not implement raises ``UnsupportedQuery``."""
     if not q:
         return Query()
     groups: list[tuple[tuple[Condition, ...], ...]] = []
@@ -126,6 +140,8 @@ def parse(q: str | None) -> Query:
         alternative = token.startswith("OR") and bool(terms)
         try:
             condition = parse_condition(token[2:] if token.startswith("OR") else token)
+        except UnsupportedQuery:
+            raise
         except QueryError:
             continue
         if alternative:
@@ -143,10 +159,19 @@ def parse_condition(text: str) -> Condition:
         if text[i - 1] not in _FIELD_CHARS:
             break
         rest = text[i:]
+        for op in UNSUPPORTED:
+            if rest.startswith(op):
+                raise UnsupportedQuery(f"operator {op} in {text[:80]!r} is not implemented")
+        if rest.startswith("ON") and "@" in rest:
+            raise UnsupportedQuery(f"operator ON in {text[:80]!r} is not implemented")
         for op in OPERATORS:
             if rest.startswith(op):
                 value = "" if op in _NO_VALUE else rest[len(op):]
-                return Condition(text[:i], op, _DATE_GENERATE.sub(r"\1 \2", value))
+                value = _DATE_GENERATE.sub(r"\1 \2", value)
+                if "javascript:" in value:
+                    raise UnsupportedQuery(f"the value of {text[:80]!r} is a script, which is not evaluated here "
+                                           "(only gs.dateGenerate)")
+                return Condition(text[:i], op, value)
     raise QueryError(f"not a condition: {text!r}")
 
 

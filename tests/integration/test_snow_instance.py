@@ -300,3 +300,13 @@ def test_a_shortened_change_window_shortens_the_grant(world, backend):
     assert any("now ends" in n and "shortened" in n for n in notes(w.sim, "CHG0000001"))
     w.sync.run_once()  # read again unchanged: nothing more happens
     assert w.lc.get(view.id).version == view.version
+
+
+def test_without_a_count_from_the_instance_only_an_empty_page_ends_a_read(timed):
+    sim, tickets, t = timed
+    sim.no_count = True  # as sysparm_no_count=true: no X-Total-Count on any answer
+    sim.hidden = lambda user, table, row: table == "change_request" and row["number"] == "CHG0000051"
+    before = sim.stats["GET /api/now/table/change_request"]
+    assert numbers(tickets, datetime(2026, 12, 4, 8, 0, tzinfo=timezone.utc)) == [
+        "CHG0000052", "CHG0000053", "CHG0000054", "CHG0000055"]  # the short first page did not end it
+    assert sim.stats["GET /api/now/table/change_request"] - before == 4  # 1+2+2 rows, then the empty page

@@ -212,3 +212,28 @@ def test_orderby_text_ignores_case_and_unknown_field_keeps_order():
 def test_filter_then_order():
     q = parse("state=2^ORstate=10^ORDERBYDESCn")
     assert numbers(q.order(q.filter(ROWS, field_of), field_of)) == ["3", "2", "1"]
+
+
+@pytest.mark.parametrize("text", [
+    "descriptionCONTAINSfoo",  # was split at the IN inside it, on a field that does not exist: matched all
+    "sys_created_onONToday@javascript:gs.beginningOfToday()@javascript:gs.endOfToday()",
+    "sys_updated_onRELATIVEGE@hour@ago@1", "assigned_toDYNAMIC90d1b8f25f2310009ffa2d2f8d2b0e1c",
+    "assigned_toSAMEASopened_by", "sys_created_onDATEPARTMonday@javascript:gs.datePart('dayofweek','dayofweek','EE')",
+    "sys_updated_on>javascript:gs.daysAgo(1)", "state=1^ORshort_descriptionCONTAINSx",
+])
+def test_an_operator_servicenow_has_and_the_parser_does_not_is_an_error_not_a_match_all(text):
+    from integrations.servicenow.query import UnsupportedQuery
+    with pytest.raises(UnsupportedQuery):
+        parse(text)
+
+
+def test_the_simulator_answers_400_for_an_operator_it_does_not_implement():
+    import httpx
+    from integrations.servicenow.simulator import Simulator, SimulatorOptions
+    with Simulator(SimulatorOptions(seed="demo")) as sim:
+        r = httpx.get(f"{sim.base_url}/api/now/table/change_request", auth=("admin", "admin"),
+                      params={"sysparm_query": "sys_updated_onRELATIVEGE@hour@ago@1"})
+        assert r.status_code == 400 and "RELATIVEGE" in r.json()["error"]["detail"]
+        ok = httpx.get(f"{sim.base_url}/api/now/table/change_request", auth=("admin", "admin"),
+                       params={"sysparm_query": "start_date>=javascript:gs.dateGenerate('2026-01-31','23:59:59')"})
+        assert ok.status_code == 200

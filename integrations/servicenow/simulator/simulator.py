@@ -76,6 +76,7 @@ class Simulator:
         self.before_list: Callable[[str, Mapping[str, str]], None] | None = None  # (table, params): another
         # client's writes between two pages of a list
         self.forbidden: Callable[[str, str], bool] | None = None  # (user, table): the table's ACL denies: 403
+        self.no_count = False  # never send X-Total-Count, as with sysparm_no_count=true on every call
         self._tokens: dict[str, tuple[str, datetime]] = {}                  # access token -> user, expiry
         self._refresh: dict[str, tuple[str, str, datetime]] = {}            # refresh -> user, client, expiry
         self._hits: dict[str, deque[float]] = {}
@@ -397,7 +398,10 @@ class Simulator:
         except ValueError:
             return _error(400, "Invalid parameter",
                           "sysparm_limit must be a positive integer and sysparm_offset a non-negative integer")
-        parsed = snquery.parse(params.get("sysparm_query"))
+        try:
+            parsed = snquery.parse(params.get("sysparm_query"))
+        except snquery.UnsupportedQuery as exc:
+            return _error(400, "Unsupported query", f"the simulator does not implement this: {exc}")
         if self.before_list is not None:
             self.before_list(table, params)
         with self._lock:
@@ -413,7 +417,8 @@ class Simulator:
         if not page and version == "v1":
             return _error(404, "No Record found",
                           "Records matching query not found. Check query parameter or offset parameter")
-        headers = {"X-Total-Count": str(len(matched))}
+        counted = not (self.no_count or _truthy(params.get("sysparm_no_count")))
+        headers = {"X-Total-Count": str(len(matched))} if counted else {}
         if not _truthy(params.get("sysparm_suppress_pagination_header")):
             headers["Link"] = self._link_header(req, offset, limit, len(matched))
         return _Response(200, {"result": page}, headers)
