@@ -28,6 +28,11 @@ def sys_id(table: str, key: str) -> str:
     return uuid.uuid5(_NAMESPACE, f"{table}:{key}").hex
 
 
+def _glide(value: datetime) -> str:
+    """A GlideScheduleDateTime in UTC (the seed's schedules are in UTC)."""
+    return value.astimezone(timezone.utc).strftime("%Y%m%dT%H%M%S")
+
+
 def _ts(moment: datetime) -> str:
     return moment.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
 
@@ -91,6 +96,13 @@ def demo(now: datetime) -> dict[str, list[dict[str, str]]]:
         ],
         "cmn_schedule_blackout": [
             {"sys_id": sys_id("cmn_schedule_blackout", "Year-end freeze"), "name": "Year-end freeze",
-             "start_date": _ts(now + 10 * day), "end_date": _ts(now + 20 * day), "cmdb_ci": ""},
+             "time_zone": "UTC", "type": "blackout", "cmdb_ci": ""},
+        ],
+        "cmn_schedule_span": [
+            {"sys_id": sys_id("cmn_schedule_span", "Year-end freeze"), "name": "Year-end freeze",
+             "schedule": sys_id("cmn_schedule_blackout", "Year-end freeze"),
+             "start_date_time": _glide(now + 10 * day), "end_date_time": _glide(now + 20 * day),
+             "repeat_type": "", "repeat_count": "1", "days_of_week": "", "repeat_until": "", "all_day": "false",
+             "type": "exclude"},
         ],
     }

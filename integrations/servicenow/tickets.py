@@ -17,10 +17,12 @@ from integrations.servicenow.model import (CLOSED_CHANGE, CLOSED_INCIDENT, FIELD
                                            SN_TIME, SN_TIME_RE, SYS_ID_RE, TABLES, USER_RE, ChangeApprovals,
                                            Ticket)
 from integrations.servicenow.model import LONE_SURROGATE as _LONE_SURROGATE
+from integrations.servicenow.schedules import SPAN_FIELDS, ScheduleError, span_of, windows, zone
 from policies.names import TARGET
 
 _CI_RE = re.compile(TARGET)  # a configuration item is named as the target it is
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_ALL_TIME = (datetime(1970, 1, 1, tzinfo=timezone.utc), datetime(9999, 12, 31, tzinfo=timezone.utc))
 
 
 def sn_time(value: datetime) -> str:
@@ -167,15 +169,31 @@ class Tickets:
                 if r.get("user.user_name")}
 
     def blackouts(self, start: datetime, end: datetime) -> list[tuple[str, datetime, datetime, str | None]]:
-        """Blackout windows overlapping [start, end): (name, start, end, CI name or None for all)."""
-        q = (pysnow.QueryBuilder().field("start_date").less_than(_utc(end)).AND()
-             .field("end_date").greater_than(_utc(start)))
-        out = []
-        for r in self.client.query("cmn_schedule_blackout", str(q), ["name", "start_date", "end_date", "cmdb_ci.name"]):
-            s, e = parse_sn_time(r.get("start_date", "")), parse_sn_time(r.get("end_date", ""))
-            if s and e:
-                out.append((r.get("name", "blackout"), s, e, r.get("cmdb_ci.name") or None))
-        return out
+        """Blackout windows overlapping [start, end): (name, start, end, CI name or None for all), from
+        the entries (``cmn_schedule_span``) of every blackout schedule (``cmn_schedule_blackout``),
+        in each schedule's time zone, repeats expanded (``schedules.py``). An entry that cannot be
+        read for sure (a repeat not understood, fields the instance does not have) becomes one
+        window over all time, named with the reason: the blackout check fails closed."""
+        schedules = {r.get("sys_id", ""): r for r in self.client.query(
+            "cmn_schedule_blackout", "", ["sys_id", "name", "time_zone", "cmdb_ci.name"])}
+        schedules = {k: v for k, v in schedules.items() if SYS_ID_RE.fullmatch(k)}
+        out: list[tuple[str, datetime, datetime, str | None]] = []
+        ids = sorted(schedules)
+        for i in range(0, len(ids), 200):
+            q = pysnow.QueryBuilder().field("schedule").equals(ids[i:i + 200])
+            for row in self.client.query("cmn_schedule_span", str(q), ["sys_id", *SPAN_FIELDS]):
+                owner = schedules.get(str(row.get("schedule", "")))
+                label = str(owner.get("name") or "blackout") if owner else "blackout"
+                try:
+                    span = span_of(row)
+                    found = windows(span, zone(owner.get("time_zone") if owner else None), start, end)
+                except ScheduleError as exc:
+                    out.append((f"{label}: {exc}; the blackout check fails closed", _ALL_TIME[0], _ALL_TIME[1], None))
+                    continue
+                ci = (owner or {}).get("cmdb_ci.name") or None
+                out += [(f"{label}" if span.name in ("", "blackout", label) else f"{label}: {span.name}", s, e, ci)
+                        for s, e in found]
+        return sorted(out, key=lambda b: (b[1], b[0]))
 
     def missing_fields(self) -> list[str] | None:
         """The configured JIT fields ``change_request`` does not have on the instance (an instance

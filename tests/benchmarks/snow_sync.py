@@ -90,11 +90,14 @@ def write_data(path: Path, tickets: int, now: datetime) -> dict[str, int]:
                 audits.append(rec(tablename="sysapproval_approver", fieldname="state",
                                   documentkey=approvals[-1]["sys_id"], oldvalue="requested", newvalue="approved",
                                   user=person["user_name"], record_checkpoint="1", reason=""))
-    blackout = rec(name="Year-end freeze", start_date=(now + timedelta(days=30)).strftime(SN),
-                   end_date=(now + timedelta(days=40)).strftime(SN), cmdb_ci="")
+    blackout = rec(name="Year-end freeze", time_zone="UTC", type="blackout", cmdb_ci="")
+    span = rec(schedule=blackout["sys_id"], name="Year-end freeze",
+               start_date_time=(now + timedelta(days=30)).strftime("%Y%m%dT%H%M%S"),
+               end_date_time=(now + timedelta(days=40)).strftime("%Y%m%dT%H%M%S"), repeat_type="", repeat_count="1",
+               days_of_week="", repeat_until="", all_day="false", type="exclude")
     data = {"sys_user": users + approvers, "sysapproval_approver": approvals, "sys_audit": audits,
             "sys_user_group": [group], "sys_user_grmember": members, "cmdb_ci": [ci],
-            "change_request": changes, "cmn_schedule_blackout": [blackout],
+            "change_request": changes, "cmn_schedule_blackout": [blackout], "cmn_schedule_span": [span],
             "_counters": {"change_request": tickets}}
     path.write_text(json.dumps(data))
     return kinds

@@ -222,9 +222,19 @@ def test_requester_outside_assignee_and_group_is_refused(world, sim, now):
         world.lc.submit("alice", "web-prod-01", "service-admin", H, "renew the TLS certificate", "CHG0000010")
 
 
+def glide(value: datetime) -> str:
+    return value.astimezone(timezone.utc).strftime("%Y%m%dT%H%M%S")
+
+
+def add_blackout(sim, name: str, start: datetime, end: datetime, **span) -> None:
+    """A blackout schedule (UTC) with one entry, as an instance keeps it."""
+    schedule = sim.insert("cmn_schedule_blackout", {"name": name, "time_zone": span.pop("time_zone", "UTC")})
+    sim.insert("cmn_schedule_span", {"schedule": schedule["sys_id"], "name": name, "start_date_time": glide(start),
+                                     "end_date_time": glide(end), **span})
+
+
 def test_blackout_refuses(world, sim, now):
-    sim.insert("cmn_schedule_blackout", {"name": "Black Friday", "start_date": sn_time(now + 30 * M),
-                                         "end_date": sn_time(now + 3 * H), "cmdb_ci": ""})
+    add_blackout(sim, "Black Friday", now + 30 * M, now + 3 * H)
     with pytest.raises(Refused, match="change_blackout.*Black Friday"):
         world.lc.submit("alice", "web-prod-01", "service-admin", H, "renew the TLS certificate", "CHG0000001")
 

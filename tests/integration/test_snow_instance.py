@@ -310,3 +310,49 @@ def test_without_a_count_from_the_instance_only_an_empty_page_ends_a_read(timed)
     assert numbers(tickets, datetime(2026, 12, 4, 8, 0, tzinfo=timezone.utc)) == [
         "CHG0000052", "CHG0000053", "CHG0000054", "CHG0000055"]  # the short first page did not end it
     assert sim.stats["GET /api/now/table/change_request"] - before == 4  # 1+2+2 rows, then the empty page
+
+
+# ------------------------------------------------------------------ 3. blackouts as schedule entries
+def _blackout(w, name: str, tz: str, start_local: datetime, end_local: datetime, **span) -> None:
+    schedule = w.sim.insert("cmn_schedule_blackout", {"name": name, "time_zone": tz})
+    w.sim.insert("cmn_schedule_span", {"schedule": schedule["sys_id"], "name": name,
+                                       "start_date_time": start_local.strftime("%Y%m%dT%H%M%S"),
+                                       "end_date_time": end_local.strftime("%Y%m%dT%H%M%S"), **span})
+
+
+def _blackout_check(w, minutes: int = 15):
+    d = w.lc.preview("alice", "web-prod-01", "service-admin", timedelta(minutes=minutes), "renew the TLS certificate",
+                     "CHG0000001")
+    return next(c for c in d.checks if c.name == "change_blackout")
+
+
+def test_a_weekly_blackout_in_its_own_time_zone_refuses(world):
+    from zoneinfo import ZoneInfo
+    w = world
+    assert _blackout_check(w).passed
+    berlin = w.now.astimezone(ZoneInfo("Europe/Berlin")).replace(tzinfo=None)
+    a_week_ago = berlin - timedelta(days=7)  # the entry began a week ago; it repeats on this weekday
+    _blackout(w, "Friday freeze", "Europe/Berlin", a_week_ago - timedelta(minutes=30), a_week_ago + timedelta(minutes=30),
+              repeat_type="weekly", days_of_week=str(berlin.isoweekday()), repeat_count="1")
+    check = _blackout_check(w)  # read as UTC it would start an hour or two from now, and pass
+    assert not check.passed and "Friday freeze" in check.message
+
+
+def test_a_daily_blackout_until_yesterday_no_longer_refuses(world):
+    w = world
+    start = w.now.replace(tzinfo=None) - timedelta(days=5, minutes=30)
+    _blackout(w, "Nightly batch", "UTC", start, start + timedelta(hours=1), repeat_type="daily",
+              repeat_until=(w.now - timedelta(days=1)).strftime("%Y%m%d"))
+    assert _blackout_check(w).passed
+    _blackout(w, "Nightly batch 2", "UTC", start, start + timedelta(hours=1), repeat_type="daily")
+    check = _blackout_check(w)
+    assert not check.passed and "Nightly batch 2" in check.message
+
+
+def test_a_blackout_repeat_jit_cannot_read_fails_the_check_closed(world):
+    w = world
+    start = w.now.replace(tzinfo=None) + timedelta(days=40)
+    _blackout(w, "Quarter close", "UTC", start, start + timedelta(hours=2), repeat_type="monthly")
+    check = _blackout_check(w)
+    assert not check.passed and "Quarter close" in check.message and "'monthly'" in check.message
+    assert "fails closed" in check.message

@@ -684,8 +684,11 @@ def test_demo_seed(client, sim):
     assert sorted(m["user.user_name"] for m in cab) == ["bob", "carol"]
     assert sorted(r["name"] for r in result(client.get("/api/now/table/cmdb_ci"))) == ["web-dev-01", "web-prod-01"]
     blackout = result(client.get("/api/now/table/cmn_schedule_blackout"))
-    assert [(b["name"], b["start_date"], b["end_date"], b["cmdb_ci"]) for b in blackout] == \
-        [("Year-end freeze", fmt(T0 + timedelta(days=10)), fmt(T0 + timedelta(days=20)), "")]
+    assert [(b["name"], b["time_zone"], b["cmdb_ci"]) for b in blackout] == [("Year-end freeze", "UTC", "")]
+    spans = result(client.get("/api/now/table/cmn_schedule_span", params={"sysparm_exclude_reference_link": "true"}))
+    assert [(s["schedule"], s["start_date_time"], s["end_date_time"], s["repeat_type"]) for s in spans] == \
+        [(blackout[0]["sys_id"], (T0 + timedelta(days=10)).strftime("%Y%m%dT%H%M%S"),
+          (T0 + timedelta(days=20)).strftime("%Y%m%dT%H%M%S"), "")]
 
 
 def test_direct_helpers(make_sim):

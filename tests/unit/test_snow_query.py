@@ -237,3 +237,24 @@ def test_the_simulator_answers_400_for_an_operator_it_does_not_implement():
         ok = httpx.get(f"{sim.base_url}/api/now/table/change_request", auth=("admin", "admin"),
                        params={"sysparm_query": "start_date>=javascript:gs.dateGenerate('2026-01-31','23:59:59')"})
         assert ok.status_code == 200
+
+
+def test_a_schedule_entry_without_the_fields_jit_reads_is_an_error():
+    from integrations.servicenow.schedules import ScheduleError, span_of
+    with pytest.raises(ScheduleError, match="cmn_schedule_span has no start_date_time field"):
+        span_of({"schedule": "x", "name": "old", "start_date": "2026-12-24 18:00:00", "end_date": "2026-12-25 06:00:00"})
+
+
+def test_weekly_entries_follow_the_zone_across_a_dst_change():
+    from datetime import datetime, timezone
+    from integrations.servicenow.schedules import span_of, windows, zone
+    span = span_of({"schedule": "s", "name": "w", "start_date_time": "20260320T180000",
+                    "end_date_time": "20260320T200000", "repeat_type": "weekly", "repeat_count": "1",
+                    "days_of_week": "5", "repeat_until": "", "all_day": "false"})
+    got = windows(span, zone("Europe/Berlin"), datetime(2026, 3, 19, tzinfo=timezone.utc),
+                  datetime(2026, 4, 4, tzinfo=timezone.utc))
+    # Fridays 18:00-20:00 Berlin: 17:00 UTC before the change to summer time (29 March), 16:00 after
+    assert [(s.isoformat(), e.isoformat()) for s, e in got] == [
+        ("2026-03-20T17:00:00+00:00", "2026-03-20T19:00:00+00:00"),
+        ("2026-03-27T17:00:00+00:00", "2026-03-27T19:00:00+00:00"),
+        ("2026-04-03T16:00:00+00:00", "2026-04-03T18:00:00+00:00")]

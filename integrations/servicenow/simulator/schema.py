@@ -88,6 +88,13 @@ TABLES: dict[str, TableSchema] = {
     # one row per field set or changed on an audited record; record_checkpoint 0 for the insert
     "sys_audit": TableSchema(fields=("tablename", "fieldname", "documentkey", "oldvalue", "newvalue", "user",
                                      "record_checkpoint", "reason"), display_field="sys_id"),
-    "cmn_schedule_blackout": TableSchema(fields=("name", "start_date", "end_date", "cmdb_ci"),
-                                         references={"cmdb_ci": "cmdb_ci"}),
+    # a blackout schedule (its time zone; jit reads cmdb_ci as the CI it applies to, none: all) and its
+    # entries: start and end as GlideScheduleDateTime in that zone, optionally repeated
+    "cmn_schedule_blackout": TableSchema(fields=("name", "time_zone", "type", "cmdb_ci"),
+                                         references={"cmdb_ci": "cmdb_ci"}, defaults={"type": "blackout",
+                                                                                      "time_zone": "UTC"}),
+    "cmn_schedule_span": TableSchema(fields=("schedule", "name", "start_date_time", "end_date_time", "repeat_type",
+                                             "repeat_count", "days_of_week", "repeat_until", "all_day", "type"),
+                                     references={"schedule": "cmn_schedule_blackout"},
+                                     defaults={"repeat_count": "1", "all_day": "false", "type": "exclude"}),
 }
