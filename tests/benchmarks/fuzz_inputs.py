@@ -395,7 +395,7 @@ def entry_points(w: World, m: Mutator) -> list[tuple[str, Callable[[], Any], tup
         ("sudo grant fields (SudoBackend)", sudo_grant, (BackendError,)),
         ("LDAP group DN (ldap.dn_error)", ldap_dn, (Refusal,)),
         ("LDAP person (LdapBackend)", ldap_person, (BackendError,)),
-        ("encoded query (servicenow.query)", encoded_query, ()),
+        ("encoded query (servicenow.query)", encoded_query, (query.UnsupportedQuery,)),
         ("ticket number (Tickets.find)", ticket_number, (ServiceNowError,)),
         ("ServiceNow change record (sync)", snow_record, (Refused,)),
         ("simulator inbound JSON (POST)", sim_json, (Refusal,)),

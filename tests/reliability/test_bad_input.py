@@ -405,8 +405,11 @@ def requests_seen(sim) -> int:
                                                    "ORDERBYDESC", "state", "IN", "LIKE", "BETWEEN", "@", "=",
                                                    "javascript:gs.dateGenerate('", "','", "')", "ISEMPTY"]),
                                    max_size=12).map("".join)))
-def test_encoded_query_never_raises(q):
-    parsed = query.parse(q)
+def test_encoded_query_raises_only_to_say_an_operator_is_not_implemented(q):
+    try:
+        parsed = query.parse(q)
+    except query.UnsupportedQuery:
+        return  # an operator ServiceNow has that the parser does not: refused by name, never guessed
     record = {"number": "CHG0000001", "state": "-1", "start_date": "2026-11-24 09:00:00", "short_description": "x"}
     assert isinstance(parsed.matches(record.get), bool)
     assert len(parsed.order([record, {}], lambda r, f: r.get(f))) == 2
