@@ -227,16 +227,19 @@ class Tickets(LifecycleBase):
                 rows += s.exec(select(RequestRow).where(linked, RequestRow.state.in_(OPEN_STATES))).all()
         ended = []
         for r in sorted({r.id: r for r in rows}.values(), key=lambda r: r.id):
-            reason = f"{r.ticket} {why}"
             try:
-                if r.state == "active":
-                    self._end("servicenow", r.id, "revoked", "revoke", reason, lambda row: None)
-                else:
-                    self._close("servicenow", r.id, UNSTARTED, "cancelled", "cancel", reason, lambda row: None)
+                self._end_for_ticket(r, f"{r.ticket} {why}")
                 ended.append(r.id)
             except Refused as exc:
                 log.warning("REQ-%s not ended for closed ticket %s: %s", r.id, r.ticket, exc)
         return ended
+
+    def _end_for_ticket(self, r: RequestRow, reason: str) -> None:
+        """What its ticket says ends an open request: an active one revoked, one not started cancelled."""
+        if r.state == "active":
+            self._end("servicenow", r.id, "revoked", "revoke", reason, lambda row: None)
+        else:
+            self._close("servicenow", r.id, UNSTARTED, "cancelled", "cancel", reason, lambda row: None)
 
     def follow_changed_tickets(self, changes: Iterable[Ticket]) -> list[int]:
         """Changes read again that are still open but changed after requests were made from them (or
@@ -273,10 +276,7 @@ class Tickets(LifecycleBase):
                         continue
                 else:
                     continue
-                if r.state == "active":
-                    self._end("servicenow", r.id, "revoked", "revoke", why, lambda row: None)
-                else:
-                    self._close("servicenow", r.id, UNSTARTED, "cancelled", "cancel", why, lambda row: None)
+                self._end_for_ticket(r, why)
                 changed.append(r.id)
             except Refused as exc:
                 log.warning("REQ-%s not changed for %s: %s", r.id, t.number, exc)
