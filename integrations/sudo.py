@@ -489,7 +489,33 @@ def _unlink_quietly(path: str) -> None:
         pass
 
 
-class SudoBackend:
+class SudoRules:
+    """What every backend that writes sudo rules shares (drop-ins here, sudoRole entries, a host's
+    agent): one check of a role's settings, one description of a grant's rule, an artifact per grant."""
+
+    def validate_role(self, params: Mapping[str, Any]) -> list[str]:
+        """Return one message per problem in a role's settings (``role_errors``): the same commands
+        are safe or not wherever the rule lives."""
+        return role_errors(params)
+
+    def role_warnings(self, params: Mapping[str, Any]) -> list[str]:
+        """What a valid role opts out of (``allow_any_arguments``, ``allow_exec``), for lint to report."""
+        return role_warnings(params)
+
+    def describe(self, grant: GrantSpec) -> dict[str, Any]:
+        """What ``apply`` writes for ``grant``, for its audit event; ``{"invalid": reason}`` when refused."""
+        try:
+            commands, edits, noexec, hosts = rule_of(grant)
+        except InvalidGrant as exc:
+            return {"invalid": str(exc)}
+        return {"commands": commands, "edit": edits, "noexec": noexec, "hosts": hosts}
+
+    def shared_key(self, grant: GrantSpec) -> str | None:
+        """Every grant has an artifact of its own."""
+        return None
+
+
+class SudoBackend(SudoRules):
     """Grants sudo rights through time-boxed drop-in files in ``sudoers_dir``."""
 
     name = "sudo"
@@ -520,14 +546,6 @@ class SudoBackend:
 
     # -- Backend protocol --------------------------------------------------
 
-    def validate_role(self, params: Mapping[str, Any]) -> list[str]:
-        """Return one message per problem in a role's settings (``role_errors``)."""
-        return role_errors(params)
-
-    def role_warnings(self, params: Mapping[str, Any]) -> list[str]:
-        """What a valid role opts out of (``allow_any_arguments``, ``allow_exec``), for lint to report."""
-        return role_warnings(params)
-
     def describe(self, grant: GrantSpec) -> dict[str, Any]:
         """What ``apply`` writes for ``grant``, for its audit event: the commands as rendered, the
         files granted through sudoedit, and whether NOEXEC is set; ``{"invalid": reason}`` when the
@@ -537,10 +555,6 @@ class SudoBackend:
         except InvalidGrant as exc:
             return {"invalid": str(exc)}
         return {"commands": commands, "edit": edits, "noexec": noexec}
-
-    def shared_key(self, grant: GrantSpec) -> str | None:
-        """Every grant has an artifact of its own."""
-        return None
 
     def apply(self, grant: GrantSpec) -> str:
         """Write (or rewrite) the grant's drop-in after ``visudo -cf``; return its path."""

@@ -11,18 +11,18 @@ The rule's own ``NOTAFTER`` ends it on time meanwhile."""
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Mapping, Sequence
+from typing import Sequence
 
 from app.fleet.reports import HostReports, Report
 from integrations.base import Artifact, BackendError, GrantSpec, InvalidGrant
-from integrations.sudo import SudoBackend, hosts_of, role_errors, role_warnings, rule_of
+from integrations.sudo import SudoRules, hosts_of, rule_of
 
 
 def _second(value: datetime | None) -> int | None:
     return int(value.timestamp()) if value is not None else None  # sudoers times have whole seconds
 
 
-class AgentBackend:
+class AgentBackend(SudoRules):
     name = "agent"
 
     def __init__(self, *, wait: float = 10.0) -> None:
@@ -34,18 +34,7 @@ class AgentBackend:
     def attach(self, reports: HostReports) -> None:
         self.reports = reports
 
-    # -- checks, as the sudo backend makes them (the agent makes them again on its host) ----------
-    def validate_role(self, params: Mapping[str, Any]) -> list[str]:
-        return role_errors(params)
-
-    def role_warnings(self, params: Mapping[str, Any]) -> list[str]:
-        return role_warnings(params)
-
-    def describe(self, grant: GrantSpec) -> dict[str, Any]:
-        return {**SudoBackend.describe(SudoBackend, grant), "hosts": _hosts_or_none(grant)}  # type: ignore[arg-type]
-
-    def shared_key(self, grant: GrantSpec) -> str | None:
-        return None
+    # validate_role, role_warnings, describe, shared_key: SudoRules (the agent checks again on its host)
 
     # -- the protocol -----------------------------------------------------------------------------
     def apply(self, grant: GrantSpec) -> str:

@@ -90,6 +90,10 @@ class Desired:
             self._by_host.setdefault(host, {})[g.id] = grant_json(spec)
             self._answers.pop(host, None)
 
+    def hosts(self) -> list[str]:
+        """Every host some grant names."""
+        return sorted(h for h, grants in self._by_host.items() if grants)
+
     def of(self, host: str) -> tuple[str, list[dict[str, Any]]]:
         """The host's version and grants, oldest first."""
         answer = self._answers.get(host)
@@ -103,4 +107,4 @@ def by_host(store: Store) -> dict[str, list[dict[str, Any]]]:
     """Every host's grants, read afresh (for tests and tools)."""
     d = Desired()
     d.refresh(store)
-    return {host: d.of(host)[1] for host in d._by_host}
+    return {host: d.of(host)[1] for host in d.hosts()}

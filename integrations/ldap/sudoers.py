@@ -30,7 +30,7 @@ from integrations.base import Artifact, BackendError, GrantSpec, InvalidGrant
 from integrations.ldap.backend import LdapBackend, _values
 from integrations.ldap.dn import _required_dn
 from integrations.ldap.results import ENTRY_ALREADY_EXISTS, NO_SUCH_OBJECT, SUCCESS
-from integrations.sudo import role_errors, role_warnings, rule_of
+from integrations.sudo import SudoRules, rule_of
 from policies.names import PERSON
 
 _USER_RE = re.compile(PERSON)
@@ -41,7 +41,7 @@ _ATTRIBUTES = ["cn", "description", "sudoUser", "sudoHost", "sudoCommand", "sudo
 _DESCRIPTION = re.compile(r"jit-access grant_id=(\d+) request_id=(\d+) person=(\S+) target=(\S+) role=(\S+)")
 
 
-class SudoLdapBackend:
+class SudoLdapBackend(SudoRules):
     """Grants sudo rights as time-bounded ``sudoRole`` entries (see the module docstring)."""
 
     name = "sudo_ldap"
@@ -56,26 +56,7 @@ class SudoLdapBackend:
             raise ValueError(f"runas {runas!r} is not a valid user name")
         self.runas = runas
 
-    # -- Backend protocol --------------------------------------------------
-
-    def validate_role(self, params: Mapping[str, Any]) -> list[str]:
-        """The sudo backend's rules, unchanged: the same commands are safe or not wherever the rule lives."""
-        return role_errors(params)
-
-    def role_warnings(self, params: Mapping[str, Any]) -> list[str]:
-        return role_warnings(params)
-
-    def describe(self, grant: GrantSpec) -> dict[str, Any]:
-        """What ``apply`` writes for ``grant``, for its audit event; ``{"invalid": reason}`` when refused."""
-        try:
-            commands, edits, noexec, hosts = rule_of(grant)
-        except InvalidGrant as exc:
-            return {"invalid": str(exc)}
-        return {"commands": commands, "edit": edits, "noexec": noexec, "hosts": hosts}
-
-    def shared_key(self, grant: GrantSpec) -> str | None:
-        """Every grant has an entry of its own."""
-        return None
+    # -- Backend protocol (validate_role, role_warnings, describe, shared_key: SudoRules) ------
 
     def apply(self, grant: GrantSpec) -> str:
         """Write (or rewrite) the grant's sudoRole entry; return its DN."""
