@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from itertools import permutations
 from typing import Iterable
 
@@ -21,8 +22,13 @@ class Verdict:
 
 def covered(required: tuple[str, ...], approvers: Iterable[Approver]) -> int:
     """How many required groups distinct approvers cover (a maximum matching; groups are few)."""
-    slots = [*approvers, *([None] * len(required))]
-    return max((sum(1 for g, a in zip(required, order) if a is not None and g in a.groups)
+    return _covered(tuple(required), tuple(frozenset(a.groups) for a in approvers))
+
+
+@lru_cache(maxsize=1024)  # the sync weighs thousands of changes approved by the same few people
+def _covered(required: tuple[str, ...], groups: tuple[frozenset[str], ...]) -> int:
+    slots = [*groups, *([None] * len(required))]
+    return max((sum(1 for g, a in zip(required, order) if a is not None and g in a)
                 for order in permutations(slots, len(required))), default=0)
 
 

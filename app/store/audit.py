@@ -32,8 +32,9 @@ def canonical(value: Any) -> JSONText:
     a ``JSONText`` value (written by this function before) is embedded as it is, so a request's
     checks, stored with it and in its event, are written out once."""
     if type(value) is dict and any(type(v) is JSONText for v in value.values()):
-        return JSONText("{%s}" % ",".join(f"{_TEXT(k)}:{v if type(v) is JSONText else _CANONICAL.encode(v)}"
-                                          for k, v in sorted(value.items())))
+        return JSONText("{%s}" % ",".join(
+            f"{_TEXT(k)}:{v if type(v) is JSONText else _TEXT(v) if type(v) is str else _CANONICAL.encode(v)}"
+            for k, v in sorted(value.items())))
     return JSONText(_CANONICAL.encode(value))
 
 

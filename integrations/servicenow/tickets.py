@@ -148,10 +148,13 @@ class Tickets:
                      .field("fieldname").equals("state").AND().field("newvalue").equals("approved"))
                 for key, _, _, at in self._audited(q):
                     approved_at[key] = max(at, approved_at.get(key, at))  # the latest time it was approved
+            by_change: dict[str, list[tuple[str, datetime | None]]] = {}
+            for a, c, u in rows:
+                by_change.setdefault(c, []).append((u, approved_at.get(a)))
             for change in part:
                 out[change] = ChangeApprovals(
-                    approvers=tuple(sorted(((u, approved_at.get(a)) for a, c, u in rows if c == change),
-                                           key=lambda p: (p[1] is None, p[1] or _EPOCH, p[0]))),
+                    approvers=tuple(sorted(by_change.get(change, ()), key=lambda p: (p[1] is None, p[1] or _EPOCH,
+                                                                                     p[0]))),
                     edits=tuple(sorted(edits.get(change, []), key=lambda e: e[1])))
         return out
 
