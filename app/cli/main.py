@@ -120,6 +120,8 @@ def _parser(only: str | None, names: list[str]) -> argparse.ArgumentParser:
     c.add_argument("--password", help="default: $JIT_SNOW_SIM_PASSWORD, else 'admin'")
     c.add_argument("--seed", choices=("demo",), help="load the demo users, groups, changes and incidents")
     c.add_argument("--rate-limit", type=int, metavar="N", help="answer 429 past N requests per second")
+    c.add_argument("--tls-cert", metavar="PEM", help="serve https with this certificate chain (with --tls-key)")
+    c.add_argument("--tls-key", metavar="PEM", help="the certificate's private key (with --tls-cert)")
 
     sync = cmd("sync", "ServiceNow sync").add_subparsers(dest="sync_command", required=True)
     c = sync.add_parser("status", parents=[common], help="last run, watermark and recent errors",
@@ -403,13 +405,20 @@ def _engine(args: argparse.Namespace, environ: Mapping[str, str], out: TextIO) -
 
 
 def _snow_sim(args: argparse.Namespace, environ: Mapping[str, str], out: TextIO) -> int:
+    import ssl
     from pathlib import Path
     from integrations.servicenow.simulator import Simulator, SimulatorOptions
     password = args.password or environ.get("JIT_SNOW_SIM_PASSWORD") or "admin"
     options = SimulatorOptions(user=args.user, password=password, seed=args.seed,
-                               data_file=Path(args.data) if args.data else None, rate_limit=args.rate_limit)
+                               data_file=Path(args.data) if args.data else None, rate_limit=args.rate_limit,
+                               tls_cert=Path(args.tls_cert) if args.tls_cert else None,
+                               tls_key=Path(args.tls_key) if args.tls_key else None)
     try:
         sim = Simulator(options, host=args.host, port=args.port)
+    except ValueError as exc:
+        raise UsageError(f"--tls-cert/--tls-key: {exc}") from None
+    except ssl.SSLError as exc:
+        raise UsageError(f"--tls-cert/--tls-key: not a certificate and its key ({exc.reason or exc})") from None
     except OSError as exc:
         raise UsageError(f"cannot listen on {args.host}:{args.port}: {exc.strerror}") from None
     out.write(f"ServiceNow simulator on {sim.base_url} (user {args.user}); Ctrl-C to stop\n")

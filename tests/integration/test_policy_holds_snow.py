@@ -102,6 +102,27 @@ def test_an_approved_change_without_the_tiers_approvers_waits_for_jit(world, sim
     assert world.lc.approve("carol", view.id).request.state == "active"
 
 
+def test_approvers_an_acl_keeps_unreadable_never_count(world, sim, now, backend):
+    """A field-level ACL blanks the approvers' user names for the integration user: ServiceNow's
+    approval cannot be weighed, so the request waits for jit's approvers (it never becomes active)."""
+    new_change(sim, "CHG0000033", now)
+    sim.approve("CHG0000033", "bob", "carol")
+    sim.blanked = lambda user, table, name: table == "sysapproval_approver" and name == "approver.user_name"
+    view = synced(world, "CHG0000033")
+    assert (view.state, view.approval_model) == ("pending", "dual") and view.grant is None
+    assert "nobody who counts gave them" in dict(events_of(world, view.id))["request.submitted"]["servicenow_approval"]
+
+
+def test_an_assignee_an_acl_keeps_unreadable_is_refused_saying_so(world, sim, now, backend):
+    new_change(sim, "CHG0000034", now)
+    sim.approve("CHG0000034", "bob", "carol")
+    sim.blanked = lambda user, table, name: table == "change_request" and name == "assigned_to.user_name"
+    assert world.sync.run_once().refused >= 1
+    assert not [v for v in world.lc.list() if v.ticket == "CHG0000034"] and backend.artifacts == {}
+    assert any("CHG0000034: ticket: CHG0000034 needs an assignee and both JIT fields" in e
+               for e in world.sync.status().errors)
+
+
 def test_the_assignee_approving_their_own_change_does_not_count(world, sim, now, backend):
     """alice is an engineer and, here, a manager too: her approval of the change she is assigned
     (and so requests through) never counts, as in jit."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 import http.client
 import json
 import re
+import ssl
 import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -236,7 +237,16 @@ def test_write_responses_honour_the_rendering_parameters(client):
 # --------------------------------------------------------------------------- stored values
 
 
-def test_every_value_is_a_string(client):
+@pytest.fixture
+def custom(make_sim: Callable[..., Simulator]) -> Iterator[httpx.Client]:
+    """A client of a simulator whose admin added custom fields to incident (as a dictionary entry does)."""
+    sim = make_sim(custom_fields={"incident": ("u_flag", "u_ratio", "u_ticket_ref")})
+    with httpx.Client(base_url=sim.base_url, auth=("admin", "admin"), timeout=5) as c:
+        yield c
+
+
+def test_every_value_is_a_string(custom):
+    client = custom
     created = result(client.post(INC, params={"sysparm_exclude_reference_link": "true"},
                                  json={"short_description": 42, "priority": 2, "u_flag": True, "description": None,
                                        "u_ratio": 1.5, "assigned_to": {"value": ALICE}}), 201)
@@ -251,9 +261,43 @@ def test_every_value_is_a_string(client):
             assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", row["sys_created_on"])
 
 
-def test_custom_fields_are_stored_and_queryable(client):
-    result(client.post(INC, json={"u_ticket_ref": "ABC-1"}), 201)
-    assert numbers(query(client, INC, "u_ticket_ref=ABC-1")) == ["INC0000045"]
+def test_custom_fields_are_stored_and_queryable(custom):
+    result(custom.post(INC, json={"u_ticket_ref": "ABC-1"}), 201)
+    assert numbers(query(custom, INC, "u_ticket_ref=ABC-1")) == ["INC0000045"]
+
+
+def test_a_field_the_instance_does_not_have_is_ignored_on_write(client, sim):
+    """As an instance does: the write succeeds, the unknown field is not stored, and a condition on
+    it is dropped (so it matches every record)."""
+    created = result(client.post(INC, json={"short_description": "disk full", "u_ticket_ref": "ABC-1"}), 201)
+    assert "u_ticket_ref" not in created and created["short_description"] == "disk full"
+    stored = next(r for r in sim.records("incident") if r["sys_id"] == created["sys_id"])
+    assert "u_ticket_ref" not in stored
+    updated = result(client.patch(f"{INC}/{created['sys_id']}", json={"u_other": "x", "short_description": "y"}))
+    assert "u_other" not in updated and updated["short_description"] == "y"
+    assert len(query(client, INC, "u_ticket_ref=ABC-1")) == len(sim.records("incident"))
+
+
+def test_custom_fields_name_tables_the_simulator_has():
+    with pytest.raises(ValueError, match="custom_fields: no table 'u_things'"):
+        Simulator(SimulatorOptions(custom_fields={"u_things": ("u_x",)}))
+
+
+def test_a_field_blanked_by_an_acl_comes_back_empty_in_every_view(client, sim):
+    """A field-level read ACL: the record is readable, the field is sent empty (dot-walks too)."""
+    sim.blanked = lambda user, table, name: table == "change_request" and name in ("risk", "assigned_to.user_name",
+                                                                                    "assigned_to")
+    for display in ("false", "true", "all"):
+        row, = query(client, CHG, "number=CHG0000001", sysparm_display_value=display,
+                     sysparm_fields="number,risk,assigned_to,assigned_to.user_name")
+        empty = {"display_value": "", "value": ""} if display == "all" else ""
+        assert row["number"] in ("CHG0000001", {"display_value": "CHG0000001", "value": "CHG0000001"})
+        assert row["risk"] == empty and row["assigned_to.user_name"] == empty
+        assert all(v == "" for v in row["assigned_to"].values()) if isinstance(row["assigned_to"], dict) \
+            else row["assigned_to"] == ""
+    sim.blanked = None
+    row, = query(client, CHG, "number=CHG0000001", sysparm_fields="risk,assigned_to.user_name")
+    assert row["risk"] != "" and row["assigned_to.user_name"] == "alice"
 
 
 def test_reference_accepts_a_display_value_like_an_instance(client):
@@ -524,6 +568,87 @@ def test_rate_limit_429_then_recovery(make_sim):
         assert c.get(CHG).status_code == 200
 
 
+def test_every_answer_under_a_rate_limit_says_what_is_left(make_sim):
+    sim = make_sim(rate_limit=3, rate_window=3600)  # per hour, as an instance's rate limit rules count
+    with httpx.Client(base_url=sim.base_url, auth=("admin", "admin"), timeout=5) as c:
+        answers = [c.get(CHG), c.post(INC, json={"short_description": "x"}), c.get(f"{CHG}/nosuchrecord")]
+        assert [a.status_code for a in answers] == [200, 201, 404]
+        assert [a.headers["X-RateLimit-Remaining"] for a in answers] == ["2", "1", "0"]
+        assert all(a.headers["X-RateLimit-Limit"] == "3" for a in answers)
+        assert all(3590 <= int(a.headers["X-RateLimit-Reset"]) - time.time() <= 3601 for a in answers)
+        denied = c.get(CHG)
+        assert denied.status_code == 429 and 3590 <= int(denied.headers["Retry-After"]) <= 3600
+        assert denied.headers["X-RateLimit-Remaining"] == "0"
+    with httpx.Client(base_url=make_sim().base_url, auth=("admin", "admin"), timeout=5) as c:
+        assert "X-RateLimit-Limit" not in c.get(CHG).headers  # no rule, no headers
+
+
+# --------------------------------------------------------------------------- TLS
+
+
+def _self_signed(directory: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 (IP SAN), self-signed, and its key, as PEM files."""
+    import ipaddress
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "snow-sim test")])
+    now = datetime.now(timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - timedelta(minutes=5))
+            .not_valid_after(now + timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+            .sign(key, hashes.SHA256()))
+    cert_file, key_file = directory / "sim.crt", directory / "sim.key"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_file, key_file
+
+
+def test_the_simulator_serves_https_to_a_client_that_requires_it(make_sim, tmp_path, monkeypatch):
+    """With a certificate the simulator answers only TLS: a client that trusts the certificate reads
+    (the product's own client through requests' ``REQUESTS_CA_BUNDLE``), one that does not is refused."""
+    from integrations.servicenow.client import Credentials, ServiceNowClient
+    from integrations.servicenow.errors import ServiceNowError
+    from integrations.servicenow.tickets import Tickets
+    cert, key = _self_signed(tmp_path)
+    sim = make_sim(tls_cert=cert, tls_key=key)
+    assert sim.base_url.startswith("https://127.0.0.1:")
+    with httpx.Client(base_url=sim.base_url, auth=("admin", "admin"), timeout=5, verify=ssl.create_default_context(cafile=str(cert))) as c:
+        assert numbers(query(c, CHG, "number=CHG0000001")) == ["CHG0000001"]
+        link = c.get(CHG, params={"sysparm_limit": 1}).headers["Link"]
+        assert link.startswith(f"<{sim.base_url}/")  # links name the https address
+    with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
+        httpx.get(f"{sim.base_url}{CHG}", auth=("admin", "admin"), timeout=5)
+    plain = http.client.HTTPConnection("127.0.0.1", int(sim.base_url.rsplit(":", 1)[1]), timeout=5)
+    with pytest.raises((http.client.HTTPException, ConnectionError)):  # plain http is not answered
+        plain.request("GET", CHG)
+        plain.getresponse().read()
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(cert))
+    client = ServiceNowClient(sim.base_url, Credentials("admin", "admin"), retries=0)
+    try:
+        assert Tickets(client).find("CHG0000001").number == "CHG0000001"
+    finally:
+        client.close()
+    monkeypatch.delenv("REQUESTS_CA_BUNDLE")
+    client = ServiceNowClient(sim.base_url, Credentials("admin", "admin"), retries=0)
+    try:
+        with pytest.raises(ServiceNowError):
+            Tickets(client).find("CHG0000001")
+    finally:
+        client.close()
+
+
+def test_a_certificate_without_its_key_is_refused_at_start(tmp_path):
+    cert, _ = _self_signed(tmp_path)
+    with pytest.raises(ValueError, match="tls_cert and tls_key go together"):
+        Simulator(SimulatorOptions(tls_cert=cert))
+
+
 # --------------------------------------------------------------------------- faults
 
 
@@ -702,3 +827,35 @@ def test_direct_helpers(make_sim):
     assert [j["value"] for j in sim.journal(stored["sys_id"])] == ["n"]
     with pytest.raises(ValueError):
         sim.insert("nope", {})
+
+
+def test_jit_snow_sim_serves_https_from_the_command_line(tmp_path):
+    import subprocess
+    import sys
+    cert, key = _self_signed(tmp_path)
+    proc = subprocess.Popen([sys.executable, "-m", "app", "snow-sim", "--seed", "demo", "--port", "0",
+                             "--tls-cert", str(cert), "--tls-key", str(key)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()
+        assert "on https://127.0.0.1:" in line, line + proc.stderr.read()
+        url = line.split(" on ", 1)[1].split()[0]
+        context = ssl.create_default_context(cafile=str(cert))
+        with httpx.Client(base_url=url, auth=("admin", "admin"), timeout=5, verify=context) as c:
+            assert numbers(query(c, CHG, "number=CHG0000001")) == ["CHG0000001"]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+@pytest.mark.parametrize("args,says", [
+    (["--tls-cert", "CERT"], "--tls-cert/--tls-key: tls_cert and tls_key go together"),
+    (["--tls-cert", "CERT", "--tls-key", "CERT"], "--tls-cert/--tls-key: not a certificate and its key"),
+    (["--tls-cert", "CERT", "--tls-key", "MISSING"], "--tls-cert/--tls-key: cannot read"),
+])
+def test_jit_snow_sim_refuses_a_bad_certificate_naming_the_option(tmp_path, capsys, args, says):
+    from app.cli.main import main
+    cert, _ = _self_signed(tmp_path)
+    argv = [str(cert) if a == "CERT" else str(tmp_path / "missing.key") if a == "MISSING" else a for a in args]
+    assert main(["snow-sim", "--port", "0", *argv]) != 0
+    assert says in capsys.readouterr().err

@@ -22,6 +22,10 @@ class SimulatorOptions:
     latency_ms: int = 0                  # initial Faults.latency_ms
     data_file: Path | None = None        # loaded at start when it exists; saved after every write
     seed: str | None = None              # "demo": load seed.demo(clock()) when there is no data file yet
+    custom_fields: dict[str, tuple[str, ...]] = field(default_factory=dict)  # table -> u_ fields its admin
+    # created (besides those of the schema); a write of any other field is ignored, as on an instance
+    tls_cert: Path | None = None         # serve https with this certificate chain (PEM)...
+    tls_key: Path | None = None          # ...and its key (PEM); both or neither
     clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc)
 
 

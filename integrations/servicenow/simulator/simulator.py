@@ -21,6 +21,7 @@ import os
 import secrets
 import random
 import socket
+import ssl
 import tempfile
 import threading
 import time
@@ -65,7 +66,11 @@ class Simulator:
         self._lock = threading.RLock()
         self._data: dict[str, list[dict[str, str]]] = {table: [] for table in TABLES}
         self._index: dict[str, dict[str, dict[str, str]]] = {table: {} for table in TABLES}
-        self._extra: dict[str, set[str]] = {table: set() for table in TABLES}   # custom columns written
+        unknown = sorted(set(self.options.custom_fields) - set(TABLES))
+        if unknown:
+            raise ValueError(f"custom_fields: no table {unknown[0]!r} in the simulator")
+        self._extra: dict[str, set[str]] = {table: set(self.options.custom_fields.get(table, ()))  # custom columns
+                                            for table in TABLES}
         self._writes: Counter[str] = Counter()                              # per table: indexes stale when it moves
         self._indexes: dict[tuple[str, str], tuple[int, dict[str, list[tuple[int, dict[str, str]]]]]] = {}
         self._counters: dict[str, int] = {}
@@ -77,6 +82,8 @@ class Simulator:
         # client's writes between two pages of a list
         self.forbidden: Callable[[str, str], bool] | None = None  # (user, table): the table's ACL denies: 403
         self.no_count = False  # never send X-Total-Count, as with sysparm_no_count=true on every call
+        self.blanked: Callable[[str, str, str], bool] | None = None  # (user, table, field as asked, dot-walks
+        # included): a field-level read ACL denies it, so it comes back empty, as an instance sends it
         self._tokens: dict[str, tuple[str, datetime]] = {}                  # access token -> user, expiry
         self._refresh: dict[str, tuple[str, str, datetime]] = {}            # refresh -> user, client, expiry
         self._hits: dict[str, deque[float]] = {}
@@ -91,8 +98,26 @@ class Simulator:
             self.load_seed(self.options.seed)
         self._httpd = _Server((host, port))
         self._httpd.sim = self
+        scheme = "http"
+        if (self.options.tls_cert is None) != (self.options.tls_key is None):
+            self._httpd.server_close()
+            raise ValueError("tls_cert and tls_key go together: give both or neither")
+        if self.options.tls_cert is not None:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            try:
+                context.load_cert_chain(self.options.tls_cert, self.options.tls_key)
+            except ssl.SSLError:
+                self._httpd.server_close()
+                raise
+            except OSError as exc:
+                self._httpd.server_close()
+                raise ValueError(f"cannot read the certificate or its key: {exc.strerror or exc}") from None
+            # the handshake runs in each connection's own thread, on its first read, not in accept()
+            self._httpd.socket = context.wrap_socket(self._httpd.socket, server_side=True,
+                                                     do_handshake_on_connect=False)
+            scheme = "https"
         bound_host, bound_port = self._httpd.server_address[:2]
-        self.base_url = f"http://{bound_host}:{bound_port}"
+        self.base_url = f"{scheme}://{bound_host}:{bound_port}"
 
     # -- lifecycle
 
@@ -206,12 +231,13 @@ class Simulator:
         if user is None:
             self._count("401")
             return _unauthenticated()
-        limited = self._rate_limit(user)
+        limited, rate_headers = self._rate_limit(user)
         if limited is not None:
             return limited
         if match is None:
             return _error(400, "Requested URI does not represent any resource", None)
         response = self._table(req, match["version"], match["table"], match["sys_id"], user)
+        response.headers.update(rate_headers)
         if (req.method in ("POST", "PUT", "PATCH", "DELETE") and response.status < 300
                 and self.faults.take("fail_after_write_next")):
             self._count("dropped")
@@ -250,25 +276,30 @@ class Simulator:
                 return entry[0]
         return None
 
-    def _rate_limit(self, user: str) -> _Response | None:
-        """429 when ``user`` already made ``rate_limit`` requests in the last ``rate_window`` seconds."""
+    def _rate_limit(self, user: str) -> tuple[_Response | None, dict[str, str]]:
+        """429 when ``user`` already made ``rate_limit`` requests in the last ``rate_window`` seconds;
+        else None and the headers an instance with a rate limit rule sends on every answer (the
+        limit, what is left of it, and when the oldest request counted leaves the window)."""
         limit, window = self.options.rate_limit, self.options.rate_window
         if limit is None:
-            return None
+            return None, {}
         now = time.monotonic()
         with self._rate_lock:
             hits = self._hits.setdefault(user, deque())
             while hits and hits[0] <= now - window:
                 hits.popleft()
-            if len(hits) < limit:
+            allowed = len(hits) < limit
+            if allowed:
                 hits.append(now)
-                return None
-            wait = hits[0] + window - now
+            left, wait = limit - len(hits), hits[0] + window - now
+        headers = {"X-RateLimit-Limit": str(limit), "X-RateLimit-Remaining": str(left),
+                   "X-RateLimit-Reset": str(math.ceil(time.time() + wait))}
+        if allowed:
+            return None, headers
         self._count("429")
         return _error(429, "Rate limit exceeded",
                       f"More than {limit} requests in {window:g} seconds for user {user}; retry later",
-                      {"Retry-After": str(max(1, math.ceil(wait))), "X-RateLimit-Limit": str(limit),
-                       "X-RateLimit-Remaining": "0", "X-RateLimit-Reset": str(math.ceil(time.time() + wait))})
+                      {"Retry-After": str(max(1, math.ceil(wait))), **headers}), {}
 
     # -- OAuth
 
@@ -355,7 +386,7 @@ class Simulator:
             with self._lock:
                 record = self._insert_locked(table, body, user)
                 self._save_locked()
-                rendered = self._render(table, record, view)
+                rendered = self._render(table, record, view, user)
             location = f"{self.base_url}/api/now/table/{table}/{record['sys_id']}"
             return self._written(req, 201, rendered, {"Location": location})
         if sys_id is None or method == "POST":
@@ -365,7 +396,7 @@ class Simulator:
             if record is None:
                 return _error(404, "No Record found", "Record doesn't exist or ACL restricts the record retrieval")
             if method == "GET":
-                return _Response(200, {"result": self._render(table, record, view)})
+                return _Response(200, {"result": self._render(table, record, view, user)})
             if method == "DELETE":
                 self._writes[table] += 1
                 self._data[table].remove(record)
@@ -377,7 +408,7 @@ class Simulator:
                 return body
             self._update_locked(table, record, body, user)
             self._save_locked()
-            rendered = self._render(table, record, view)
+            rendered = self._render(table, record, view, user)
         return self._written(req, 200, rendered)
 
     @staticmethod
@@ -413,7 +444,7 @@ class Simulator:
             window = matched[offset:offset + limit]
             if self.hidden is not None:
                 window = [rec for rec in window if not self.hidden(user, table, rec)]
-            page = [self._render(table, rec, view) for rec in window]
+            page = [self._render(table, rec, view, user) for rec in window]
         if not page and version == "v1":
             return _error(404, "No Record found",
                           "Records matching query not found. Check query parameter or offset parameter")
@@ -484,12 +515,15 @@ class Simulator:
             return record[name]
         return "" if self._known(table, name) else None
 
-    def _render(self, table: str, record: Mapping[str, str], view: _View) -> dict[str, Any]:
-        """A record as the API returns it under ``view``; unknown names in sysparm_fields are left out."""
+    def _render(self, table: str, record: Mapping[str, str], view: _View, user: str = "") -> dict[str, Any]:
+        """A record as the API returns it under ``view`` to ``user``; unknown names in sysparm_fields
+        are left out, and fields ``blanked`` for the user come back empty."""
         out: dict[str, Any] = {}
         for name in view.fields or tuple(record):
             value = self._render_field(table, record, name, view)
             if value is not _MISSING:
+                if self.blanked is not None and self.blanked(user, table, name):
+                    value = {k: "" for k in value} if isinstance(value, dict) else ""
                 out[name] = value
         return out
 
@@ -561,11 +595,11 @@ class Simulator:
                 continue
             if name in schema.references:
                 text = self._resolve_reference(schema.references[name], text)
+            if not self._known(table, name):
+                continue  # not a field of this table on this instance: ignored, as an instance does
             if record.get(name) != text:
                 changed[name] = (record.get(name, ""), text)
                 record[name] = text
-            if not self._known(table, name):
-                self._extra[table].add(name)
         return changed, notes
 
     def _insert_locked(self, table: str, values: Mapping[str, Any], user: str) -> dict[str, str]:
