@@ -123,6 +123,11 @@ def emergency_reference(policy: PolicySet, req: AccessRequest) -> Check:
 
 
 def open_review(ctx: Context) -> Check:
+    if ctx.uncleared_violations:
+        ids = ", ".join(f"REQ-{i}" for i in ctx.uncleared_violations)
+        return Check("open_review", False,
+                     f"an earlier emergency bypass ({ids}) was reviewed as a violation; a security operator "
+                     f"must clear it first (jit review {ctx.uncleared_violations[0]} --clear).")
     if ctx.unreviewed_bypasses:
         return Check("open_review", False,
                      "a previous emergency bypass is still awaiting post-hoc review; "

@@ -65,6 +65,7 @@ class Context:
     groups: frozenset[str] = frozenset()
     holdings: tuple[Holding, ...] = ()  # the requester's other requests that count (see LifecycleBase._context)
     unreviewed_bypasses: int = 0
+    uncleared_violations: tuple[int, ...] = ()  # the bypasses (request ids) reviewed as violations, not cleared
     ticket: TicketFacts | None = None  # None: no ServiceNow configured, only the format is checked
 
 

@@ -164,9 +164,12 @@ def _parser(only: str | None, names: list[str]) -> argparse.ArgumentParser:
     c.add_argument("--duration", required=True, type=_duration, metavar="D")
     c.add_argument("--incident", required=True, metavar="INC")
     c.add_argument("--reason", required=True)
-    c = cmd("review", "security operator: review an emergency bypass")
+    c = cmd("review", "security operator: review an emergency bypass (a violation revokes it and holds the "
+                      "person's next bypass until --clear)")
     c.add_argument("id", type=_request_id)
-    c.add_argument("--outcome", required=True, choices=REVIEW_OUTCOMES)
+    how = c.add_mutually_exclusive_group(required=True)
+    how.add_argument("--outcome", choices=REVIEW_OUTCOMES)
+    how.add_argument("--clear", action="store_true", help="clear a violation: the person may bypass again")
     c.add_argument("--comment", required=True)
     c = cmd("list", "list requests")
     c.add_argument("--state", choices=[s.value for s in RequestState])
@@ -254,7 +257,13 @@ def print_request(v: Mapping[str, Any], out: TextIO) -> None:
         if g["last_error"]:
             w(f"    last error: {g['last_error']}\n")
     if r := v["review"]:
-        w(f"  review    {r['state']}{' by ' + r['reviewer'] if r['reviewer'] else ''}\n")
+        w(f"  review    {r['state']}{' by ' + r['reviewer'] if r['reviewer'] else ''}"
+          f"{': ' + r['comment'] if r.get('comment') else ''}\n")
+        if r.get("cleared_by"):
+            w(f"    cleared by {r['cleared_by']}: {r['clear_comment']}\n")
+        elif r["state"] == "violation":
+            w(f"    not cleared: {v['requester']} cannot bypass until a security operator runs "
+              f"jit review {v['id']} --clear\n")
     if v["closed_reason"]:
         w(f"  closed    by {v['closed_by']}: {v['closed_reason']}\n")
 
@@ -519,6 +528,8 @@ def _remote(args: argparse.Namespace, api: Client, environ: Mapping[str, str], o
         result = api.post("/v1/bypass", {"target": args.target, "role": args.role,
                                           "duration": format_duration(args.duration),
                                           "incident": args.incident, "reason": args.reason})
+    elif cmd == "review" and args.clear:
+        result = api.post(f"/v1/requests/{rid}/review/clear", {"comment": args.comment})
     elif cmd == "review":
         result = api.post(f"/v1/requests/{rid}/review", {"outcome": args.outcome, "comment": args.comment})
     else:  # pragma: no cover - argparse restricts the choices

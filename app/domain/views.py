@@ -79,7 +79,7 @@ class RequestView:
         if g := d.get("grant"):
             d["grant"] = GrantView(**{k: instant(v) if k.endswith("_at") else v for k, v in g.items()})
         if r := d.get("review"):
-            d["review"] = {**r, "reviewed_at": instant(r.get("reviewed_at"))}
+            d["review"] = {**r, "reviewed_at": instant(r.get("reviewed_at")), "cleared_at": instant(r.get("cleared_at"))}
         return cls(**d)
 
 

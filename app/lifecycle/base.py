@@ -112,7 +112,9 @@ class LifecycleBase:
             grant=GrantView(grant.id, grant.status, grant.backend, grant.ref, grant.starts_at, grant.expires_at,
                             grant.applied_at, grant.revoked_at, grant.last_error) if grant else None,
             review=({"state": review.state, "reviewer": review.reviewer, "comment": review.comment,
-                     "reviewed_at": review.reviewed_at} if review else None),
+                     "reviewed_at": review.reviewed_at, "cleared_by": review.cleared_by,
+                     "cleared_at": review.cleared_at, "clear_comment": review.clear_comment}
+                    if review else None),
         )
 
     def _context(self, s: Session, person: str, exclude: int | None = None,
@@ -128,8 +130,11 @@ class LifecycleBase:
         holdings = tuple(Holding(r.target, r.role, r.starts_at, r.expires_at) for r in rows if r.id != exclude)
         open_reviews = s.exec(select(sa.func.count()).select_from(ReviewRow)
                               .where(ReviewRow.bypasser == person, ReviewRow.state == "open")).one()
+        violations = s.exec(select(ReviewRow.request_id).where(
+            ReviewRow.bypasser == person, ReviewRow.state == "violation", ReviewRow.cleared_at.is_(None))
+            .order_by(ReviewRow.request_id)).all()
         return Context(groups=self.directory.groups_of(person), holdings=holdings,
-                       unreviewed_bypasses=int(open_reviews))
+                       unreviewed_bypasses=int(open_reviews), uncleared_violations=tuple(violations))
 
     def _record(self, s: Session, *, at: datetime, actor: str, action: str, request_id: int | None = None,
                 **details: Any) -> None:

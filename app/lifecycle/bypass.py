@@ -10,8 +10,9 @@ from sqlmodel import select
 from app.domain.errors import BadInput, Conflict, Refused
 from app.domain.inputs import check_text
 from app.domain.views import Outcome, RequestView
-from app.lifecycle.base import LifecycleBase, checks_of, linked_sys_id
-from app.store import RequestRow, ReviewRow
+from app.lifecycle.base import checks_of, linked_sys_id
+from app.lifecycle.grants import Grants
+from app.store import GrantRow, RequestRow, ReviewRow
 from app.store import requests as request_store
 from app.domain.states import REVIEW_OUTCOMES
 from policies import authority
@@ -19,7 +20,7 @@ from policies.durations import format_duration
 from policies.evaluate import evaluate_bypass
 
 
-class Bypass(LifecycleBase):
+class Bypass(Grants):
     def bypass(self, person: str, target: str, role: str, duration: timedelta, incident: str,
                reason: str) -> Outcome:
         """Emergency: active at once for the on-call group, reviewed afterwards."""
@@ -76,7 +77,46 @@ class Bypass(LifecycleBase):
                 raise Conflict("review", f"REQ-{request_id} was reviewed by someone else just now")
             self._record(s, at=now, actor=actor, action="bypass.reviewed", request_id=row.id, outcome=outcome,
                          comment=comment, bypasser=rev.bypasser)
-        return Outcome(self.get(request_id), f"REQ-{request_id} reviewed: {outcome}")
+            grant_id, ended = None, ""
+            if outcome == "violation" and row.state in ("approved", "active"):  # the access it gave ends now
+                grant = s.exec(select(GrantRow).where(GrantRow.request_id == row.id)).first()
+                if row.state == "approved" or (grant is not None and grant.status == "active"):
+                    grant_id = self._end_in(s, row, "revoked", "revoke", actor,
+                                            f"emergency bypass reviewed as a violation: {comment}", now)
+                    ended = "; its access is revoked"
+                else:  # an engine is already revoking it (expiry): that revocation finishes it
+                    ended = "; its access is already being revoked"
+            elif outcome == "violation":
+                ended = f"; its access had already ended ({row.state})"
+            if outcome == "violation":
+                ended += f"; {rev.bypasser} cannot bypass again until a security operator clears it"
+        note = self._revoke(grant_id) if grant_id else None
+        return Outcome(self.get(request_id), f"REQ-{request_id} reviewed: {outcome}{ended}", [note] if note else [])
+
+    def clear_violation(self, actor: str, request_id: int, comment: str) -> Outcome:
+        """A security operator lets the bypasser of a bypass reviewed as a violation bypass again."""
+        comment = check_text("comment", comment, required=True) or ""
+        now = self.clock()
+        with self.store.transaction() as s:
+            row = self._load(s, request_id)
+            rev = s.exec(select(ReviewRow).where(ReviewRow.request_id == row.id)).first()
+            if rev is None:
+                raise Refused("review", f"REQ-{request_id} is not an emergency bypass")
+            if rev.state != "violation":
+                raise Refused("review", f"REQ-{request_id} was not reviewed as a violation ({rev.state}); "
+                                        "nothing to clear")
+            if rev.cleared_at is not None:
+                raise Refused("review", f"REQ-{request_id}'s violation was already cleared by {rev.cleared_by}")
+            refusal = authority.may_review(self.policy, actor, self.directory.groups_of(actor), rev.bypasser)
+            if refusal:
+                raise Refused("review", refusal.replace("review their own bypass", "clear their own violation"))
+            done = s.execute(sa.update(ReviewRow).where(ReviewRow.id == rev.id, ReviewRow.version == rev.version)
+                             .values(cleared_by=actor, cleared_at=now, clear_comment=comment, version=rev.version + 1))
+            if done.rowcount != 1:
+                raise Conflict("review", f"REQ-{request_id}'s review was changed by someone else just now")
+            self._record(s, at=now, actor=actor, action="bypass.cleared", request_id=row.id, comment=comment,
+                         bypasser=rev.bypasser)
+        return Outcome(self.get(request_id), f"REQ-{request_id}: violation cleared; {rev.bypasser} may bypass again")
 
     def open_reviews(self) -> list[RequestView]:
         with self.store.transaction() as s:

@@ -341,25 +341,30 @@ class Grants(LifecycleBase):
         with self.store.transaction() as s:
             row = self._load(s, request_id)
             allowed(row)
-            if row.state == "approved":  # approved but not started: nothing applied yet
-                self._no_activation_running(s, row)
-                request_store.transition(s, row, "cancelled" if end_state == "released" else "revoked", now,
-                           closed_by=actor, closed_reason=reason)
-                self._record(s, at=now, actor=actor, action=f"request.{row.state}", request_id=row.id, reason=reason)
-                grant_id = None
-            else:
-                self._expect(row, "active", verb)
-                grant = s.exec(select(GrantRow).where(GrantRow.request_id == row.id)).first()
-                if grant is None or grant.status != "active":
-                    raise Conflict("state", f"REQ-{request_id}'s grant is {grant.status if grant else 'missing'}; "
-                                            "it is already being revoked")
-                self._intend_revoke(s, grant, end_state, actor, reason, now)
-                request_store.transition(s, row, "active", now)  # bumps the version: a concurrent action loses
-                grant_id = grant.id
+            grant_id = self._end_in(s, row, end_state, verb, actor, reason, now)
         note = self._revoke(grant_id) if grant_id else None
         view = self.get(request_id)
         return Outcome(view, f"REQ-{request_id} {view.state}" if view.state != "active"
                        else f"REQ-{request_id}: revocation pending ({note})", [note] if note else [])
+
+    def _end_in(self, s: Session, row: RequestRow, end_state: str, verb: str, actor: str, reason: str,
+                now: datetime) -> int | None:
+        """In ``s``: end an approved request now, or write the intent to revoke an active one's grant
+        (its id returned: the caller removes the artifact after the commit)."""
+        if row.state == "approved":  # approved but not started: nothing applied yet
+            self._no_activation_running(s, row)
+            request_store.transition(s, row, "cancelled" if end_state == "released" else "revoked", now,
+                                     closed_by=actor, closed_reason=reason)
+            self._record(s, at=now, actor=actor, action=f"request.{row.state}", request_id=row.id, reason=reason)
+            return None
+        self._expect(row, "active", verb)
+        grant = s.exec(select(GrantRow).where(GrantRow.request_id == row.id)).first()
+        if grant is None or grant.status != "active":
+            raise Conflict("state", f"REQ-{row.id}'s grant is {grant.status if grant else 'missing'}; "
+                                    "it is already being revoked")
+        self._intend_revoke(s, grant, end_state, actor, reason, now)
+        request_store.transition(s, row, "active", now)  # bumps the version: a concurrent action loses
+        return grant.id
 
     def _intend_revoke(self, s: Session, grant: GrantRow, end_state: str, actor: str, reason: str,
                        now: datetime) -> None:

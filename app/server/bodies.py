@@ -87,6 +87,10 @@ class Review(Body):
     comment: Text
 
 
+class WithComment(Body):
+    comment: Text
+
+
 class Reconcile(Body):
     fix: StrictBool = False
 

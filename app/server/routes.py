@@ -133,6 +133,10 @@ def review(c: Call) -> dict:
     return c.sv.lifecycle.review(c.person, c.id, c.body.outcome, c.body.comment).to_json()
 
 
+def clear_violation(c: Call) -> dict:
+    return c.sv.lifecycle.clear_violation(c.person, c.id, c.body.comment).to_json()
+
+
 def bypass(c: Call) -> dict:
     x: b.Bypass = c.body
     return c.sv.lifecycle.bypass(c.person, x.target, x.role, x.duration, x.incident, x.reason).to_json()
@@ -240,6 +244,9 @@ ROUTES: tuple[Route, ...] = (
           body=b.Extend),
     Route("POST", "/v1/requests/{id}/review", "Security operator: review an emergency bypass", review,
           body=b.Review),
+    Route("POST", "/v1/requests/{id}/review/clear",
+          "Security operator: let the person of a bypass reviewed as a violation bypass again", clear_violation,
+          body=b.WithComment),
     Route("POST", "/v1/requests/{id}/credentials", "STS credentials for your active AWS role grant",
           credentials, body=b.Empty),
     Route("POST", "/v1/bypass", "Emergency: elevate at once (on-call only), reviewed afterwards", bypass,

@@ -138,6 +138,9 @@ class ReviewRow(SQLModel, table=True):
     comment: Optional[str] = None
     opened_at: datetime = _when()
     reviewed_at: Optional[datetime] = _when(default=None)
+    cleared_by: Optional[str] = None  # a violation holds the bypasser's next bypass until a security
+    cleared_at: Optional[datetime] = _when(default=None)  # operator clears it (migration 0011)
+    clear_comment: Optional[str] = None
     version: int = 1
 
 

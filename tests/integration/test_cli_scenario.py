@@ -101,6 +101,33 @@ def test_acceptance_scenario(jit):
     assert all(json.loads(line)["hash"] for line in lines) and len(lines) > 15
 
 
+def test_a_violation_review_revokes_the_bypass_and_holds_the_next_until_cleared(jit):
+    """Through the server, as the CLI's users: a bypass reviewed as a violation ends at once (its
+    drop-in removed), the bypasser cannot bypass again, and a security operator clears it."""
+    jit("dave", "bypass", "web-prod-01", "service-admin", "--duration", "1h", "--incident", "INC0000042",
+        "--reason", "nginx down, customers affected")
+    assert len(list(jit.sudoers.glob("jit_g*"))) == 1
+    out = jit("erin", "review", "1", "--outcome", "violation", "--comment", "no outage in the monitoring")
+    assert "REQ-1 reviewed: violation; its access is revoked" in out and "dave cannot bypass again" in out
+    assert list(jit.sudoers.glob("jit_g*")) == []
+    shown = json.loads(jit(None, "show", "1", "--json"))
+    assert shown["state"] == "revoked" and shown["review"]["state"] == "violation"
+    assert shown["review"]["cleared_by"] is None
+    assert "jit review 1 --clear" in jit(None, "show", "1")
+    out = jit("dave", "bypass", "web-prod-01", "service-admin", "--duration", "1h", "--incident", "INC0000043",
+              "--reason", "nginx down again after restart", expect=1)
+    assert "open_review" in out and "REQ-1) was reviewed as a violation" in out
+    assert "never clear their own violation" in jit("dave", "review", "1", "--clear", "--comment", "sorry",
+                                                   expect=1)
+    assert "REQ-1: violation cleared; dave may bypass again" in jit("erin", "review", "1", "--clear", "--comment",
+                                                                    "talked it through")
+    assert "cleared by erin: talked it through" in jit(None, "show", "1")
+    jit("dave", "bypass", "web-prod-01", "service-admin", "--duration", "1h", "--incident", "INC0000043",
+        "--reason", "nginx down again after restart")
+    actions = [json.loads(line)["action"] for line in jit(None, "audit", "export").splitlines()]
+    assert actions.count("bypass.cleared") == 1 and "request.revoked" in actions
+
+
 def test_audit_verify_fails_after_tampering(jit, tmp_path):
     jit("alice", "request", "web-dev-01", "service-admin", "--duration", "10m", "--reason", "check nginx config")
     import sqlite3

@@ -356,3 +356,32 @@ def test_a_blackout_repeat_jit_cannot_read_fails_the_check_closed(world):
     check = _blackout_check(w)
     assert not check.passed and "Quarter close" in check.message and "'monthly'" in check.message
     assert "fails closed" in check.message
+
+
+# ------------------------------------------------------------------ released means released (issue 18)
+@pytest.mark.parametrize("end", ["release", "revoke"])
+def test_a_ticket_driven_grant_ended_early_is_not_granted_again_from_its_change(world, backend, end):
+    """Reproduction attempt of issue 18 ("release, then `jit engine` grants it again"): the grant's
+    end writes a note, which updates the change, so every later sync reads it again; none of those
+    reads, nor an edit of the change itself, makes a new request from it."""
+    w = world
+    add_change(w, "CHG0000041")
+    w.sim.approve("CHG0000041", "bob", "carol")  # the tier's approvers, in ServiceNow: granted from the change
+    w.sync.run_once()
+    [view] = [v for v in w.lc.list() if v.ticket == "CHG0000041"]
+    assert view.state == "active" and view.grant.id in backend.artifacts
+    if end == "release":
+        w.lc.release("alice", view.id)
+    else:
+        w.lc.revoke("erin", view.id, "not needed after all")
+    for _ in range(3):
+        w.deliverer.run_once()  # the grant's notes: the change is updated, so the sync reads it again
+        report = w.sync.run_once()
+        assert report.created == 0 and not report.error
+    sys_id = next(r["sys_id"] for r in w.sim.records("change_request") if r["number"] == "CHG0000041")
+    w.tickets.client.update("change_request", sys_id, {"short_description": "edited after the release"})
+    assert w.sync.run_once().created == 0
+    assert [(v.id, v.state) for v in w.lc.list() if v.ticket == "CHG0000041"] == [
+        (view.id, "released" if end == "release" else "revoked")]
+    assert backend.artifacts == {k: v for k, v in backend.artifacts.items() if k != view.grant.id}
+    assert len([n for n in notes(w.sim, "CHG0000041") if "granted" in n.lower()]) == 1

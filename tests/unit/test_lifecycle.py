@@ -7,7 +7,7 @@ from datetime import timedelta
 import pytest
 from sqlmodel import select
 
-from app.domain.errors import Conflict, NotFound, Refused
+from app.domain.errors import BadInput, Conflict, NotFound, Refused
 from app.store import AuditEvent, GrantRow, audit
 
 H = timedelta(hours=1)
@@ -223,12 +223,50 @@ def test_bypass_and_review(lifecycle, backend, store):
         lifecycle.review("dave", rid, "justified", "it was fine")
     with pytest.raises(Refused, match="not in the reviewer group"):
         lifecycle.review("bob", rid, "justified", "it was fine")
-    assert lifecycle.review("erin", rid, "violation", "no outage found").request.review["state"] == "violation"
+    grant_id = view.grant.id
+    assert grant_id in backend.artifacts
+    reviewed = lifecycle.review("erin", rid, "violation", "no outage found")
+    assert reviewed.request.review["state"] == "violation"
+    assert (reviewed.request.state, reviewed.request.closed_by) == ("revoked", "erin")  # the access ends now
+    assert "emergency bypass reviewed as a violation: no outage found" in reviewed.request.closed_reason
+    assert grant_id not in backend.artifacts
+    assert "its access is revoked" in reviewed.message and "dave cannot bypass again" in reviewed.message
     with pytest.raises(Refused, match="already reviewed"):
         lifecycle.review("erin", rid, "justified", "changed my mind")
+    with pytest.raises(Refused, match=f"open_review.*REQ-{rid}.*reviewed as a violation.*must clear it"):
+        lifecycle.bypass("dave", "web-prod-01", "service-admin", H, "INC0000043", "nginx down again, sorry")
+    with pytest.raises(Refused, match="never clear their own violation"):
+        lifecycle.clear_violation("dave", rid, "I promise")
+    with pytest.raises(Refused, match="not in the reviewer group"):
+        lifecycle.clear_violation("bob", rid, "he promised")
+    with pytest.raises(BadInput, match="comment"):
+        lifecycle.clear_violation("erin", rid, "  ")
+    cleared = lifecycle.clear_violation("erin", rid, "retrained on the bypass rules").request.review
+    assert (cleared["cleared_by"], cleared["clear_comment"]) == ("erin", "retrained on the bypass rules")
+    with pytest.raises(Refused, match="already cleared by erin"):
+        lifecycle.clear_violation("erin", rid, "again")
     lifecycle.bypass("dave", "web-prod-01", "service-admin", H, "INC0000043", "nginx down again, sorry")
     assert [v.id for v in lifecycle.open_reviews()] == [rid + 1]
-    assert "bypass.used" in actions(store, rid) and "bypass.reviewed" in actions(store, rid)
+    with pytest.raises(Refused, match="not reviewed as a violation \\(open\\)"):
+        lifecycle.clear_violation("erin", rid + 1, "nothing to clear")
+    assert {"bypass.used", "bypass.reviewed", "grant.revoking", "request.revoked", "bypass.cleared"} <= set(
+        actions(store, rid))
+
+
+def test_a_violation_after_the_bypass_ended_says_so_and_still_holds_the_next(lifecycle, backend, clock):
+    rid = lifecycle.bypass("dave", "web-prod-01", "service-admin", H, "INC0000042", "nginx down for all").request.id
+    lifecycle.release("dave", rid)
+    reviewed = lifecycle.review("erin", rid, "violation", "no outage found")
+    assert reviewed.request.state == "released" and "had already ended (released)" in reviewed.message
+    with pytest.raises(Refused, match="open_review.*violation"):
+        lifecycle.bypass("dave", "web-prod-01", "service-admin", H, "INC0000043", "nginx down again, sorry")
+
+
+def test_a_justified_review_leaves_the_bypass_running(lifecycle, backend):
+    rid = lifecycle.bypass("dave", "web-prod-01", "service-admin", H, "INC0000042", "nginx down for all").request.id
+    reviewed = lifecycle.review("erin", rid, "justified", "the outage was real")
+    assert reviewed.request.state == "active" and reviewed.request.grant.id in backend.artifacts
+    assert reviewed.message == f"REQ-{rid} reviewed: justified"
 
 
 def test_separation_of_duties_against_active_grants(lifecycle):
