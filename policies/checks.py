@@ -1,6 +1,7 @@
 """One function per concern the policy weighs. Each returns a ``Check`` with a sentence."""
 from __future__ import annotations
 
+import difflib
 import re
 from datetime import timedelta, timezone
 from zoneinfo import ZoneInfo
@@ -29,7 +30,9 @@ def business_need(policy: PolicySet, req: AccessRequest, tier: Tier | None) -> C
 def privilege_appropriate(policy: PolicySet, req: AccessRequest, ctx: Context) -> Check:
     target = policy.targets.get(req.target)
     if target is None:
-        return Check("privilege_appropriate", False, f"target {req.target!r} is not managed by this policy.")
+        near = difflib.get_close_matches(req.target, list(policy.targets), n=3, cutoff=0.75)
+        hint = f" Did you mean {' or '.join(near)}?" if near else ""
+        return Check("privilege_appropriate", False, f"target {req.target!r} is not managed by this policy.{hint}")
     role = target.roles.get(req.role)
     if role is None:
         return Check("privilege_appropriate", False,

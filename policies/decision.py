@@ -1,6 +1,7 @@
 """Inputs and outputs of a policy evaluation: plain frozen dataclasses and named tuples, no I/O."""
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import NamedTuple
@@ -99,4 +100,15 @@ class Decision:
         return self.allowed and self.approval in ("self-service", "emergency")
 
     def refusal(self) -> str:
-        return "; ".join(f"{c.name}: {c.message}" for c in self.failures)
+        """The failing checks, ``name: message`` each, joined by "; " (a message's own full stop
+        dropped there, so the join never reads ".; "). ``split_refusal`` takes it apart again."""
+        return "; ".join(f"{c.name}: {c.message.rstrip('.') if i < len(self.failures) - 1 else c.message}"
+                         for i, c in enumerate(self.failures))
+
+
+_NEXT_CHECK = re.compile(r"; (?=[a-z][a-z0-9_]*: )")
+
+
+def split_refusal(message: str) -> list[str]:
+    """``Decision.refusal()``'s text as one ``name: message`` per failing check."""
+    return _NEXT_CHECK.split(message)

@@ -20,7 +20,7 @@ from datetime import datetime
 from typing import Any, Mapping, Sequence, TextIO
 
 from app.client.connection import Client, client_settings
-from app.domain.errors import ConfigError, IdentityError, JitError, Refused
+from app.domain.errors import BadInput, ConfigError, IdentityError, JitError, Refused
 from app.domain.states import REVIEW_OUTCOMES, RequestState
 from app.domain.times import instant, iso
 from policies.durations import format_duration, parse_duration
@@ -130,7 +130,8 @@ def _parser(only: str | None, names: list[str]) -> argparse.ArgumentParser:
     c = cmd("demo", "open the console on a fresh, seeded sandbox (--narrate: a CLI walk-through instead)")
     c.add_argument("--narrate", action="store_true", help="narrated CLI walk-through of every flow, no console")
     cmd("console", "the approval console (a terminal UI)")
-    cmd("whoami", "show who the server says you are, how that was proven, and your groups")
+    cmd("whoami", "show who the server says you are, how that was proven, and your groups").add_argument(
+        "--json", action="store_true", help="print the API's JSON answer instead (errors too, on stdout)")
 
     pol = cmd("policy", "lint or explain policies").add_subparsers(dest="policy_command", required=True)
     c = pol.add_parser("lint", parents=[common], help="validate policy files", description="validate policy files")
@@ -142,23 +143,30 @@ def _parser(only: str | None, names: list[str]) -> argparse.ArgumentParser:
     c = cmd("request", "ask for elevation")
     _request_args(c, reason_required=True)
     c = cmd("approve", "approve a pending request")
+    c.add_argument("--json", action="store_true", help="print the API's JSON answer instead (errors too, on stdout)")
     c.add_argument("id", type=_request_id)
     c.add_argument("--comment", default="")
     c = cmd("deny", "deny a pending request")
+    c.add_argument("--json", action="store_true", help="print the API's JSON answer instead (errors too, on stdout)")
     c.add_argument("id", type=_request_id)
     c.add_argument("--reason", required=True)
     c = cmd("cancel", "cancel your own pending or scheduled request")
+    c.add_argument("--json", action="store_true", help="print the API's JSON answer instead (errors too, on stdout)")
     c.add_argument("id", type=_request_id)
     c = cmd("release", "task done: de-elevate now")
+    c.add_argument("--json", action="store_true", help="print the API's JSON answer instead (errors too, on stdout)")
     c.add_argument("id", type=_request_id)
     c = cmd("revoke", "operator: end someone's elevation now")
+    c.add_argument("--json", action="store_true", help="print the API's JSON answer instead (errors too, on stdout)")
     c.add_argument("id", type=_request_id)
     c.add_argument("--reason", required=True)
     c = cmd("extend", "extend an elevation (policy is evaluated again)")
+    c.add_argument("--json", action="store_true", help="print the API's JSON answer instead (errors too, on stdout)")
     c.add_argument("id", type=_request_id)
     c.add_argument("--by", required=True, type=_duration, metavar="D")
     c.add_argument("--reason", required=True)
     c = cmd("bypass", "emergency: elevate at once (on-call only), reviewed afterwards")
+    c.add_argument("--json", action="store_true", help="print the API's JSON answer instead (errors too, on stdout)")
     c.add_argument("target")
     c.add_argument("role")
     c.add_argument("--duration", required=True, type=_duration, metavar="D")
@@ -171,6 +179,7 @@ def _parser(only: str | None, names: list[str]) -> argparse.ArgumentParser:
     how.add_argument("--outcome", choices=REVIEW_OUTCOMES)
     how.add_argument("--clear", action="store_true", help="clear a violation: the person may bypass again")
     c.add_argument("--comment", required=True)
+    c.add_argument("--json", action="store_true", help="print the API's JSON answer instead (errors too, on stdout)")
     c = cmd("list", "list requests")
     c.add_argument("--state", choices=[s.value for s in RequestState])
     c.add_argument("--mine", action="store_true", help="only my requests")
@@ -184,7 +193,8 @@ def _parser(only: str | None, names: list[str]) -> argparse.ArgumentParser:
 
     aud = cmd("audit", "verify or export the audit chain").add_subparsers(dest="audit_command", required=True)
     aud.add_parser("verify", parents=[common], help="check the hash chain; names the first broken event",
-                   description="check the hash chain; names the first broken event")
+                   description="check the hash chain; names the first broken event").add_argument(
+        "--json", action="store_true", help="print the API's JSON answer instead (errors too, on stdout)")
     c = aud.add_parser("export", parents=[common], help="write every event as JSON lines", description="write every event")
     c.add_argument("--format", choices=("jsonl",), default="jsonl")
 
@@ -226,6 +236,7 @@ def _request_args(c: argparse.ArgumentParser, *, reason_required: bool) -> None:
     c.add_argument("--reason", required=reason_required, default="(explain only: no reason given)")
     c.add_argument("--ticket", help="change or incident reference, e.g. CHG0001234")
     c.add_argument("--start", type=_instant, help="ISO 8601 start with offset (default: now)")
+    c.add_argument("--json", action="store_true", help="print the API's JSON answer instead (errors too, on stdout)")
 
 
 # ------------------------------------------------------------------ printing
@@ -315,10 +326,23 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         err.write(f"identity error: {exc}\n")
         return 2
     except UsageError as exc:
+        if getattr(args, "json", False):
+            return _json({"error": {"rule": "usage", "message": str(exc), "field": None}}, out, 2)
         err.write(f"error: {exc}\n")
         return 2
+    except BrokenPipeError:  # `jit audit export | head`: the reader has what it wanted
+        _quiet_stdout(out)
+        return 141  # as a shell reports a process ended by SIGPIPE
     except Refused as exc:
-        err.write(f"refused: {exc.rule}: {exc.message}\n")
+        if getattr(args, "json", False):  # the API's error shape, where the script reads the answer
+            field = exc.field if isinstance(exc, BadInput) else None
+            return _json({"error": {"rule": exc.rule, "message": exc.message, "field": field}}, out, exc.exit_code)
+        from policies.decision import split_refusal
+        checks = split_refusal(exc.message) if exc.rule == "policy" else [exc.message]
+        if len(checks) > 1:  # one failing check per line
+            err.write(f"refused: {exc.rule}:\n" + "".join(f"  {c}\n" for c in checks))
+        else:
+            err.write(f"refused: {exc.rule}: {exc.message}\n")
         return exc.exit_code
     except JitError as exc:
         kind = "database error" if type(exc).__name__ == "StoreError" else "error"
@@ -451,6 +475,8 @@ def _remote(args: argparse.Namespace, api: Client, environ: Mapping[str, str], o
     cmd = args.command
     if cmd == "whoami":
         me = api.get("/v1/whoami")
+        if args.json:
+            return _json(me, out)
         out.write(f"{me['person']}  groups: {', '.join(me['groups']) or '(none)'}  "
                   f"(authenticated by {me['authenticated_by']})\n")
         return 0
@@ -478,6 +504,8 @@ def _remote(args: argparse.Namespace, api: Client, environ: Mapping[str, str], o
     if cmd == "audit":
         if args.audit_command == "verify":
             result = api.get("/v1/audit/verify")
+            if args.json:
+                return _json(result, out, 0 if result["ok"] else 1)
             (out if result["ok"] else err).write(("audit chain ok: " if result["ok"] else "audit chain BROKEN: ")
                                                  + result["message"] + "\n")
             return 0 if result["ok"] else 1
@@ -502,6 +530,8 @@ def _remote(args: argparse.Namespace, api: Client, environ: Mapping[str, str], o
         return 0
     if cmd == "policy":  # explain
         d = api.post("/v1/policy/explain", _wanted(args))
+        if args.json:
+            return _json(d, out, 0 if d["allowed"] else 1)
         out.write(f"{d['person']} -> {args.role} on {args.target} for {format_duration(args.duration)}: "
                   f"{'ALLOWED' if d['allowed'] else 'REFUSED'}\n")
         for c in d["checks"]:
@@ -534,8 +564,30 @@ def _remote(args: argparse.Namespace, api: Client, environ: Mapping[str, str], o
         result = api.post(f"/v1/requests/{rid}/review", {"outcome": args.outcome, "comment": args.comment})
     else:  # pragma: no cover - argparse restricts the choices
         raise UsageError(f"unknown command {cmd}")
+    code = 0 if result["request"]["state"] != "failed" else 1
+    if args.json:
+        return _json(result, out, code)
     print_outcome(result, out)
-    return 0 if result["request"]["state"] != "failed" else 1
+    return code
+
+
+def _quiet_stdout(out: TextIO) -> None:
+    """After a broken pipe: point stdout at /dev/null, so the interpreter's own flush at exit finds
+    no pipe to fail on and prints no traceback."""
+    try:
+        fd = out.fileno()
+    except (AttributeError, OSError, ValueError):
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, fd)
+    os.close(devnull)
+
+
+def _json(data: Any, out: TextIO, code: int = 0) -> int:
+    """The API's answer as it came, for scripts: one documented shape per command (``jit server``'s
+    OpenAPI description, ``GET /v1/openapi.json``)."""
+    out.write(json.dumps(data, indent=2) + "\n")
+    return code
 
 
 def open_console(api: Client) -> int:
@@ -577,9 +629,7 @@ def _sync_status(args: argparse.Namespace, data: dict[str, Any], out: TextIO) ->
     data = {k: v for k, v in data.items() if k != "enabled"}
     times = {k: _fmt_time(instant(data[k])) for k in ("last_run_at", "last_ok_at", "watermark")}
     if args.json:
-        out.write(json.dumps({**data, **{k: times[k] if data[k] else None for k in times}, "last_catch_up": (
-            {**c, "at": _fmt_time(instant(c["at"]))} if (c := data["last_catch_up"]) else None)}, indent=2) + "\n")
-        return 0
+        return _json(data, out)
     if data["last_run_at"] is None:
         out.write("the ServiceNow sync has not run yet (it runs in 'jit server')\n")
         return 0

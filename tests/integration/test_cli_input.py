@@ -169,6 +169,24 @@ def test_lint_safe_policy_ok_and_broken_toml_fails(jit, tmp_path: Path) -> None:
 
 
 # ----------------------------------------------------------------- explain
+def test_several_failed_checks_print_one_per_line(jit) -> None:
+    r = jit("request", "web-prod-01", "service-admn", "--duration", "10m", "--reason", "check nginx config")
+    assert r.rc == 1
+    lines = r.err.splitlines()
+    assert lines[0] == "refused: policy:"
+    assert lines[1].startswith("  business_need: ") and not lines[1].endswith(".")
+    assert lines[2] == ("  privilege_appropriate: target web-prod-01 has no role 'service-admn' "
+                        "(roles: log-auditor, service-admin).")
+    assert ".; " not in r.err
+
+
+def test_a_target_typo_gets_a_suggestion(jit) -> None:
+    r = jit("request", "web-prd-01", "service-admin", "--duration", "10m", "--reason", "check nginx config")
+    assert r.rc == 1 and "target 'web-prd-01' is not managed by this policy. Did you mean web-prod-01 or web-dev-01?" in r.err
+    far = jit("request", "mail-server-9", "service-admin", "--duration", "10m", "--reason", "check nginx config")
+    assert far.rc == 1 and "Did you mean" not in far.err
+
+
 def test_explain_refusal_submits_nothing(jit, sb: Path) -> None:
     r = jit("policy", "explain", "web-prod-01", "service-admin", "--duration", "9h")
     assert r.rc == 1
@@ -196,3 +214,80 @@ def test_list_and_show_json(jit, sb: Path) -> None:
     assert s.rc == 0
     shown = json.loads(s.out)
     assert {k: shown[k] for k in KEYS} == {k: item[k] for k in KEYS}
+
+
+
+@pytest.fixture
+def offline(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    """``jit`` against a sandbox with ServiceNow off (``jit init --servicenow-url off``)."""
+    config = write_sandbox(tmp_path / "off", servicenow_url=None)
+    env = {"JIT_CONFIG": str(config), "HOME": str(tmp_path), "PATH": os.environ["PATH"]}
+    with dev_server(config):
+        def run(*argv: str, user: str = "alice") -> Result:
+            out, err = io.StringIO(), io.StringIO()
+            rc = main(list(argv), {**env, "JIT_USER": user}, out, err)
+            cap = capsys.readouterr()
+            return Result(rc, out.getvalue() + cap.out, err.getvalue() + cap.err)
+        yield run
+
+
+def test_every_command_that_prints_answers_json(offline) -> None:
+    """--json prints the API's answer (its OpenAPI shape), errors included, so a script reads the id
+    ``jit request`` made and the outcome of each action without parsing text."""
+    def js(*argv: str, user: str = "alice", rc: int = 0) -> dict:
+        r = offline(*argv, "--json", user=user)
+        assert r.rc == rc, (argv, r.out, r.err)
+        return json.loads(r.out)
+
+    assert js("whoami")["person"] == "alice"
+    explained = js("policy", "explain", "web-prod-01", "service-admin", "--duration", "9h", rc=1)
+    assert explained["allowed"] is False and any(c["name"] == "duration_reasonable" for c in explained["checks"])
+    made = js("request", "web-prod-01", "service-admin", "--duration", "1h", "--ticket", "CHG0000001", *REASON)
+    rid = made["request"]["id"]
+    assert made["request"]["state"] == "pending" and made["message"].startswith(f"REQ-{rid} submitted")
+    assert js("approve", str(rid), user="bob")["request"]["approvals"][0]["approver"] == "bob"
+    assert js("approve", str(rid), user="carol")["request"]["state"] == "active"
+    dev = js("request", "web-dev-01", "service-admin", "--duration", "10m", *REASON)["request"]
+    assert dev["state"] == "active"
+    longer = js("extend", str(dev["id"]), "--by", "5m", "--reason", "a little longer")["request"]
+    assert longer["expires_at"] > dev["expires_at"]
+    assert js("release", str(rid))["request"]["state"] == "released"
+    other = js("request", "web-prod-01", "service-admin", "--duration", "1h", "--ticket", "CHG0000001",
+               *REASON)["request"]["id"]
+    assert js("deny", str(other), "--reason", "not today", user="bob")["request"]["state"] == "denied"
+    third = js("request", "web-prod-01", "service-admin", "--duration", "1h", "--ticket", "CHG0000001",
+               *REASON)["request"]["id"]
+    assert js("cancel", str(third))["request"]["state"] == "cancelled"
+    bypassed = js("bypass", "web-prod-01", "service-admin", "--duration", "1h", "--incident", "INC0000042",
+                  "--reason", "nginx down for everyone", user="dave")["request"]
+    assert js("revoke", str(bypassed["id"]), "--reason", "over", user="erin")["request"]["state"] == "revoked"
+    assert js("review", str(bypassed["id"]), "--outcome", "justified", "--comment", "real outage",
+              user="erin")["request"]["review"]["state"] == "justified"
+    verified = js("audit", "verify")
+    assert verified["ok"] is True and verified["events"] > 10
+    assert js("list", user="erin")[0]["id"] == bypassed["id"] and js("show", str(rid))["state"] == "released"
+    refused = js("approve", str(other), user="bob", rc=4)  # it was denied: a conflict, exit 4
+    assert refused == {"error": {"rule": "state", "message": refused["error"]["message"], "field": None}}
+    assert "REQ-999" in js("show", "999", rc=3)["error"]["message"]
+    bad = js("request", "web prod", "service-admin", "--duration", "1h", *REASON, rc=1)
+    assert bad["error"]["field"] == "target"
+    assert js("sync", "status", rc=2)["error"]["message"].startswith("ServiceNow is not enabled")
+
+
+def test_a_closed_pipe_ends_the_export_quietly(tmp_path: Path) -> None:
+    """`jit audit export | head -c 100`: the reader stops early; jit ends without a traceback."""
+    import subprocess
+    import sys
+    from datetime import timedelta
+    config = write_sandbox(tmp_path / "sb", servicenow_url=None)
+    env = {**os.environ, "JIT_CONFIG": str(config), "JIT_USER": "alice", "HOME": str(tmp_path)}
+    with dev_server(config) as sv:
+        for _ in range(40):  # an export past a pipe's 64 KiB buffer (~140 KiB)
+            sv.lifecycle.submit("alice", "web-dev-01", "service-admin",
+                                timedelta(minutes=10), "check nginx config", None)
+            sv.lifecycle.release("alice", sv.lifecycle.list()[0].id)
+        proc = subprocess.run(f"{sys.executable} -m app audit export | head -c 100 >/dev/null; "
+                              "echo \"${PIPESTATUS[0]}\" >&2", shell=True, executable="/bin/bash", env=env,
+                              capture_output=True, text=True, timeout=120)
+    assert "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr, proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == "141"
