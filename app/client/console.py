@@ -12,7 +12,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, Callable
 
 from app.client.connection import Client, ClientSettings
-from app.domain.console import ActiveItem, AuditItem, Health, Operator, QueueItem, ticket_from_json
+from app.domain.console import ActiveItem, AuditItem, EngineStatus, Health, Operator, QueueItem, ticket_from_json
 from app.domain.views import Outcome, RequestView
 from policies.durations import format_duration
 
@@ -117,6 +117,9 @@ class RemoteConsoleData:
 
     def health(self) -> Health:
         return Health.from_json(self._get("/v1/console/health"))
+
+    def engine_status(self) -> EngineStatus:
+        return EngineStatus.from_json(self._get("/v1/console/engines"))
 
     def bypass_choices(self) -> list[tuple[str, str]]:
         return [(target, role) for target, role in self._get("/v1/console/bypass-choices")["items"]]

@@ -128,6 +128,21 @@ class Health:
                       "sync_errors": tuple(d["sync_errors"])})
 
 
+@dataclass(frozen=True)
+class EngineStatus:
+    """Whether any engine was heard from within three poll intervals, and when one last was."""
+
+    alive: bool
+    last_seen: datetime | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"alive": self.alive, "last_seen": iso(self.last_seen)}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> "EngineStatus":
+        return cls(bool(d["alive"]), instant(d["last_seen"]))
+
+
 TICKET_TIMES = ("start", "end")
 
 
@@ -159,6 +174,7 @@ class ConsoleSource(Protocol):
     def audit_status(self) -> tuple[bool, str]: ...
     def ticket(self, number: str) -> dict[str, Any] | None: ...
     def health(self) -> Health: ...
+    def engine_status(self) -> EngineStatus: ...
     def bypass_choices(self) -> list[tuple[str, str]]: ...
     def approve(self, request_id: int, comment: str = "") -> str: ...
     def deny(self, request_id: int, reason: str) -> str: ...

@@ -32,7 +32,7 @@ from sqlmodel import select
 
 from app.clock import Clock
 from app.domain.errors import Refused
-from app.lifecycle import Lifecycle
+from app.lifecycle import Lifecycle, activity
 from app.lifecycle.ticket_facts import TicketGateway
 from app.store import AuditEvent, Store, SyncState, audit
 from integrations.servicenow.errors import ServiceNowError
@@ -133,6 +133,10 @@ class TicketSync:
             run.errors.append(error)
             log.warning("sync stopped, will resume from %s: %s", run.mark, exc)
         down = self._save(now, run.mark, error, run.errors, run.read, run.fresh, run.behind)
+        if run.created or run.refused or run.ended:  # a run that changed something: one line (none when idle)
+            activity.log.info("%s", activity.line("sync.run", read=run.read, created=run.created,
+                                                   refused=run.refused, ended=run.ended,
+                                                   behind_s=round(run.behind), error=error))
         return SyncReport(run.read, run.created, run.refused, run.ended, run.behind, error, down)
 
     def _check_fields(self) -> None:

@@ -21,7 +21,7 @@ from app.domain.errors import Conflict, Refused
 from app.domain.states import HOLDING_STATES, NEXT_STATES
 from app.domain.views import ApprovalView, GrantView, RequestView
 from app.identity import Directory
-from app.lifecycle import messages
+from app.lifecycle import activity, messages
 from app.lifecycle.ticket_facts import TicketGateway
 from app.store import ApprovalRow, GrantRow, OutboxRow, RequestRow, ReviewRow, Store, audit, insert_rows
 from app.store import grants as grant_store
@@ -138,8 +138,12 @@ class LifecycleBase:
 
     def _record(self, s: Session, *, at: datetime, actor: str, action: str, request_id: int | None = None,
                 **details: Any) -> None:
-        """Append the audit event and, in the same transaction, the messages it owes the outside."""
+        """Append the audit event and, in the same transaction, the messages it owes the outside
+        (and, for a grant's outcome, the activity log's line once it commits)."""
         event = audit.append(s, at=at, actor=actor, action=action, request_id=request_id, **details)
+        if activity.wanted(action, details):
+            activity.after_commit(s, action, actor, request_id,
+                                  s.get(RequestRow, request_id) if request_id is not None else None, details)
         o = self.outbox
         if o.servicenow or o.webhook:
             row = s.get(RequestRow, request_id) if request_id is not None else None
@@ -154,6 +158,9 @@ class LifecycleBase:
         loading the rows back."""
         events = list(events)
         written = audit.append_many(s, ((at, actor, action, rid, d) for actor, action, _, rid, d in events))
+        for actor, action, row, rid, d in events:
+            if activity.wanted(action, d):
+                activity.after_commit(s, action, actor, rid, row, d)
         o = self.outbox
         if o.servicenow or o.webhook:
             views = {id(row): SimpleNamespace(**row) for _, _, row, _, _ in events if row}  # one per row

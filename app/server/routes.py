@@ -198,6 +198,10 @@ def console_active(c: Call) -> dict:
     return {"items": [i.to_json() for i in _console(c).active()]}
 
 
+def console_engines(c: Call) -> dict:
+    return _console(c).engine_status().to_json()
+
+
 def console_reviews(c: Call) -> dict:
     return {"items": [v.to_json() for v in _console(c).reviews()]}
 
@@ -272,6 +276,8 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/v1/console/reviews", "Emergency bypasses awaiting review", console_reviews),
     Route("GET", "/v1/console/audit", "Audit events, newest first, filtered by text in actor, action or details",
           console_audit, query=b.ConsoleAuditQuery),
+    Route("GET", "/v1/console/engines", "Whether an engine was heard from lately, and when one last was",
+          console_engines),
     Route("GET", "/v1/console/health", "Engines' heartbeats, the ServiceNow sync, exposure, the audit chain",
           console_health),
     Route("GET", "/v1/console/bypass-choices", "The (target, role) pairs an emergency bypass may name",

@@ -21,6 +21,7 @@ import app.store.tables  # noqa: F401  (registers the tables)
 from app.domain.errors import StoreError
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+AFTER_COMMIT = "after_commit"
 
 
 def _sqlite_setup(engine: Engine) -> None:
@@ -91,10 +92,14 @@ class Store:
 
     @contextmanager
     def transaction(self) -> Iterator[Session]:
+        """A session in one transaction, committed when the block ends; then the callables queued
+        in ``session.info["after_commit"]`` run (what must only be said of committed work: log lines)."""
         try:
             with Session(self.engine, expire_on_commit=False) as session:
                 with session.begin():
                     yield session
+                for then in session.info.pop(AFTER_COMMIT, ()):
+                    then()
         except OperationalError as exc:
             raise StoreError(f"database error: {_brief(exc)}") from None
 

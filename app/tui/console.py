@@ -33,6 +33,8 @@ from app.tui.screens.health import HealthScreen
 from app.tui.screens.help import HelpScreen, KeyHelp
 from app.tui.screens.queue import QueueScreen
 from app.tui.screens.reviews import ReviewsScreen
+from app.tui.widgets.whoami import WhoAmI
+from app.tui import formatting as fmt
 from policies.authority import offered
 
 VIEWS: dict[str, type[ConsoleScreen]] = {
@@ -55,6 +57,7 @@ class JitConsole(App[None]):
     TITLE = "JIT console"
     COMMANDS = App.COMMANDS | {ConsoleCommands}
     HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (100, "-wide"), (140, "-huge")]
+    ENGINE_SECONDS = 10.0  # how often the header asks whether an engine is heard from
     POLL_SECONDS: ClassVar[float] = 1.0
     RELOAD_EVERY = 0.3  # seconds between reloads while changes keep coming (a change shows within 0.5 s)
 
@@ -92,6 +95,7 @@ class JitConsole(App[None]):
         self.cursor_blink = cursor_blink
         self.keymap = dict(keymap or {})
         self.token: int | None = None
+        self.engine_note = ""  # the header's warning when no engine is heard from (check_engine)
         self._polling = False
         self._frozen = False
         self._reloaded_at = 0.0
@@ -132,6 +136,31 @@ class JitConsole(App[None]):
     def _open_first_view(self) -> None:
         self.switch_mode("queue")
         self.set_interval(getattr(self.data, "poll_seconds", self.POLL_SECONDS), self._poll)
+        self.check_engine()
+        self.set_interval(self.ENGINE_SECONDS, self.check_engine)
+
+    @work(thread=True, group="engine", exclusive=True, exit_on_error=False)
+    def check_engine(self) -> None:
+        """Is an engine heard from? If not, the header of every screen says so (heartbeats change no
+        audit event, so the change token cannot tell)."""
+        try:
+            status = self.data.engine_status()
+        except Exception:  # noqa: BLE001 - a failed read says nothing about the engine; the next try will
+            return
+        if status.alive:
+            note = ""
+        elif status.last_seen is None:
+            note = "no engine has reported: nothing activates or expires grants"
+        else:
+            note = (f"no engine heard from for {fmt.age(self.data.clock() - status.last_seen)}: "
+                    "nothing activates or expires grants")
+        self.call_from_thread(self._show_engine_note, note)
+
+    def _show_engine_note(self, note: str) -> None:
+        if note != self.engine_note:
+            self.engine_note = note
+            for bar in self.screen.query(WhoAmI):
+                bar.refresh()
 
     def on_unmount(self) -> None:
         if self._frozen:

@@ -385,3 +385,15 @@ def test_a_ticket_driven_grant_ended_early_is_not_granted_again_from_its_change(
         (view.id, "released" if end == "release" else "revoked")]
     assert backend.artifacts == {k: v for k, v in backend.artifacts.items() if k != view.grant.id}
     assert len([n for n in notes(w.sim, "CHG0000041") if "granted" in n.lower()]) == 1
+
+
+def test_a_sync_run_that_changes_something_logs_one_line_and_an_idle_one_none(world, caplog):
+    import logging
+    caplog.set_level(logging.INFO, logger="jit.activity")
+    add_change(world, "CHG0000042", assignee="erin")  # refused: erin is not eligible
+    world.sync.run_once()
+    runs = [r.getMessage() for r in caplog.records if r.name == "jit.activity" and "sync.run" in r.getMessage()]
+    assert len(runs) == 1 and "refused=1" in runs[0] and runs[0].startswith("sync.run read=")
+    caplog.clear()
+    world.sync.run_once()  # nothing new: the refusal is not decided again
+    assert not [r for r in caplog.records if r.name == "jit.activity"]

@@ -537,3 +537,25 @@ async def test_a_failed_bypass_keeps_the_form_open_saying_why(world: World) -> N
                     what="the form saying why")
         assert app.screen is form and not form.query_one("#bypass-go").disabled  # try again
         assert app.notes == []  # the form says it; a refusal alone is notified too
+
+
+# ------------------------------------------------------------------ the engine, seen from the header
+def header(app) -> str:
+    from app.tui.widgets.whoami import WhoAmI
+    return str(app.screen.query_one(WhoAmI).render())
+
+
+async def test_the_header_says_when_no_engine_is_heard_from(world: World) -> None:
+    app = console(world, "bob")
+    async with app.run_test(size=(80, 24)) as pilot:
+        await until(pilot, lambda: "no engine has reported" in header(app), what="the warning")
+        assert header(app).index("no engine") < header(app).index("operator")  # before what a narrow bar cuts
+        world.services.engine.heartbeat()  # an engine reports (the world's clock: now)
+        app.check_engine()
+        await until(pilot, lambda: "no engine" not in header(app), what="the warning gone")
+        world.clock.at = world.clock.at + timedelta(minutes=7)  # silent since
+        app.check_engine()
+        await until(pilot, lambda: "no engine heard from for 7m" in header(app), what="how long")
+        await pilot.press("2")  # every screen's header says it
+        await until(pilot, lambda: isinstance(app.screen, GrantsScreen) and "no engine heard from" in header(app),
+                    what="the grants screen's header")

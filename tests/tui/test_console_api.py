@@ -83,6 +83,8 @@ def test_every_read_over_the_api_equals_the_read_on_the_database(served) -> None
         assert data.audit_status() == local.audit_status()
         assert data.ticket("CHG0000001") is local.ticket("CHG0000001") is None  # ServiceNow is off here
         assert replace(data.health(), privilege_hours_7d=0) == replace(local.health(), privilege_hours_7d=0)
+        sv.engine.heartbeat()
+        assert data.engine_status() == local.engine_status() and data.engine_status().alive is True
         assert data.bypass_choices() == local.bypass_choices()
         assert data.keymap() == dict(sv.config.settings.console.keys)
     finally:
