@@ -2,18 +2,30 @@
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
+PRODUCT := $(VENV)/.product
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test stress bench lint clean
+.PHONY: demo demo-clean test stress bench lint clean
 
-$(STAMP): pyproject.toml
+# The product's packages only (what `make demo` needs): the first time about 30 s and 200 MB here,
+# then nothing. The test packages (moto, hypothesis, ...) come with the first `make test`.
+$(PRODUCT): pyproject.toml
+	@echo "== .venv: a virtualenv with jit's packages (first run only: about half a minute)"
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --progress-bar on -e .
+	touch $(PRODUCT)
+
+$(STAMP): $(PRODUCT)
+	@echo "== .venv: the test packages (first test run only: about a minute more)"
+	$(PY) -m pip install --progress-bar on -e '.[test]'
 	touch $(STAMP)
 
-demo: $(STAMP)
+demo: $(PRODUCT)
 	$(VENV)/bin/jit demo
+
+demo-clean: $(PRODUCT)
+	$(VENV)/bin/jit demo --stop
 
 test: $(STAMP)
 	$(VENV)/bin/lint-imports

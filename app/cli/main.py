@@ -127,8 +127,11 @@ def _parser(only: str | None, names: list[str]) -> argparse.ArgumentParser:
     c = sync.add_parser("status", parents=[common], help="last run, watermark and recent errors",
                         description="last run, watermark and recent errors")
     c.add_argument("--json", action="store_true")
-    c = cmd("demo", "open the console on a fresh, seeded sandbox (--narrate: a CLI walk-through instead)")
+    c = cmd("demo", "open the console on the demo's seeded sandbox, made the first time and kept running "
+                    "(--narrate: a CLI walk-through on a sandbox of its own instead)")
     c.add_argument("--narrate", action="store_true", help="narrated CLI walk-through of every flow, no console")
+    c.add_argument("--dir", metavar="DIR", help="the demo sandbox (default: $JIT_DEMO_DIR, else ./.jit-demo)")
+    c.add_argument("--stop", action="store_true", help="stop the demo sandbox's servers and delete it")
     cmd("console", "the approval console (a terminal UI)")
     cmd("whoami", "show who the server says you are, how that was proven, and your groups").add_argument(
         "--json", action="store_true", help="print the API's JSON answer instead (errors too, on stdout)")
@@ -370,8 +373,15 @@ def _local_command(args: argparse.Namespace, environ: Mapping[str, str], out: Te
                   f"        JIT_SERVER=unix://{path.parent / 'jit.sock'} JIT_USER=alice jit whoami\n")
         return 0
     if args.command == "demo":
-        from app.dev.demo import run_console_demo, run_demo
-        return run_demo(out, cli=main) if args.narrate else run_console_demo(out, environ)
+        from app.dev.demo import run_console_demo, run_demo, stop_demo
+        from app.dev.demo_sandbox import DemoError
+        directory = Path(args.dir or environ.get("JIT_DEMO_DIR") or ".jit-demo")
+        try:
+            if args.stop:
+                return stop_demo(out, directory)
+            return run_demo(out, cli=main) if args.narrate else run_console_demo(out, environ, directory)
+        except DemoError as exc:
+            raise UsageError(f"demo: {exc}") from None
     if args.command == "snow-sim":
         return _snow_sim(args, environ, out)
     if args.command == "policy":

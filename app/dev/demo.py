@@ -16,13 +16,16 @@ import tempfile
 from pathlib import Path
 from typing import Callable, TextIO
 
+from app.dev.demo_sandbox import ON_CALL, DemoSandbox
 from app.dev.sandbox import LdapSandbox, write_sandbox
 from app.dev.servers import moto, slapd
 from integrations.servicenow.simulator import Simulator, SimulatorOptions
 
 
 def seed_console(lifecycle) -> None:
-    """A live queue for the console: pending requests, active grants, a bypass awaiting review."""
+    """A live queue where every persona has something to do: REQ-1 waits for bob and then carol
+    (dual), REQ-2 and REQ-3 for a manager, REQ-4 is alice's active grant, and frank's bypass waits
+    for erin's review (frank is the demo's second on-call engineer: dave may bypass himself)."""
     from datetime import timedelta
     h, m = timedelta(hours=1), timedelta(minutes=1)
     lifecycle.submit("alice", "web-prod-01", "service-admin", 2 * h, "restart nginx after the TLS renewal",
@@ -30,7 +33,7 @@ def seed_console(lifecycle) -> None:
     lifecycle.submit("alice", "web-dev-01", "service-admin", 2 * h, "load-test the new nginx config")  # single
     lifecycle.submit("dave", "web-dev-01", "service-admin", 3 * h, "profile the staging cache")  # single
     lifecycle.submit("alice", "web-dev-01", "service-admin", 10 * m, "check the nginx config on dev")  # active now
-    lifecycle.bypass("dave", "web-prod-01", "service-admin", h, "INC0000042", "nginx down, customers affected")
+    lifecycle.bypass(ON_CALL, "web-prod-01", "service-admin", h, "INC0000042", "nginx down, customers affected")
 
 
 @contextlib.contextmanager
@@ -60,43 +63,55 @@ def _outside_world(directory: Path, out: TextIO):
         yield sim, ldap, aws
 
 
-def run_console_demo(out: TextIO, environ) -> int:
-    """``jit demo``: a fresh sandbox with the simulators and seeded work, ``jit server --dev`` in the
-    background (the engine runs there), then the console as its client, as $JIT_USER (default bob
-    the manager)."""
+def _seed(config_file: Path) -> None:
     from app.bootstrap import build
+    from app.config import load_config
+    services = build(load_config(config_file), environ={**os.environ, "JIT_CONFIG": str(config_file)})
+    try:
+        seed_console(services.lifecycle)
+    finally:
+        services.close()
+
+
+def run_console_demo(out: TextIO, environ, directory: Path) -> int:
+    """``jit demo``: the demo's sandbox in ``directory`` (made and seeded the first time; its simulator
+    and ``jit server --dev`` started when they are not running, and left running after), then the
+    console as its client, as $JIT_USER (default bob the manager)."""
     from app.client.connection import Client, client_settings
     from app.client.console import RemoteConsoleData
     from app.config import load_config
     from app.tui.launch import run_console
-    directory = Path(environ.get("JIT_DEMO_DIR") or tempfile.mkdtemp(prefix="jit-demo-"))
-    with _outside_world(directory, out):
-        config_file = directory / "jit.toml"
-        config = load_config(config_file)
-        services = build(config, environ={**environ, "JIT_CONFIG": str(config_file)})
-        try:  # seeded before the server opens the database: one writer at a time on SQLite
-            seed_console(services.lifecycle)
-        finally:
-            services.close()
-        person = environ.get("JIT_USER") or "bob"
-        socket_path = config.path(config.settings.server.socket)
-        with dev_server_process(directory, out):
-            out.write(f"sandbox {directory}; opening the console as {person} (JIT_USER=erin for the security "
-                      "operator, dave for on-call)\n")
-            out.flush()
-            settings = client_settings(f"unix://{socket_path}", None, {"JIT_USER": person})
-            data = RemoteConsoleData(Client(settings))
-            try:
-                return run_console(data, data.keymap())
-            finally:
-                data.close()
+    sandbox = DemoSandbox(directory)
+    fresh = sandbox.up(out, _seed)
+    config = load_config(sandbox.config)
+    person = environ.get("JIT_USER") or "bob"
+    out.write(f"{'new' if fresh else 'the'} demo sandbox {sandbox.dir}; opening the console as {person}.\n"
+              f"  Another persona on the same sandbox, in another terminal (carol finishes REQ-1 after bob,\n"
+              f"  erin reviews frank's bypass, dave may bypass):\n"
+              f"    JIT_USER=carol .venv/bin/jit console --config {sandbox.config}\n"
+              f"  Everything keeps running after the console closes; stop and delete it: make demo-clean\n")
+    out.flush()
+    settings = client_settings(f"unix://{config.path(config.settings.server.socket)}", None, {"JIT_USER": person})
+    data = RemoteConsoleData(Client(settings))
+    try:
+        return run_console(data, data.keymap())
+    finally:
+        data.close()
+
+
+def stop_demo(out: TextIO, directory: Path) -> int:
+    """``jit demo --stop``: the demo sandbox's processes stopped, its directory deleted."""
+    DemoSandbox(directory).stop(out)
+    return 0
 
 
 def run_demo(out: TextIO, directory: Path | None = None, *, cli: Callable[..., int]) -> int:
     """``jit demo --narrate``: ``jit server --dev`` in the background, and every persona's commands
     typed through ``cli`` (the CLI's ``main``, handed in so the sandbox never imports the front end
     it drives), each one a client of that server as in production."""
-    directory = directory or Path(tempfile.mkdtemp(prefix="jit-demo-"))
+    if directory is None:  # nothing left behind in /tmp
+        with tempfile.TemporaryDirectory(prefix="jit-demo-") as tmp:
+            return run_demo(out, Path(tmp), cli=cli)
     with _outside_world(directory, out) as (sim, ldap, aws), dev_server_process(directory, out):
         return _walk_through(out, directory, sim, ldap, aws, cli)
 

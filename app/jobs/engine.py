@@ -120,7 +120,12 @@ class Engine:
 
     # ------------------------------------------------------------ continuous
     def start(self) -> None:
-        """Start the scheduler in background threads; returns at once."""
+        """Start the scheduler in background threads; returns at once, heard from already (a console
+        opened next does not report it silent while the first planning pass is still on its way)."""
+        try:
+            self.heartbeat()
+        except StoreError as exc:  # the planning pass retries, and says so
+            log.error("heartbeat at start failed: %s", exc)
         from apscheduler.executors.pool import ThreadPoolExecutor  # only a running engine needs the scheduler
         from apscheduler.schedulers.background import BackgroundScheduler
         sched = BackgroundScheduler(timezone="UTC", executors={"default": ThreadPoolExecutor(4)},
