@@ -6,6 +6,8 @@
 """
 from __future__ import annotations
 
+import difflib
+
 import ipaddress
 import os
 import re
@@ -203,6 +205,20 @@ class Notify(_Strict):
 class Console(_Strict):
     # binding id -> key(s), e.g. approve = "y" or revoke = "ctrl+r"; see `?` in the console for the ids
     keys: dict[Annotated[str, Field(pattern=r"^[a-z][a-z0-9_-]{0,40}$")], str] = {}
+
+    @field_validator("keys")
+    @classmethod
+    def _known_ids(cls, keys: dict[str, str]) -> dict[str, str]:
+        from app.domain.console import BINDING_IDS
+        unknown = sorted(set(keys) - set(BINDING_IDS))
+        if unknown:
+            near = difflib.get_close_matches(unknown[0], BINDING_IDS, n=1)
+            raise ValueError(f"{unknown[0]!r} is not a binding of the console"
+                             + (f" (did you mean {near[0]!r}?)" if near else "") + f"; the ids: {', '.join(BINDING_IDS)}")
+        for name, key in keys.items():
+            if not key.strip() or any(not part.strip() for part in key.split(",")):
+                raise ValueError(f"{name}: {key!r} names no key (a key, or keys separated by commas)")
+        return keys
 
 
 class Logging(_Strict):

@@ -16,6 +16,13 @@ ITEM_STATES = {"-5": "Pending", "1": "Open", "2": "Work in Progress", "3": "Clos
                "7": "Closed Skipped"}
 
 
+def state_label(kind: str, state: str) -> str:
+    """ServiceNow's label for a ticket's state code, with the code: ``Implement (-1)``; the code
+    alone when it is not one of these."""
+    labels = {"change": CHANGE_STATES, "incident": INCIDENT_STATES, "item": ITEM_STATES}.get(kind, {})
+    return f"{labels[state]} ({state})" if state in labels else state
+
+
 def _utc(value) -> str:
     return f"{value.astimezone(timezone.utc).isoformat(' ', 'minutes')[:16]} UTC"  # as %Y-%m-%d %H:%M, faster
 

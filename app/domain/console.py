@@ -128,6 +128,22 @@ class Health:
                       "sync_errors": tuple(d["sync_errors"])})
 
 
+def clip(text: str, width: int) -> str:
+    """At most ``width`` characters: cut after a whole word (with an ellipsis) where one ends in the
+    last third, else mid-word."""
+    if len(text) <= width:
+        return text
+    cut = text[: width - 1]
+    space = cut.rfind(" ")
+    return (cut[:space] if space >= (width * 2) // 3 else cut).rstrip(" ,;:") + "…"
+
+
+# Every binding id of the console ([console.keys] remaps by these; a test keeps this equal to app/tui's)
+BINDING_IDS = ("approve", "back", "bypass", "bypass-cancel", "bypass-submit", "deny", "extend", "filter",
+               "filter-clear", "help", "help-close", "justified", "modal-cancel", "open", "quit", "revoke", "sort",
+               "ticket", "view-audit", "view-grants", "view-health", "view-queue", "view-reviews", "violation")
+
+
 @dataclass(frozen=True)
 class EngineStatus:
     """Whether any engine was heard from within three poll intervals, and when one last was."""

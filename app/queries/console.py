@@ -19,27 +19,40 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 from sqlmodel import select
 
-from app.domain.console import ActiveItem, AuditItem, EngineStatus, Health, Operator, QueueItem
+from app.domain.console import ActiveItem, AuditItem, EngineStatus, Health, Operator, QueueItem, clip
 from app.domain.views import RequestView
 from app.queries.exposure import exposure
 from app.store import HEARTBEAT_PREFIX, ApprovalRow, AuditEvent, AuditHead, GrantRow, RequestRow, SyncState, audit
 from policies import authority
 from policies.approvals import approvals_needed
+from policies.tickets import state_label
 
 if TYPE_CHECKING:  # the read model is handed the wiring; it never builds it
     from app.bootstrap import Services
 
 
-def _summary(details: str) -> str:
+def _plain_value(value: Any) -> str:
+    """A detail as a person reads it: a list as its items, a mapping as ``key value`` pairs (no
+    Python brackets or quotes)."""
+    if isinstance(value, dict):
+        return ", ".join(f"{k} {_plain_value(v)}" for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return ", ".join(_plain_value(v) for v in value)
+    return str(value)
+
+
+def _summary(details: str, width: int = 200) -> str:
     try:
         data = json.loads(details)
     except ValueError:
-        return details[:120]
+        data = None
+    if not isinstance(data, dict):
+        return clip(details, width)
     keep = {k: v for k, v in data.items() if k not in ("checks",) and v not in (None, "", [], {})}
-    if "checks" in data:
-        failed = [c["name"] for c in data["checks"] if not c.get("passed")]
+    if "checks" in data and isinstance(data["checks"], list):
+        failed = [c.get("name", "?") for c in data["checks"] if isinstance(c, dict) and not c.get("passed")]
         keep["checks"] = "failed: " + ", ".join(failed) if failed else "all passed"
-    return "; ".join(f"{k}={v}" for k, v in keep.items())[:200]
+    return clip("; ".join(f"{k}: {_plain_value(v)}" for k, v in keep.items()), width)
 
 
 def _audit_item(e: AuditEvent) -> AuditItem:
@@ -136,7 +149,8 @@ class ConsoleData:
         facts = gateway.facts(number, now, now)
         if facts is None:
             return None
-        return {"number": facts.number, "status": facts.status, "state": facts.state, "approval": facts.approval,
+        return {"number": facts.number, "status": facts.status, "state": state_label(facts.kind, facts.state or ""),
+                "approval": facts.approval,
                 "start": facts.start, "end": facts.end, "assignee": facts.assignee, "group": facts.group_name,
                 "error": facts.error}
 

@@ -18,6 +18,7 @@ from textual.binding import Binding
 from textual.logging import TextualHandler
 from textual.message import Message
 from textual.timer import Timer
+from textual.widgets import Input
 
 from app.domain.errors import Refused
 from app.domain.console import ConsoleSource
@@ -33,6 +34,7 @@ from app.tui.screens.health import HealthScreen
 from app.tui.screens.help import HelpScreen, KeyHelp
 from app.tui.screens.queue import QueueScreen
 from app.tui.screens.reviews import ReviewsScreen
+from app.tui.widgets.filter_bar import FilterBar
 from app.tui.widgets.whoami import WhoAmI
 from app.tui import formatting as fmt
 from policies.authority import offered
@@ -269,6 +271,18 @@ class JitConsole(App[None]):
             self.action_view("grants")
             self.reload_visible()
 
+    async def action_quit(self) -> None:
+        """Leave the console; when something typed would be lost (the bypass form, a comment being
+        written), ask first."""
+        typed = [box for screen in self.screen_stack for box in screen.query(Input) if box.value.strip()
+                 and box.value != getattr(box, "prefilled", None) and not isinstance(box, FilterBar)]
+        if not typed:
+            self.exit()
+            return
+        self.push_screen(ConfirmModal("Quit the console?", "What you typed here is not sent and will be lost.", [],
+                                      confirm="Quit", variant="error", cursor_blink=self.cursor_blink),
+                         callback=lambda values: self.exit() if values is not None else None)
+
     def action_help(self) -> None:
         screen = self.screen
         if isinstance(screen, HelpScreen):
@@ -278,24 +292,24 @@ class JitConsole(App[None]):
 
     def _keys_of(self, node: Any, section: str) -> list[KeyHelp]:
         """The bindings ``node`` offers now (keymap applied, those its check_action hides left out)."""
-        keys: list[KeyHelp] = []
-        seen: set[str] = set()
+        found: dict[str, tuple[list[str], Binding, bool | None]] = {}  # action -> its keys, the binding to describe
         bound = node._bindings.copy()  # as Screen._binding_chain does: a copy with the keymap applied
         if self._keymap:
             bound.apply_keymap(self._keymap)
         for bindings in bound.key_to_bindings.values():
             for binding in bindings:
-                if not binding.tooltip or binding.action in seen:
+                if not binding.tooltip:
                     continue
                 _, action, params = parse_action(binding.action)
                 state = node.check_action(action, params)
                 if state is False:
                     continue
-                seen.add(binding.action)
-                keys.append(KeyHelp(section, self.get_key_display(binding),
-                                    binding.description + ("" if state else " (nothing selected)"), binding.tooltip,
-                                    binding.id or ""))
-        return keys
+                keys, described, _ = found.setdefault(binding.action, ([], binding, state))
+                keys.append(self.get_key_display(binding))  # one action, several keys: q and Textual's ctrl+q
+                if binding.id and not described.id:  # ours, not Textual's own, describes it
+                    found[binding.action] = (keys, binding, state)
+        return [KeyHelp(section, ", ".join(sorted(keys, key=len)), b.description + ("" if state else " (nothing selected)"),
+                        b.tooltip, b.id or "") for keys, b, state in found.values()]
 
     # ------------------------------------------------------------ actions
     def start_action(self, action: str, request_id: int, summary: str) -> None:

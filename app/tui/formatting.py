@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
+from app.domain.console import clip as words
 from policies.durations import format_duration, parse_duration
 
 WARNING_BEFORE = timedelta(minutes=15)
@@ -80,9 +81,9 @@ def short_stamp(at: datetime | None) -> str:
 
 
 def clip(text: str, width: int) -> str:
-    """``text`` on one line, cut to ``width`` characters with an ellipsis."""
-    flat = " ".join(text.split())
-    return flat if len(flat) <= width else flat[: width - 1] + "…"
+    """``text`` on one line, at most ``width`` characters: cut after a whole word where one ends in
+    the last third, with an ellipsis."""
+    return words(" ".join(text.split()), width)
 
 
 ENVIRONMENTS = {"production": "prod", "non-production": "nonprod"}

@@ -1,6 +1,8 @@
 """Console performance with 10,000 pending requests and 5,000 active grants.
 
-Prints: start to a drawn queue (from creating the app to the first frame showing every row);
+Prints: the start a user sees (from starting a console process, imports included, to the first
+frame showing every row: median of 3, through the server); the app's own start (from creating the
+app to that frame);
 key press to the next frame (p50, p99, max over 200 presses of Down (Up at the end of a small table), ~30 a second);
 the CPU the once-a-second countdown costs on the grants screen (percent of one core over 20 s, --cpu-seconds).
 Headless (Textual's test driver), SQLite in a temporary sandbox, the rows bulk-inserted. By
@@ -23,17 +25,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from textual import events  # noqa: E402
-
-from app.bootstrap import build  # noqa: E402
-from app.config import load_config  # noqa: E402
-from app.dev.sandbox import write_sandbox  # noqa: E402
-from app.queries.console import ConsoleData  # noqa: E402
-from app.store import GrantRow, RequestRow  # noqa: E402
-from app.tui.console import JitConsole  # noqa: E402
+# Only the standard library here: a child started with --first-frame imports what `jit console`
+# imports (the CLI, the API client, the console) and nothing the server needs, so its start is the
+# start a user sees.
 
 
 def seed(services, pending: int, active: int) -> None:
+    from app.store import GrantRow, RequestRow
     now = datetime.now(timezone.utc)
     checks = [{"name": "business_need", "passed": True, "message": "justified."}]
     rows, grants = [], []
@@ -58,9 +56,56 @@ def seed(services, pending: int, active: int) -> None:
         s.bulk_insert_mappings(GrantRow, grants)
 
 
-async def measure(data: ConsoleData, pending: int, active: int, cpu_seconds: float) -> dict:
+def first_frame(config: str, pending: int) -> None:
+    """In a child process: what ``jit console`` does, from the imports to the first frame that shows
+    the whole queue; prints that moment (``time.time()``) and leaves."""
+    import app.cli.main  # noqa: F401 - the CLI `jit console` starts in
+    from app.client.connection import Client, client_settings
+    from app.client.console import RemoteConsoleData
+    from app.tui.console import JitConsole
+    data = RemoteConsoleData(Client(client_settings(None, config, {"JIT_USER": "bob"})))
+    app = JitConsole(data, keymap=data.keymap())
+    display, drawn = app._display, []
+
+    def timed_display(screen, renderable) -> None:
+        display(screen, renderable)
+        table = screen.query("#queue-table")
+        if renderable is not None and not drawn and table and table.first().row_count >= pending:
+            drawn.append(time.time())
+
+    app._display = timed_display
+
+    async def run() -> None:
+        async with app.run_test(size=(160, 50)):
+            while not drawn:
+                await asyncio.sleep(0.002)
+    asyncio.run(run())
+    data.close()
+    print(f"drawn {drawn[0]:.6f}", flush=True)
+
+
+def process_start(config: Path, pending: int, rounds: int = 3) -> list[float]:
+    """Seconds from starting a console process to its first drawn queue, ``rounds`` times."""
+    import os
+    import subprocess
+    times = []
+    for _ in range(rounds):
+        t0 = time.time()
+        out = subprocess.run([sys.executable, __file__, "--first-frame", str(config), "--pending", str(pending)],
+                             cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True,
+                             timeout=120)
+        line = [x for x in out.stdout.splitlines() if x.startswith("drawn ")]
+        if not line:
+            raise SystemExit(f"the console process drew nothing:\n{out.stderr[-2000:]}")
+        times.append(float(line[-1].split()[1]) - t0)
+    return times
+
+
+async def measure(data, pending: int, active: int, cpu_seconds: float) -> dict:
     """Frames are timed where Textual hands one to the driver (``App._display``): headless, the
     driver writes nothing, but everything up to the terminal's bytes has been computed."""
+    from textual import events
+    from app.tui.console import JitConsole
     t0 = time.perf_counter()
     app = JitConsole(data)
     frames: list[float] = []
@@ -131,9 +176,10 @@ def via_api(config: Path, args: argparse.Namespace) -> dict:
                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     try:
         assert server.stdout.readline().startswith("serving on"), "jit server --dev did not start"
+        starts = process_start(config, args.pending)  # a whole `jit console` process, imports included
         data = RemoteConsoleData(Client(client_settings(None, str(config), {"JIT_USER": "bob"})))
         try:
-            return asyncio.run(measure(data, args.pending, args.active, args.cpu_seconds))
+            return {**asyncio.run(measure(data, args.pending, args.active, args.cpu_seconds)), "starts": starts}
         finally:
             data.close()
     finally:
@@ -147,7 +193,15 @@ def main() -> int:
     ap.add_argument("--active", type=int, default=5000)
     ap.add_argument("--cpu-seconds", type=float, default=20, help="how long the countdown's CPU is measured")
     ap.add_argument("--via", choices=("api", "local"), default="api")
+    ap.add_argument("--first-frame", metavar="CONFIG", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.first_frame:
+        first_frame(args.first_frame, args.pending)
+        return 0
+    from app.bootstrap import build
+    from app.config import load_config
+    from app.dev.sandbox import write_sandbox
+    from app.queries.console import ConsoleData
     with tempfile.TemporaryDirectory(prefix="jit-console-bench-") as tmp:
         config = write_sandbox(Path(tmp) / "sb", servicenow_url=None)
         # The seeded grants have no drop-ins: the server's first reconcile (one sweep after its start)
@@ -163,7 +217,10 @@ def main() -> int:
             r = via_api(config, args)
     print(f"\nConsole with {args.pending} pending requests and {args.active} active grants "
           f"(headless, SQLite, {'through the API of a jit server process' if args.via == 'api' else 'local'})")
-    print(f"{'start to drawn queue':32} {r['drawn_s']:8.2f} s    (goal <= 1.5 s)")
+    if "starts" in r:
+        print(f"{'process start to drawn queue':32} {statistics.median(r['starts']):8.2f} s    (goal <= 1.5 s; "
+              f"median of {len(r['starts'])}: {', '.join(f'{x:.2f}' for x in r['starts'])}; imports included)")
+    print(f"{'app created to drawn queue':32} {r['drawn_s']:8.2f} s    (the app's own start, imports excluded)")
     print(f"{'key press to next frame p50':32} {r['key_p50']:8.1f} ms   (goal <= 50 ms)")
     print(f"{'key press to next frame p99':32} {r['key_p99']:8.1f} ms")
     print(f"{'key press to next frame max':32} {r['key_max']:8.1f} ms")

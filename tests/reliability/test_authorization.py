@@ -121,7 +121,9 @@ def assert_refused_and_unchanged(sb: Sandbox, before: dict, audit_before: list, 
 def refused_cli(sb: Sandbox, *argv: str, user: str, rc: int = 1) -> str:
     code, out, err = sb.jit(*argv, user=user)
     assert code == rc, (code, out, err)
-    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    lines = err.splitlines()  # one refusal: its line, then (a policy refusal) one line per failing check
+    assert lines[0].startswith("refused: ") and all(line.startswith("  ") for line in lines[1:]), err
+    assert "Traceback" not in err, err
     return err.strip()
 
 
@@ -174,7 +176,7 @@ BYPASS = ["bypass", "web-prod-01", "service-admin", "--duration", "1h", "--incid
 def test_bypass_outside_the_emergency_group(sb, outsider):
     before, audit_before = sb.state(), sb.audit()
     err = refused_cli(sb, *BYPASS, user=outsider)
-    assert err.startswith("refused: policy: ")
+    assert err.startswith("refused: policy:")
     assert f"emergency_group: {outsider} is not in the emergency group 'oncall'; only on-call may bypass" in err
     assert_refused_and_unchanged(sb, before, audit_before, refusal_event=(outsider, "bypass.refused"))
     assert before["requests"] == [] and before["sudoers"] == []

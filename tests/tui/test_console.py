@@ -273,7 +273,7 @@ async def test_erin_reviews_a_bypass_dave_cannot_review_his_own(world: World) ->
         await pilot.press("3")
         await shown(pilot, str(rid))
         assert app.screen.check_action("justified", ()) is False
-        await pilot.press("j")
+        await pilot.press("y")
         await settle(pilot)
         assert isinstance(app.screen, ReviewsScreen)
 
@@ -281,7 +281,7 @@ async def test_erin_reviews_a_bypass_dave_cannot_review_his_own(world: World) ->
     async with app.run_test(size=SIZE) as pilot:
         await pilot.press("3")
         await shown(pilot, str(rid))
-        await pilot.press("j")
+        await pilot.press("y")
         await confirm(pilot, comment="outage INC0000042 confirmed")
         review = world.lifecycle.get(rid).review
         assert (review["state"], review["reviewer"]) == ("justified", "erin")
@@ -559,3 +559,78 @@ async def test_the_header_says_when_no_engine_is_heard_from(world: World) -> Non
         await pilot.press("2")  # every screen's header says it
         await until(pilot, lambda: isinstance(app.screen, GrantsScreen) and "no engine heard from" in header(app),
                     what="the grants screen's header")
+
+
+# ------------------------------------------------------------------ keys: j/k, q, the ids of [console.keys]
+async def test_j_and_k_move_like_the_arrows(world: World) -> None:
+    for _ in range(3):
+        world.request("alice", PROD, timedelta(hours=1), "restart nginx after the TLS renewal", "CHG0000001")
+    app = console(world, "bob")
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: len(table(app).shown_keys) == 3, what="three rows")
+        start = table(app).current_key
+        await pilot.press("j")
+        assert table(app).current_key == table(app).shown_keys[1] != start
+        await pilot.press("k")
+        assert table(app).current_key == start
+
+
+async def test_q_quits_at_once_with_nothing_typed_and_asks_when_something_would_be_lost(world: World) -> None:
+    app = console(world, "dave")
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        await pilot.press("b")
+        await until(pilot, lambda: isinstance(app.screen, BypassScreen), what="the bypass form")
+        await settle(pilot)
+        assert "loading" not in str(app.screen.query_one("#bypass-choice", Select).prompt)  # no stale row
+        app.screen.query_one("#bypass-reason", Input).value = "nginx down for every customer"
+        app.set_focus(None)
+        await pilot.press("q")
+        await until(pilot, lambda: isinstance(app.screen, ConfirmModal), what="the question")
+        assert "Quit the console?" in str(app.screen.query_one("#modal-title", Static).render())
+        await pilot.press("escape")  # no: back to the form, what was typed kept
+        await until(pilot, lambda: isinstance(app.screen, BypassScreen), what="the form again")
+        assert app.screen.query_one("#bypass-reason", Input).value == "nginx down for every customer"
+        assert app.is_running
+    quiet = console(world, "bob")
+    async with quiet.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        await pilot.press("q")
+        await settle(pilot)
+        assert not quiet.is_running  # nothing typed: no question
+    untouched = console(world, "dave")
+    async with untouched.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        await pilot.press("b")
+        await until(pilot, lambda: isinstance(untouched.screen, BypassScreen), what="the bypass form")
+        await settle(pilot)
+        untouched.set_focus(None)
+        await pilot.press("q")  # only the prefilled duration: nothing typed is lost
+        await settle(pilot)
+        assert not untouched.is_running
+
+
+async def test_help_lists_q_and_every_binding_id_is_one_config_knows() -> None:
+    from textual.binding import Binding
+    import app.tui.console as app_module
+    from app.domain.console import BINDING_IDS
+    from app.tui import modals
+    from app.tui.screens import audit, bypass, detail, grants, health, help, queue, reviews
+    from app.tui.widgets import filter_bar
+    ids = {b.id for module in (app_module, modals, audit, bypass, detail, grants, health, help, queue, reviews,
+                               filter_bar)
+           for cls in vars(module).values() if isinstance(cls, type) and cls.__module__ == module.__name__
+           for b in getattr(cls, "BINDINGS", []) if isinstance(b, Binding) and b.id}
+    assert ids == set(BINDING_IDS)
+    quit_binding = next(b for b in app_module.JitConsole.BINDINGS if b.id == "quit")
+    assert quit_binding.tooltip  # so the help lists it
+
+
+async def test_help_shows_q(world: World) -> None:
+    app = console(world, "bob")
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        await pilot.press("question_mark")
+        await until(pilot, lambda: isinstance(app.screen, HelpScreen), what="help")
+        text = str(app.screen.query_one("#help-keys", Static).render())
+        assert "  q, ^q  Quit       quit          Leave the console" in text.splitlines()

@@ -184,3 +184,13 @@ def test_a_config_or_policy_others_can_write_is_refused(tmp_path: Path) -> None:
     assert exc.value.source == str(config)
     config.chmod(0o644)
     assert load_config(config).source == config.resolve()
+
+
+def test_a_typo_in_console_keys_is_refused_naming_it(tmp_path):
+    import pytest
+    from app.config import Console
+    with pytest.raises(ValueError, match="'aprove' is not a binding of the console \\(did you mean 'approve'\\?\\)"):
+        Console(keys={"aprove": "y"})
+    with pytest.raises(ValueError, match="approve: ' ' names no key"):
+        Console(keys={"approve": " "})
+    assert Console(keys={"approve": "y", "view-grants": "g,G"}).keys["view-grants"] == "g,G"

@@ -40,8 +40,10 @@ class BypassScreen(ConsoleScreen):
                 yield Label("Target / role")
                 yield Select([], prompt="loading targets…", id="bypass-choice", compact=True)
                 yield Label("Duration")
-                yield Input(DEFAULT_DURATION, placeholder="e.g. 30m, 1h (capped by policy)", id="bypass-duration",
-                            compact=True)
+                duration = Input(DEFAULT_DURATION, placeholder="e.g. 30m, 1h (capped by policy)", id="bypass-duration",
+                                 compact=True)
+                duration.prefilled = DEFAULT_DURATION  # not typed: leaving it as it is loses nothing
+                yield duration
                 yield Label("Incident")
                 yield Input(placeholder="INC0000000", id="bypass-incident", compact=True)
                 yield Label("Reason")
@@ -61,6 +63,7 @@ class BypassScreen(ConsoleScreen):
     def _show_choices(self, choices: list[tuple[str, str]]) -> None:
         select = self.query_one("#bypass-choice", Select)
         select.set_options([(f"{target} · {role}", (target, role)) for target, role in choices])
+        select.prompt = "choose a target and role" if choices else "no target you may bypass on"  # not "loading"
         if choices:
             select.value = choices[0]
         self.query_one("#bypass-incident", Input).focus()

@@ -29,7 +29,7 @@ class DetailScreen(ConsoleScreen):
         Binding("d", "deny", "Deny", id="deny", tooltip="Deny this request, with a reason"),
         Binding("r", "revoke", "Revoke", id="revoke", tooltip="End this grant now, with a reason"),
         Binding("e", "extend", "Extend", id="extend", tooltip="Extend this grant (policy checks run again)"),
-        Binding("j", "justified", "Justified", id="justified", tooltip="Review this bypass as justified"),
+        Binding("y", "justified", "Justified", id="justified", tooltip="Review this bypass as justified"),
         Binding("v", "violation", "Violation", id="violation", tooltip="Review this bypass as a violation"),
         Binding("t", "ticket", "Ticket", id="ticket", tooltip="Look the ticket up in ServiceNow again"),
     ]

@@ -29,7 +29,7 @@ class ReviewsScreen(RowScreen):
     ROW_ACTIONS = ('justified', 'violation')
     BINDINGS = [
         Binding("enter", "open", "Open", id="open", show=False, tooltip="Open the bypass: checks and history"),
-        Binding("j", "justified", "Justified", id="justified",
+        Binding("y", "justified", "Justified", id="justified",
                 tooltip="Review the highlighted bypass as justified, with a comment"),
         Binding("v", "violation", "Violation", id="violation",
                 tooltip="Review the highlighted bypass as a policy violation, with a comment"),
