@@ -11,7 +11,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, ClassVar
 
-from textual import on, work
+from textual import events, on, work
 from textual.actions import parse as parse_action
 from textual.app import App
 from textual.binding import Binding
@@ -26,7 +26,7 @@ from app.tui.actions import ACTIONS, perform
 from app.tui.commands import ConsoleCommands
 from app.tui.modals import ConfirmModal
 from app.tui.screens.audit import AuditScreen
-from app.tui.screens.base import Chrome, ConsoleScreen
+from app.tui.screens.base import Chrome, ConsoleScreen, RowScreen
 from app.tui.screens.bypass import BypassScreen
 from app.tui.screens.detail import DetailScreen
 from app.tui.screens.grants import GrantsScreen
@@ -271,6 +271,32 @@ class JitConsole(App[None]):
             self.action_view("grants")
             self.reload_visible()
 
+    def on_key(self, event: events.Key) -> None:
+        """A key that reached the app (Textual's own handler runs the bindings): when every binding of
+        it here is one this operator may not use now (not offered, or not on this row), say why
+        instead of doing nothing."""
+        why = self._why_refused(event.key)
+        if why is not None:
+            self.notify(why, severity="warning", markup=False)
+
+    def _why_refused(self, key: str) -> str | None:
+        focused = self.focused
+        chain = [n for n in (focused, self.screen, self) if n is not None]
+        refusal = None
+        for node in chain:
+            bound = node._bindings.copy()
+            if self._keymap:
+                bound.apply_keymap(self._keymap)
+            for binding in bound.key_to_bindings.get(key, ()):
+                _, action, params = parse_action(binding.action)
+                if node.check_action(action, params):
+                    return None  # a binding takes this key: nothing to explain
+                if refusal is None and isinstance(node, RowScreen) and action in node.ROW_ACTIONS:
+                    refusal = f"{binding.description}: {node.why_not(action)}"
+                elif refusal is None and action == "bypass":
+                    refusal = f"Bypass: only the emergency group may bypass; {self.operator.person} is not in it"
+        return refusal
+
     async def action_quit(self) -> None:
         """Leave the console; when something typed would be lost (the bypass form, a comment being
         written), ask first."""
@@ -308,7 +334,11 @@ class JitConsole(App[None]):
                 keys.append(self.get_key_display(binding))  # one action, several keys: q and Textual's ctrl+q
                 if binding.id and not described.id:  # ours, not Textual's own, describes it
                     found[binding.action] = (keys, binding, state)
-        return [KeyHelp(section, ", ".join(sorted(keys, key=len)), b.description + ("" if state else " (nothing selected)"),
+        def dimmed(action: str) -> str:  # why a key shown is not usable now
+            if isinstance(node, RowScreen) and node.current() is not None:
+                return f" (not here: {node.why_not(parse_action(action)[1])})"
+            return " (nothing selected)"
+        return [KeyHelp(section, ", ".join(sorted(keys, key=len)), b.description + ("" if state else dimmed(b.action)),
                         b.tooltip, b.id or "") for keys, b, state in found.values()]
 
     # ------------------------------------------------------------ actions

@@ -96,13 +96,19 @@ async def test_own_request_is_not_offered_and_the_lifecycle_refuses_it(world: Wo
         await settle(pilot)
         assert isinstance(app.screen, QueueScreen)
 
-    # Offer it anyway: what decides is the lifecycle, and its refusal is what the operator sees.
+    # Offer it anyway: what decides is the lifecycle, and its refusal is what the operator sees. The
+    # console itself now says at the key press that it is her own request; past that guard (as a
+    # console that did not know would), the server refuses.
     data = world.data("alice")
     data.operator = dataclasses.replace(data.operator, can_approve=True)
     app = RecordingConsole(data, cursor_blink=False)
     async with app.run_test(size=SIZE) as pilot:
         await shown(pilot, str(rid))
         await pilot.press("a")
+        await settle(pilot)
+        assert any(f"REQ-{rid} is your own request" in m for _, m, _ in app.notes)
+        app.start_action("approve", rid, "alice's own request")
+        await settle(pilot)
         await confirm(pilot)
         assert (f"REQ-{rid} refused: approval", "a requester can never approve their own request.", "error") \
             in app.notes
@@ -116,7 +122,11 @@ async def test_second_approval_by_the_same_person_is_refused_with_its_rule(world
     app = console(world, "bob")
     async with app.run_test(size=SIZE) as pilot:
         await shown(pilot, str(rid))
-        await pilot.press("a")
+        await pilot.press("a")  # the console knows: dimmed, and the key says why
+        await settle(pilot)
+        assert any(f"you approved REQ-{rid} already" in m for _, m, _ in app.notes)
+        app.start_action("approve", rid, "bob again")  # past the console's guard, the server refuses
+        await settle(pilot)
         await confirm(pilot)
         assert (f"REQ-{rid} refused: approval", "bob has already approved this request; one person counts once.",
                 "error") in app.notes
@@ -634,3 +644,33 @@ async def test_help_shows_q(world: World) -> None:
         await until(pilot, lambda: isinstance(app.screen, HelpScreen), what="help")
         text = str(app.screen.query_one("#help-keys", Static).render())
         assert "  q, ^q  Quit       quit          Leave the console" in text.splitlines()
+
+
+async def test_a_key_one_may_not_use_says_why_and_is_not_offered(world: World) -> None:
+    rid = world.request("alice", PROD, timedelta(hours=1), "restart nginx after the TLS renewal", "CHG0000001")
+    world.lifecycle.approve("bob", rid)  # bob gave his approval: the dual request waits for a system owner
+    app = console(world, "bob")
+    async with app.run_test(size=SIZE) as pilot:
+        await shown(pilot, str(rid))
+        assert app.screen.check_action("approve", ()) is None  # dimmed, not offered on this row
+        await pilot.press("a")
+        await settle(pilot)
+        assert not isinstance(app.screen, ConfirmModal)
+        assert any(f"Approve: you approved REQ-{rid} already: one person counts once" in message
+                   for _, message, _ in app.notes)
+    other = console(world, "alice")
+    async with other.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        await pilot.press("b")  # alice is not on call
+        await settle(pilot)
+        assert not isinstance(other.screen, BypassScreen)
+        assert any("only the emergency group may bypass; alice is not in it" in m for _, m, _ in other.notes)
+        await pilot.press("2")
+        await until(pilot, lambda: isinstance(other.screen, GrantsScreen), what="grants")
+        await pilot.press("r")  # alice may not revoke
+        await settle(pilot)
+        assert any(m.startswith("Revoke: ") for _, m, _ in other.notes)
+        other.notes.clear()
+        await pilot.press("slash", "r", "e")  # typed into the filter: no word about revoking
+        await settle(pilot)
+        assert other.notes == []

@@ -138,14 +138,29 @@ class RowScreen(ConsoleScreen):
         return self.by_key.get(key) if key is not None else None
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        """Row actions: hidden when never offered to this operator, dimmed when not possible on the
+        highlighted row (the app says why when the key is pressed: ``why_not``)."""
         if action in self.ROW_ACTIONS:
             if not self.offered(action):
                 return False
             try:
-                return True if self.current() else None
+                return None if self.why_not(action) else True
             except Exception:  # noqa: BLE001 - not composed yet
                 return None
         return True
+
+    def why_not(self, action: str) -> str | None:
+        """Why ``action`` cannot be taken on the highlighted row now, in a sentence; None when it can."""
+        if not self.offered(action):
+            return f"not offered to {self.operator.person} (none of their groups may)"
+        item = self.current()
+        if item is None:
+            return "no row is highlighted"
+        return self.row_refusal(action, item)
+
+    def row_refusal(self, action: str, item: Any) -> str | None:
+        """What rules out ``action`` on ``item`` for this operator, known without asking the server."""
+        return None
 
     def action_open(self) -> None:
         if item := self.current():

@@ -140,6 +140,14 @@ class QueueScreen(RowScreen):
                 f"for {fmt.duration(item.duration)}; ticket {item.ticket or '-'}; approvals {item.approvals} of "
                 f"{item.needed} ({item.approval_model}: {', '.join(item.approver_groups) or '-'})")
 
+    def row_refusal(self, action: str, item: QueueItem) -> str | None:
+        me = self.operator.person
+        if action == "approve" and item.requester == me:
+            return f"REQ-{item.id} is your own request: a requester never approves their own"
+        if action == "approve" and me in item.approvers:
+            return f"you approved REQ-{item.id} already: one person counts once"
+        return None
+
     def action_approve(self) -> None:
         if item := self.current():
             self.request_action("approve", item.id, self._summary(item))
