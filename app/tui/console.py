@@ -2,6 +2,7 @@
 database's ``ConsoleData`` or the API's ``RemoteConsoleData``) decides; workers do the waiting."""
 from __future__ import annotations
 
+import dataclasses
 import gc
 import logging
 import sys
@@ -20,7 +21,7 @@ from textual.message import Message
 from textual.timer import Timer
 from textual.widgets import Input
 
-from app.domain.errors import Refused
+from app.domain.errors import BadInput, Refused
 from app.domain.console import ConsoleSource
 from app.tui.actions import ACTIONS, perform
 from app.tui.commands import ConsoleCommands
@@ -348,21 +349,30 @@ class JitConsole(App[None]):
         if not offered(self.operator, action):
             self.notify(f"{spec.verb} is not offered to {self.operator.person}", severity="warning", markup=False)
             return
+        self._ask(action, request_id, summary, list(spec.fields))
+
+    def _ask(self, action: str, request_id: int, summary: str, fields: list, error: str = "") -> None:
+        spec = ACTIONS[action]
         title = f"{spec.verb} REQ-{request_id}" + (f" as {action}" if spec.verb == "Review" else "")
-        self.push_screen(ConfirmModal(title, summary, list(spec.fields), confirm=spec.confirm,
-                                      variant=spec.variant, cursor_blink=self.cursor_blink),
-                         callback=partial(self._confirmed, action, request_id))
+        self.push_screen(ConfirmModal(title, summary, fields, confirm=spec.confirm, variant=spec.variant,
+                                      cursor_blink=self.cursor_blink, error=error),
+                         callback=partial(self._confirmed, action, request_id, summary))
+
+    def _ask_again(self, action: str, request_id: int, summary: str, values: dict[str, str], error: str) -> None:
+        """The server refused what was typed (a policy check, a bad field): the form again, as typed."""
+        fields = [dataclasses.replace(f, value=values.get(f.name, f.value)) for f in ACTIONS[action].fields]
+        self._ask(action, request_id, summary, fields, error)
 
     @on(ConsoleScreen.ActionRequested)
     def _action_requested(self, message: ConsoleScreen.ActionRequested) -> None:
         self.start_action(message.action, message.request_id, message.summary)
 
-    def _confirmed(self, action: str, request_id: int, values: dict[str, str] | None) -> None:
+    def _confirmed(self, action: str, request_id: int, summary: str, values: dict[str, str] | None) -> None:
         if values is not None:
-            self._perform(action, request_id, values)
+            self._perform(action, request_id, values, summary)
 
     @work(thread=True, group="actions", exit_on_error=False)
-    def _perform(self, action: str, request_id: int, values: dict[str, str]) -> None:
+    def _perform(self, action: str, request_id: int, values: dict[str, str], summary: str = "") -> None:
         label = f"REQ-{request_id}"
         ok = False
         try:
@@ -370,6 +380,9 @@ class JitConsole(App[None]):
         except Refused as exc:
             self.notify(exc.message, title=f"{label} refused: {exc.rule}", severity="error", timeout=10,
                         markup=False)
+            if (isinstance(exc, BadInput) or exc.rule == "policy") and ACTIONS[action].fields:
+                self.call_from_thread(self._ask_again, action, request_id, summary, values,
+                                      f"✗ refused ({exc.rule}): {exc.message}")
         except Exception as exc:  # noqa: BLE001 - the operator sees it; nothing half-done is shown as done
             self.notify(f"{type(exc).__name__}: {exc}", title=f"{label}: {action} failed", severity="error",
                         timeout=10, markup=False)

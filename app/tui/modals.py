@@ -26,14 +26,15 @@ class Field:
 
 
 class ConfirmModal(ModalScreen[dict[str, str] | None]):
-    """Confirm an action, typing what it needs. Enter moves to the next field and confirms from the last."""
+    """Confirm an action, typing what it needs. Enter moves to the next field, and confirms from the
+    last one or once nothing is missing or wrong."""
 
     BINDINGS = [
         Binding("escape", "cancel", "Cancel", id="modal-cancel", tooltip="Close without doing anything"),
     ]
 
     def __init__(self, title: str, summary: str, fields: list[Field], *, confirm: str = "Confirm",
-                 variant: str = "primary", cursor_blink: bool = True) -> None:
+                 variant: str = "primary", cursor_blink: bool = True, error: str = "") -> None:
         super().__init__()
         self.title_text = title
         self.summary = summary
@@ -41,6 +42,7 @@ class ConfirmModal(ModalScreen[dict[str, str] | None]):
         self.confirm = confirm
         self.variant = variant
         self.cursor_blink = cursor_blink
+        self.error = error  # shown at once: the server refused what was typed, and it is kept to be corrected
 
     def compose(self) -> ComposeResult:
         with Vertical(id="modal-dialog", classes=f"-{self.variant}"):
@@ -51,7 +53,7 @@ class ConfirmModal(ModalScreen[dict[str, str] | None]):
                 field = Input(f.value, placeholder=f.placeholder, id=f"field-{f.name}", compact=True)
                 field.cursor_blink = self.cursor_blink
                 yield field
-            yield Static("", id="modal-error")
+            yield Static(Text(self.error), id="modal-error")
             with Horizontal(id="modal-buttons"):
                 yield Button(self.confirm, variant=self.variant, id="modal-confirm", compact=True)
                 yield Button("Cancel", id="modal-cancel", compact=True)
@@ -83,8 +85,10 @@ class ConfirmModal(ModalScreen[dict[str, str] | None]):
 
     @on(Input.Submitted)
     def _submitted(self, event: Input.Submitted) -> None:
+        """Enter confirms from the last field, and from any field once every field is right (so the
+        Enter after correcting the field an error pointed at confirms); else it moves on."""
         event.stop()
-        if self.fields and event.input.id == f"field-{self.fields[-1].name}":
+        if (self.fields and event.input.id == f"field-{self.fields[-1].name}") or not self.problems():
             self.action_confirm()
         else:
             self.focus_next()

@@ -674,3 +674,47 @@ async def test_a_key_one_may_not_use_says_why_and_is_not_offered(world: World) -
         await pilot.press("slash", "r", "e")  # typed into the filter: no word about revoking
         await settle(pilot)
         assert other.notes == []
+
+
+async def test_a_policy_refusal_keeps_what_was_typed_to_be_corrected(world: World) -> None:
+    rid = world.request("alice", DEV, timedelta(hours=1), "longer dev work on the nginx config")
+    world.lifecycle.approve("bob", rid)
+    app = console(world, "bob")
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("2")
+        await shown(pilot, str(rid))
+        await pilot.press("e")
+        await settle(pilot)
+        await confirm(pilot, by="30d", reason="the config needs a lot more work")  # past the 24h maximum
+        await until(pilot, lambda: isinstance(app.screen, ConfirmModal) and "refused" in str(
+            app.screen.query_one("#modal-error", Static).content), what="the form again, with the refusal")
+        modal = app.screen
+        assert "duration_reasonable" in str(modal.query_one("#modal-error", Static).content)
+        assert modal.query_one("#field-by", Input).value == "30d"
+        assert modal.query_one("#field-reason", Input).value == "the config needs a lot more work"
+        await confirm(pilot, by="1h")  # corrected: only the duration
+        assert world.lifecycle.get(rid).expires_at - world.lifecycle.get(rid).starts_at == timedelta(hours=2)
+
+
+async def test_the_first_enter_after_correcting_a_field_confirms(world: World) -> None:
+    rid = world.request("alice", DEV, timedelta(hours=1), "longer dev work on the nginx config")
+    world.lifecycle.approve("bob", rid)
+    before = world.lifecycle.get(rid).expires_at
+    app = console(world, "bob")
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("2")
+        await shown(pilot, str(rid))
+        await pilot.press("e")
+        await settle(pilot)
+        modal = app.screen
+        modal.query_one("#field-by", Input).value = "soon"
+        modal.query_one("#field-reason", Input).value = "the config needs more work"
+        modal.query_one("#field-reason", Input).focus()
+        await pilot.press("enter")  # refused by the form: the focus goes to the duration
+        await settle(pilot)
+        assert app.focused is modal.query_one("#field-by", Input)
+        app.focused.value = "45m"
+        await pilot.press("enter")  # this Enter confirms: nothing else is missing
+        await settle(pilot)
+        assert not isinstance(app.screen, ConfirmModal)
+        assert world.lifecycle.get(rid).expires_at - before == timedelta(minutes=45)
