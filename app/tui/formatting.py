@@ -75,6 +75,11 @@ def stamp(at: datetime | None) -> str:
     return at.strftime("%Y-%m-%d %H:%M:%SZ") if at else "-"
 
 
+def table_stamp(at: datetime | None) -> str:
+    """An instant in UTC, to the second, without the year (a table's column): ``11-24 10:00:00Z``."""
+    return at.strftime("%m-%d %H:%M:%SZ") if at else "-"
+
+
 def short_stamp(at: datetime | None) -> str:
     """An instant in UTC, to the minute, without the year: ``11-24 09:50Z``."""
     return at.strftime("%m-%d %H:%MZ") if at else "-"

@@ -718,3 +718,18 @@ async def test_the_first_enter_after_correcting_a_field_confirms(world: World) -
         await settle(pilot)
         assert not isinstance(app.screen, ConfirmModal)
         assert world.lifecycle.get(rid).expires_at - before == timedelta(minutes=45)
+
+
+async def test_at_80_columns_the_columns_that_decide_stay_on_screen(world: World) -> None:
+    world.request("alice", PROD, timedelta(hours=1), "restart nginx after the TLS renewal", "CHG0000001")
+    world.request("alice", DEV, timedelta(minutes=10), "check the nginx config on dev")  # active
+    app = console(world, "erin")
+    async with app.run_test(size=(80, 24)) as pilot:
+        await until(pilot, lambda: table(app).row_count == 1, what="the queue")
+        header = "".join(seg.text for seg in table(app).render_line(0)._segments)
+        assert all(name in header for name in ("Request", "Target", "Role", "Verdict", "Ticket")), header
+        await pilot.press("2")
+        await until(pilot, lambda: isinstance(app.screen, GrantsScreen) and table(app).row_count == 1,
+                    what="the grants")
+        header = "".join(seg.text for seg in table(app).render_line(0)._segments)
+        assert all(name in header for name in ("Grantee", "Left", "Backend", "Kind")), header

@@ -16,7 +16,7 @@ from app.tui.widgets.filter_bar import FilterBar
 from app.tui.widgets.keyed_table import KeyedTable
 
 COLUMNS = (
-    ("seq", "#", 6), ("at", "At (UTC)", 20), ("actor", "Actor", None), ("action", "Action", None),
+    ("seq", "#", 6), ("at", "At (UTC)", 15), ("actor", "Actor", None), ("action", "Action", None),
     ("request", "Request", None), ("summary", "Details", None),
 )
 LIMIT = 500
@@ -77,7 +77,7 @@ class AuditScreen(ConsoleScreen):
 
     def _cells_of(self, key: str) -> list[Text]:
         e = self.by_seq[key]
-        return [Text(str(e.seq)), Text(fmt.stamp(e.at)), Text(e.actor), Text(e.action),
+        return [Text(str(e.seq)), Text(fmt.table_stamp(e.at)), Text(e.actor), Text(e.action),
                 Text(f"REQ-{e.request_id}" if e.request_id else "-"), Text(e.summary)]
 
     def _show_chain(self, ok: bool | None, message: str | None) -> None:

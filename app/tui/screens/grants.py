@@ -16,11 +16,12 @@ from app.tui.screens.base import RowScreen
 from app.tui.widgets.filter_bar import FilterBar
 from app.tui.widgets.keyed_table import KeyedTable
 
-# The countdown comes before the details so it stays on screen at 80 columns.
+# What decides first, so it stays on screen at 80 columns: who holds what, the countdown, where
+# (backend) and how it came (kind); the role and the expiry time scroll into view.
 COLUMNS = (
-    ("id", "Request", 9), ("requester", "Grantee", None), ("target", "Target", None), ("role", "Role", None),
-    ("left", "Left", fmt.COUNTDOWN_WIDTH), ("expires", "Expires", 9), ("kind", "Kind", None),
-    ("backend", "Backend", None),
+    ("id", "Request", 9), ("requester", "Grantee", None), ("target", "Target", None),
+    ("left", "Left", fmt.COUNTDOWN_WIDTH), ("backend", "Backend", None), ("kind", "Kind", None),
+    ("role", "Role", None), ("expires", "Expires", 9),
 )
 LEGEND = "Left: '!' under 15 min, '!!' under 5 min, 'XX' past expiry (the engine revokes it)"
 
@@ -93,8 +94,11 @@ class GrantsScreen(RowScreen):
 
     def _cells_of(self, key: str) -> list[object]:
         item, now = self.by_key[key], self.data.clock()
-        return [Text(item.label), Text(item.requester), Text(item.target), Text(item.role), self._countdown(item, now),
-                Text(fmt.clock_time(item.expires_at)), Text(self._kind(item.kind)), Text(item.backend)]
+        cells = {"id": Text(item.label), "requester": Text(item.requester), "target": Text(item.target),
+                 "role": Text(item.role), "left": self._countdown(item, now),
+                 "expires": Text(fmt.clock_time(item.expires_at)), "kind": Text(self._kind(item.kind)),
+                 "backend": Text(item.backend)}
+        return [cells[key] for key, _, _ in COLUMNS]
 
     def _refresh_rows(self) -> None:
         now = self.data.clock()

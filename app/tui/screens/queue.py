@@ -16,11 +16,12 @@ from app.tui.screens.base import RowScreen
 from app.tui.widgets.filter_bar import FilterBar
 from app.tui.widgets.keyed_table import KeyedTable
 
-# Most useful first: at 80 columns the table shows up to the risk; the rest scrolls into view.
+# What decides first: at 80 columns the table shows who asks what, the verdict and the ticket; the
+# rest (approvals, age, risk, duration) scrolls into view.
 COLUMNS = (
     ("id", "Request", 8), ("requester", "Requester", None), ("target", "Target", None), ("role", "Role", None),
-    ("age", "Age", 5), ("approvals", "Appr", 4), ("risk", "Env/risk", None), ("duration", "Dur", None),
-    ("verdict", "Verdict", None), ("ticket", "Ticket", None),
+    ("verdict", "Verdict", None), ("ticket", "Ticket", None), ("approvals", "Appr", 4), ("age", "Age", 5),
+    ("risk", "Env/risk", None), ("duration", "Dur", None),
 )
 SORTS = ("urgency", "oldest", "requester", "target")
 
@@ -122,10 +123,11 @@ class QueueScreen(RowScreen):
     def _cells(self, item: QueueItem, now: datetime) -> list[Text]:
         style = self._style(item)
         verdict = self._verdict(item.verdict)
-        first = [f"{'!' if item.escalated else ' '} {item.label}", item.requester, item.target, item.role]
-        rest = [f"{item.approvals}/{item.needed}", fmt.env_risk(item.environment, item.tier),
-                fmt.duration(item.duration), verdict, item.ticket or "-"]
-        return [*(Text(v, style=style) for v in first), self._age(item, now), *(Text(v, style=style) for v in rest)]
+        text = {"id": f"{'!' if item.escalated else ' '} {item.label}", "requester": item.requester,
+                "target": item.target, "role": item.role, "approvals": f"{item.approvals}/{item.needed}",
+                "risk": fmt.env_risk(item.environment, item.tier), "duration": fmt.duration(item.duration),
+                "verdict": verdict, "ticket": item.ticket or "-"}
+        return [self._age(item, now) if key == "age" else Text(text[key], style=style) for key, _, _ in COLUMNS]
 
     def _tick(self) -> None:
         """Ages move on: update the cells whose text changed, nothing else."""
