@@ -50,6 +50,7 @@ class QueueItem:
     escalated: bool
     approval_model: str
     approver_groups: tuple[str, ...]
+    holding: str = ""  # the requester already holds this role on this target: "REQ-5 until 11-24 10:30Z"
 
     def to_json(self) -> dict[str, Any]:
         return {**_plain(self), "duration": self.duration.total_seconds(), "created_at": iso(self.created_at),

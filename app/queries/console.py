@@ -90,10 +90,16 @@ class ConsoleData:
                                        R.approver_groups, R.checks)  # only what the queue shows
                              .where(R.state == "pending")).all()
             counts: dict[int, list[str]] = {}
+            held: dict[tuple[str, str, str], tuple[int, Any]] = {}  # what the requesters hold already
             if rows:
                 for rid, who in s.exec(select(ApprovalRow.request_id, ApprovalRow.approver)
                                        .where(ApprovalRow.request_id.in_([r.id for r in rows]))).all():
                     counts.setdefault(rid, []).append(who)
+                for h in s.execute(sa.select(R.id, R.requester, R.target, R.role, R.expires_at).where(
+                        R.state.in_(("active", "approved")), R.requester.in_({r.requester for r in rows}))).all():
+                    key = (h.requester, h.target, h.role)
+                    if key not in held or h.expires_at > held[key][1]:
+                        held[key] = (h.id, h.expires_at)
         items = []
         for r in rows:
             failed = [c["name"] for c in r.checks if not c.get("passed")]
@@ -104,7 +110,9 @@ class ConsoleData:
                 ticket=r.ticket, created_at=r.created_at, approvals=len(counts.get(r.id, [])), needed=needed,
                 approvers=tuple(counts.get(r.id, [])), verdict="pass" if not failed else "fail: " + ", ".join(failed),
                 escalated=r.escalated_at is not None, approval_model=r.approval_model,
-                approver_groups=tuple(r.approver_groups)))
+                approver_groups=tuple(r.approver_groups),
+                holding=(f"REQ-{held[k][0]} until {held[k][1]:%m-%d %H:%MZ}"
+                         if (k := (r.requester, r.target, r.role)) in held else "")))
         items.sort(key=lambda i: (not i.escalated, i.created_at, i.id))
         return items
 

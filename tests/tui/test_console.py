@@ -733,3 +733,16 @@ async def test_at_80_columns_the_columns_that_decide_stay_on_screen(world: World
                     what="the grants")
         header = "".join(seg.text for seg in table(app).render_line(0)._segments)
         assert all(name in header for name in ("Grantee", "Left", "Backend", "Kind")), header
+
+
+async def test_a_request_for_what_the_person_already_holds_is_flagged_to_the_approver(world: World) -> None:
+    held = world.request("alice", DEV, timedelta(minutes=10), "check the nginx config on dev")  # active at once
+    again = world.request("alice", DEV, timedelta(hours=2), "longer dev work on the nginx config")  # pending
+    other = world.request("dave", DEV, timedelta(hours=2), "profile the staging cache")
+    app = console(world, "bob")
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: table(app).row_count == 2, what="the queue")
+        assert f"holds REQ-{held}" in table(app).cell(str(again), "verdict").plain
+        assert "holds" not in table(app).cell(str(other), "verdict").plain
+        assert f"alice already holds this role on web-dev-01: REQ-{held} until" in app.screen._summary(
+            app.screen.by_key[str(again)])

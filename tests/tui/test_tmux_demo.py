@@ -54,7 +54,7 @@ def test_jit_demo_approve_end_to_end(tmp_path):
     try:
         wait_for(bob, "REQ-3")  # the seeded queue is drawn
         shown = screen(bob)
-        assert "operator bob" in shown and "0/1" in shown
+        assert "operator bob" in shown and "holds REQ-4" in shown  # alice's REQ-2 asks for what REQ-4 gives
         keys(bob, "Down")
         keys(bob, "a")
         wait_for(bob, "Approve REQ-2")

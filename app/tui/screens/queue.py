@@ -28,7 +28,7 @@ SORTS = ("urgency", "oldest", "requester", "target")
 
 def _text(item: QueueItem) -> str:
     return " ".join([item.label, item.requester, item.target, item.role, item.environment, item.tier,
-                     item.ticket or "", item.verdict, *item.approvers]).lower()
+                     item.ticket or "", item.verdict, *item.approvers, "holds" if item.holding else ""]).lower()
 
 
 class QueueScreen(RowScreen):
@@ -74,7 +74,7 @@ class QueueScreen(RowScreen):
                   "role": {i.role for i in items}, "ticket": {i.ticket or "-" for i in items},
                   "risk": {fmt.env_risk(e, t) for e, t in {(i.environment, i.tier) for i in items}},
                   "duration": {fmt.duration(d) for d in {i.duration for i in items}},
-                  "verdict": {self._verdict(v) for v in {i.verdict for i in items}}}
+                  "verdict": {self._verdict_text(i.verdict, i.holding) for i in items}}
         self.app.call_from_thread(self._show, items, texts, values)
 
     def _show(self, items: list[QueueItem], texts: dict[str, str], values: dict[str, set[str]]) -> None:
@@ -117,16 +117,20 @@ class QueueScreen(RowScreen):
     def _verdict(verdict: str) -> str:
         return ("✓ " if verdict == "pass" else "✗ ") + verdict
 
+    def _verdict_text(self, verdict: str, holding: str) -> str:
+        """The verdict, and when the requester already holds what is asked: ``✓ pass · holds REQ-5``."""
+        return self._verdict(verdict) + (f" · holds {holding.split()[0]}" if holding else "")
+
     def _cells_of(self, key: str) -> list[Text]:
         return self._cells(self.by_key[key], self.data.clock())
 
     def _cells(self, item: QueueItem, now: datetime) -> list[Text]:
         style = self._style(item)
-        verdict = self._verdict(item.verdict)
         text = {"id": f"{'!' if item.escalated else ' '} {item.label}", "requester": item.requester,
                 "target": item.target, "role": item.role, "approvals": f"{item.approvals}/{item.needed}",
                 "risk": fmt.env_risk(item.environment, item.tier), "duration": fmt.duration(item.duration),
-                "verdict": verdict, "ticket": item.ticket or "-"}
+                "verdict": self._verdict_text(item.verdict, item.holding),
+                "ticket": item.ticket or "-"}
         return [self._age(item, now) if key == "age" else Text(text[key], style=style) for key, _, _ in COLUMNS]
 
     def _tick(self) -> None:
@@ -140,7 +144,9 @@ class QueueScreen(RowScreen):
     def _summary(self, item: QueueItem) -> str:
         return (f"{item.requester} asks for {item.role} on {item.target} ({fmt.env_risk(item.environment, item.tier)}) "
                 f"for {fmt.duration(item.duration)}; ticket {item.ticket or '-'}; approvals {item.approvals} of "
-                f"{item.needed} ({item.approval_model}: {', '.join(item.approver_groups) or '-'})")
+                f"{item.needed} ({item.approval_model}: {', '.join(item.approver_groups) or '-'})"
+                + (f". {item.requester} already holds this role on {item.target}: {item.holding}" if item.holding
+                   else ""))
 
     def row_refusal(self, action: str, item: QueueItem) -> str | None:
         me = self.operator.person
