@@ -108,6 +108,9 @@ class RemoteConsoleData:
     def audit(self, text: str = "", limit: int = 500) -> list[AuditItem]:
         return [AuditItem.from_json(d) for d in self._get("/v1/console/audit", {"text": text, "limit": limit})["items"]]
 
+    def event(self, seq: int) -> dict[str, Any]:
+        return self._get("/v1/console/event", {"seq": seq})
+
     def audit_status(self) -> tuple[bool, str]:
         result = self._get("/v1/audit/verify")
         return bool(result["ok"]), result["message"]

@@ -20,6 +20,7 @@ import sqlalchemy as sa
 from sqlmodel import select
 
 from app.domain.console import ActiveItem, AuditItem, EngineStatus, Health, Operator, QueueItem, clip
+from app.domain.errors import NotFound
 from app.domain.views import RequestView
 from app.queries.exposure import exposure
 from app.store import HEARTBEAT_PREFIX, ApprovalRow, AuditEvent, AuditHead, GrantRow, RequestRow, SyncState, audit
@@ -143,6 +144,14 @@ class ConsoleData:
                 q = q.where(sa.or_(AuditEvent.actor.like(like), AuditEvent.action.like(like),
                                    AuditEvent.details.like(like)))
             return [_audit_item(e) for e in s.exec(q).all()]
+
+    def event(self, seq: int) -> dict[str, Any]:
+        """One event as ``jit audit export`` writes it (details as recorded, the hashes)."""
+        with self.services.store.transaction() as s:
+            row = s.get(AuditEvent, seq)
+            if row is None:
+                raise NotFound("seq", f"there is no audit event {seq}")
+            return json.loads(audit.exported(row))
 
     def audit_status(self) -> tuple[bool, str]:
         with self.services.store.transaction() as s:

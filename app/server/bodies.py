@@ -119,6 +119,13 @@ class AfterQuery(Body):
     limit: int = Field(default=1000, ge=1, le=5000)
 
 
+class AuditEventQuery(Body):
+    """``GET /v1/console/event``: one event, by its sequence number."""
+
+    model_config = ConfigDict(extra="forbid", strict=False, frozen=True)
+    seq: int = Field(ge=1, le=2**63 - 1)
+
+
 class ConsoleAuditQuery(Body):
     """``GET /v1/console/audit``: the newest ``limit`` events whose actor, action or details hold ``text``."""
 

@@ -215,6 +215,10 @@ def console_audit(c: Call) -> dict:
     return {"items": [i.to_json() for i in _console(c).audit(q.text, q.limit)]}
 
 
+def console_event(c: Call) -> dict:
+    return _console(c).event(c.body.seq)
+
+
 def console_health(c: Call) -> dict:
     return _console(c).health().to_json()
 
@@ -276,6 +280,8 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/v1/console/reviews", "Emergency bypasses awaiting review", console_reviews),
     Route("GET", "/v1/console/audit", "Audit events, newest first, filtered by text in actor, action or details",
           console_audit, query=b.ConsoleAuditQuery),
+    Route("GET", "/v1/console/event", "One audit event in full (its details as recorded), by sequence number",
+          console_event, query=b.AuditEventQuery),
     Route("GET", "/v1/console/engines", "Whether an engine was heard from lately, and when one last was",
           console_engines),
     Route("GET", "/v1/console/health", "Engines' heartbeats, the ServiceNow sync, exposure, the audit chain",

@@ -625,9 +625,9 @@ async def test_help_lists_q_and_every_binding_id_is_one_config_knows() -> None:
     import app.tui.console as app_module
     from app.domain.console import BINDING_IDS
     from app.tui import modals
-    from app.tui.screens import audit, bypass, detail, grants, health, help, queue, reviews
+    from app.tui.screens import audit, bypass, detail, event, grants, health, help, queue, reviews
     from app.tui.widgets import filter_bar
-    ids = {b.id for module in (app_module, modals, audit, bypass, detail, grants, health, help, queue, reviews,
+    ids = {b.id for module in (app_module, modals, audit, bypass, detail, event, grants, health, help, queue, reviews,
                                filter_bar)
            for cls in vars(module).values() if isinstance(cls, type) and cls.__module__ == module.__name__
            for b in getattr(cls, "BINDINGS", []) if isinstance(b, Binding) and b.id}
@@ -746,3 +746,26 @@ async def test_a_request_for_what_the_person_already_holds_is_flagged_to_the_app
         assert "holds" not in table(app).cell(str(other), "verdict").plain
         assert f"alice already holds this role on web-dev-01: REQ-{held} until" in app.screen._summary(
             app.screen.by_key[str(again)])
+
+
+
+async def test_an_event_about_no_request_opens_on_its_own(world: World) -> None:
+    with pytest.raises(Exception):  # refused: over the 8h maximum; the refusal is audited, about no request
+        world.request("alice", PROD, timedelta(hours=9), "a whole day on the web tier", "CHG0000001")
+    app = console(world, "erin")
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(pilot)
+        await pilot.press("4")
+        await until(pilot, lambda: table(app).row_count >= 1, what="the audit log")
+        [seq] = [k for k in table(app).shown_keys if app.screen.by_seq[k].action == "request.refused"]
+        while table(app).current_key != seq:
+            await pilot.press("down")
+        await pilot.press("enter")
+        from app.tui.screens.event import EventScreen
+        await until(pilot, lambda: isinstance(app.screen, EventScreen), what="the event")
+        await until(pilot, lambda: "duration_reasonable" in str(app.screen.query_one("#event-details", Static).render()),
+                    what="its details")
+        shown = str(app.screen.query_one("#event-details", Static).render())
+        assert "request.refused" in shown and "alice" in shown and "hash" in shown
+        await pilot.press("escape")
+        await until(pilot, lambda: not isinstance(app.screen, EventScreen), what="back to the log")

@@ -83,6 +83,11 @@ def test_every_read_over_the_api_equals_the_read_on_the_database(served) -> None
         assert data.audit_status() == local.audit_status()
         assert data.ticket("CHG0000001") is local.ticket("CHG0000001") is None  # ServiceNow is off here
         assert replace(data.health(), privilege_hours_7d=0) == replace(local.health(), privilege_hours_7d=0)
+        seq = data.audit("", 1)[0].seq
+        assert data.event(seq) == local.event(seq) and data.event(seq)["seq"] == seq
+        from app.domain.errors import NotFound
+        with pytest.raises(NotFound, match="no audit event 999999"):
+            data.event(999999)
         sv.engine.heartbeat()
         assert data.engine_status() == local.engine_status() and data.engine_status().alive is True
         assert data.bypass_choices() == local.bypass_choices()

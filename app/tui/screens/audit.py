@@ -13,6 +13,7 @@ from app.domain.console import AuditItem
 from app.tui import formatting as fmt
 from app.tui.screens.base import ConsoleScreen
 from app.tui.widgets.filter_bar import FilterBar
+from app.tui.screens.event import EventScreen
 from app.tui.widgets.keyed_table import KeyedTable
 
 COLUMNS = (
@@ -28,7 +29,8 @@ class AuditScreen(ConsoleScreen):
     VIEW = "audit"
     LOADS = {"audit": "the audit log"}
     BINDINGS = [
-        Binding("enter", "open", "Open", id="open", show=False, tooltip="Open the request the event is about"),
+        Binding("enter", "open", "Open", id="open", show=False,
+                tooltip="Open the request the event is about, or the event itself when it is about none"),
         Binding("slash", "filter", "Filter", id="filter", tooltip="Search actor, action and details"),
     ]
 
@@ -94,8 +96,12 @@ class AuditScreen(ConsoleScreen):
         return self.by_seq.get(key) if key is not None else None
 
     def action_open(self) -> None:
-        if (e := self.current()) and e.request_id:
-            self.post_message(self.OpenRequested(self, e.request_id))
+        """The request the event is about; an event about none (a refusal, drift) on its own."""
+        if e := self.current():
+            if e.request_id:
+                self.post_message(self.OpenRequested(self, e.request_id))
+            else:
+                self.app.push_screen(EventScreen(self.data, e.seq))
 
     @on(KeyedTable.RowSelected, "#audit-table")
     def _selected(self, event: KeyedTable.RowSelected) -> None:
