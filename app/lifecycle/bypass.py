@@ -61,10 +61,7 @@ class Bypass(Grants):
             raise BadInput("outcome", "must be 'justified' or 'violation'")
         now = self.clock()
         with self.store.transaction() as s:
-            row = self._load(s, request_id)
-            rev = s.exec(select(ReviewRow).where(ReviewRow.request_id == row.id)).first()
-            if rev is None:
-                raise Refused("review", f"REQ-{request_id} is not an emergency bypass")
+            row, rev = self._review_of(s, request_id)
             if rev.state != "open":
                 raise Refused("review", f"REQ-{request_id} was already reviewed ({rev.state} by {rev.reviewer})")
             refusal = authority.may_review(self.policy, actor, self.directory.groups_of(actor), rev.bypasser)
@@ -98,10 +95,7 @@ class Bypass(Grants):
         comment = check_text("comment", comment, required=True) or ""
         now = self.clock()
         with self.store.transaction() as s:
-            row = self._load(s, request_id)
-            rev = s.exec(select(ReviewRow).where(ReviewRow.request_id == row.id)).first()
-            if rev is None:
-                raise Refused("review", f"REQ-{request_id} is not an emergency bypass")
+            row, rev = self._review_of(s, request_id)
             if rev.state != "violation":
                 raise Refused("review", f"REQ-{request_id} was not reviewed as a violation ({rev.state}); "
                                         "nothing to clear")
@@ -117,6 +111,14 @@ class Bypass(Grants):
             self._record(s, at=now, actor=actor, action="bypass.cleared", request_id=row.id, comment=comment,
                          bypasser=rev.bypasser)
         return Outcome(self.get(request_id), f"REQ-{request_id}: violation cleared; {rev.bypasser} may bypass again")
+
+    def _review_of(self, s, request_id: int) -> tuple[RequestRow, ReviewRow]:
+        """The bypass and its review, in ``s``; refused when the request is no bypass."""
+        row = self._load(s, request_id)
+        rev = s.exec(select(ReviewRow).where(ReviewRow.request_id == row.id)).first()
+        if rev is None:
+            raise Refused("review", f"REQ-{request_id} is not an emergency bypass")
+        return row, rev
 
     def open_reviews(self) -> list[RequestView]:
         with self.store.transaction() as s:
