@@ -90,6 +90,14 @@ def test_jit_demo_approve_end_to_end(tmp_path):
         view = jit_json(demo_dir, "show", "1")
         assert view["state"] == "active", view
         assert [a["approver"] for a in view["approvals"]] == ["bob", "carol"]
+        # the seed leaves dave free to bypass (frank's bypass is the one erin reviews)
+        bypass = subprocess.run([str(JIT), "bypass", "web-prod-01", "service-admin", "--duration", "30m",
+                                 "--incident", "INC0000043", "--reason", "nginx down for every customer", "--json"],
+                                capture_output=True, text=True, timeout=60,
+                                env={**os.environ, "JIT_CONFIG": str(demo_dir / "jit.toml"), "JIT_USER": "dave"})
+        assert json.loads(bypass.stdout)["request"]["state"] == "active", bypass.stdout + bypass.stderr
+        reviews = jit_json(demo_dir, "list", "--state", "active")
+        assert any(r["requester"] == "frank" and r["kind"] == "bypass" for r in reviews)
     finally:
         for session in (bob, carol):
             subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)
