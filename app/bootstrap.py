@@ -191,8 +191,13 @@ def build_webhook(config: Config, environ: Mapping[str, str]) -> Webhook | None:
     url = secret(config, environ, n.webhook_url_env, n.webhook_url_file, "webhook url")
     if not url:
         return None
+    key = secret(config, environ, n.webhook_secret_env, n.webhook_secret_file, "webhook signing secret")
+    if not key:
+        logging.getLogger("jit.notify").warning(
+            "webhook messages are unsigned: a receiver cannot tell them from forged ones; set $%s or "
+            "notify.webhook_secret_file", n.webhook_secret_env)
     from integrations.notify import Webhook
-    return Webhook(url, timeout=n.timeout.total_seconds())
+    return Webhook(url, timeout=n.timeout.total_seconds(), secret=key or None)
 
 
 def build(config: Config, *, clock: Clock = system_clock, backends: dict[str, Backend] | None = None,

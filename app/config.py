@@ -198,6 +198,8 @@ class ServiceNow(_Strict):
 class Notify(_Strict):
     webhook_url_env: str = "JIT_WEBHOOK_URL"  # Slack/Teams-compatible JSON webhook; the URL is a secret
     webhook_url_file: str = ""
+    webhook_secret_env: str = "JIT_WEBHOOK_SECRET"  # shared secret: each message signed (HMAC-SHA256)...
+    webhook_secret_file: str = ""                   # ...or from this file (chmod 600); unset: unsigned, warned
     timeout: Duration = timedelta(seconds=5)
     expiry_warning: Duration = timedelta(minutes=15)
 

@@ -9,11 +9,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 class Receiver:
     def __init__(self) -> None:
         self.bodies: list = []
-        received = self.bodies
+        self.raw: list[tuple[dict[str, str], bytes]] = []  # each message's headers and body as sent
+        received, raw = self.bodies, self.raw
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:  # noqa: N802
-                received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                raw.append((dict(self.headers.items()), body))
+                received.append(json.loads(body))
                 self.send_response(200)
                 self.send_header("Content-Length", "0")
                 self.end_headers()

@@ -24,6 +24,7 @@ from integrations.servicenow.simulator import Simulator, SimulatorOptions
 
 PASSWORD = "pw-8d1f0c2e-never-logged"
 HOOK_SECRET = "hook-5b7e91aa-never-logged"
+SIGNING_SECRET = "sign-0c4d2e77-never-logged"
 
 
 @pytest.fixture
@@ -35,7 +36,7 @@ def world(tmp_path):
     config.write_text(config.read_text() + '\n[logging]\nlevel = "DEBUG"\n'
                       if "[logging]" not in config.read_text() else
                       config.read_text().replace('level = "INFO"', 'level = "DEBUG"'))
-    environ = {**os.environ, "JIT_WEBHOOK_URL": f"{receiver.url}/{HOOK_SECRET}"}
+    environ = {**os.environ, "JIT_WEBHOOK_URL": f"{receiver.url}/{HOOK_SECRET}", "JIT_WEBHOOK_SECRET": SIGNING_SECRET}
     yield config, environ, receiver
     receiver.server.shutdown()
     sim.stop()
@@ -57,7 +58,8 @@ def test_no_secret_reaches_the_logs_at_debug(world, caplog):
     assert receiver.texts() == ["a test message"]
     logged = "\n".join(f"{r.name} {r.levelname} {r.getMessage()}" for r in caplog.records)
     assert caplog.records, "nothing was logged at DEBUG: the search below would prove nothing"
-    assert PASSWORD not in logged and HOOK_SECRET not in logged
+    assert PASSWORD not in logged and HOOK_SECRET not in logged and SIGNING_SECRET not in logged
+    assert "X-Jit-Signature" in receiver.raw[-1][0]  # the messages were signed with it
 
 
 TOKEN = "tok-3f9a7c21-never-logged"
@@ -83,7 +85,7 @@ def test_no_secret_reaches_the_logs_of_a_served_run_at_debug(world, caplog):
     assert receiver.texts(), "no webhook was delivered: the search below would miss its URL"
     logged = "\n".join(f"{r.name} {r.levelname} {r.getMessage()} {r.args!r}" for r in caplog.records)
     assert any(r.name.startswith("aiohttp") for r in caplog.records), "the server's own logging was not captured"
-    for secret in (PASSWORD, HOOK_SECRET, TOKEN):
+    for secret in (PASSWORD, HOOK_SECRET, SIGNING_SECRET, TOKEN):
         assert secret not in logged, secret
 
 
