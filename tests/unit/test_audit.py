@@ -70,6 +70,23 @@ def test_deletion_of_the_newest(chain):
     assert not result.ok and result.first_broken == 8
 
 
+def test_deleting_every_event_and_the_head_is_found(chain):
+    """Reproduction (issue 19): with every event and the head row deleted, verify said "0 events,
+    chain intact". The head is written at genesis (migration 0012), so its absence is tampering."""
+    raw(chain, "DELETE FROM audit_event")
+    raw(chain, "DELETE FROM audit_head")
+    result = verify(chain)
+    assert not result.ok and "the audit head is missing" in result.message
+
+
+def test_a_new_database_has_its_head_at_genesis_and_verifies(store):
+    result = verify(store)
+    assert result.ok and result.events == 0
+    with store.transaction() as s:
+        head = s.get(audit.AuditHead, 1)
+    assert (head.seq, head.hash) == (0, audit.GENESIS)
+
+
 def test_reordering(chain):
     with chain.transaction() as s:
         a, b = s.get(AuditEvent, 3), s.get(AuditEvent, 4)
