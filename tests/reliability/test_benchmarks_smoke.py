@@ -26,7 +26,7 @@ CASES = {
     "snow_sync.py": (["--tickets", "40", "--repeat", "1", "--postgres", ""], "ServiceNow sync of 40", ["sqlite"]),
     "policy_decisions.py": (["--decisions", "2000", "--distinct", "200"], "Policy decisions per second", ["all"]),
     "console_bench.py": (["--pending", "30", "--active", "10", "--cpu-seconds", "1"], "Console with 30 pending",
-                         ["start", "to", "drawn"]),
+                         ["process", "start", "to", "drawn"]),
     "fuzz_inputs.py": (["--inputs", "10"], "entry point", ["total"]),
     "cli_startup.py": (["--repeat", "1"], "CLI start-up", ["jit", "list"]),
     "api_latency.py": (["--clients", "3", "--rounds", "1", "--postgres", ""], "API latency", ["SQLite"]),
