@@ -154,7 +154,7 @@ def verify(session: Session, batch: int = 5000) -> Verification:
     if head is not None and (head.seq != last or head.hash != expected_prev):
         return Verification(False, count, f"event {last + 1} is missing: the chain ends at {last} but "
                                           f"{head.seq} events were written", last + 1)
-    if head is None:  # written at genesis (migration 0012): gone only if someone deleted it
+    if head is None:  # written at genesis (migration 0004): gone only if someone deleted it
         return Verification(False, count, f"the audit head is missing: the chain ends at event {last} and "
                                           "nothing says how many events were written (events after it may "
                                           "have been deleted)", last + 1)

@@ -280,15 +280,20 @@ class JitConsole(App[None]):
         if why is not None:
             self.notify(why, severity="warning", markup=False)
 
+    def _bound(self, node: Any) -> Any:
+        """``node``'s bindings as they are bound now: a copy with the keymap applied (as Textual's
+        ``Screen._binding_chain`` makes it)."""
+        bound = node._bindings.copy()
+        if self._keymap:
+            bound.apply_keymap(self._keymap)
+        return bound
+
     def _why_refused(self, key: str) -> str | None:
         focused = self.focused
         chain = [n for n in (focused, self.screen, self) if n is not None]
         refusal = None
         for node in chain:
-            bound = node._bindings.copy()
-            if self._keymap:
-                bound.apply_keymap(self._keymap)
-            for binding in bound.key_to_bindings.get(key, ()):
+            for binding in self._bound(node).key_to_bindings.get(key, ()):
                 _, action, params = parse_action(binding.action)
                 if node.check_action(action, params):
                     return None  # a binding takes this key: nothing to explain
@@ -320,10 +325,7 @@ class JitConsole(App[None]):
     def _keys_of(self, node: Any, section: str) -> list[KeyHelp]:
         """The bindings ``node`` offers now (keymap applied, those its check_action hides left out)."""
         found: dict[str, tuple[list[str], Binding, bool | None]] = {}  # action -> its keys, the binding to describe
-        bound = node._bindings.copy()  # as Screen._binding_chain does: a copy with the keymap applied
-        if self._keymap:
-            bound.apply_keymap(self._keymap)
-        for bindings in bound.key_to_bindings.values():
+        for bindings in self._bound(node).key_to_bindings.values():
             for binding in bindings:
                 if not binding.tooltip:
                     continue

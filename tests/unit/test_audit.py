@@ -72,7 +72,7 @@ def test_deletion_of_the_newest(chain):
 
 def test_deleting_every_event_and_the_head_is_found(chain):
     """Reproduction (issue 19): with every event and the head row deleted, verify said "0 events,
-    chain intact". The head is written at genesis (migration 0012), so its absence is tampering."""
+    chain intact". The head is written at genesis (migration 0004), so its absence is tampering."""
     raw(chain, "DELETE FROM audit_event")
     raw(chain, "DELETE FROM audit_head")
     result = verify(chain)
